@@ -1,0 +1,78 @@
+//! Frame encode and decode+verify throughput against CRC alone over the same bytes.
+//!
+//! The baseline (`crc_only`) computes the frame CRC over exactly the bytes a frame's CRC
+//! covers; `encode` and `decode` must stay close to it because everything else they do is
+//! a few header bytes and one copy (encode) or none (decode).
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use mcp_codec::{
+    Decoded, Envelope, FRAME_OVERHEAD, Flags, Frame, FrameType, MAX_PAYLOAD_LEN, Metadata, Request,
+    checksum, decode_frame, format,
+};
+
+/// Payload sizes: 16 B, 256 B, 4 KiB and the largest single frame (64 KiB - 1).
+const SIZES: [usize; 4] = [16, 256, 4096, MAX_PAYLOAD_LEN];
+
+fn frame_throughput(c: &mut Criterion) {
+    let mut group = c.benchmark_group("frame");
+    for size in SIZES {
+        let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        let mut wire = vec![0u8; size + FRAME_OVERHEAD];
+        let len = Frame::new(FrameType::Response, &payload)
+            .encode(&mut wire)
+            .expect("fits");
+        // CRC covers version, type, length and payload: payload + 4 bytes.
+        group.throughput(Throughput::Bytes(size as u64));
+
+        let covered = wire[2..len - 2].to_vec();
+        group.bench_with_input(BenchmarkId::new("crc_only", size), &covered, |b, bytes| {
+            b.iter(|| checksum(black_box(bytes)))
+        });
+        group.bench_with_input(BenchmarkId::new("encode", size), &payload, |b, payload| {
+            let mut out = vec![0u8; size + FRAME_OVERHEAD];
+            b.iter(|| {
+                Frame::new(FrameType::Response, black_box(payload))
+                    .encode(black_box(&mut out))
+                    .expect("fits")
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("decode", size), &wire, |b, wire| {
+            b.iter(|| match decode_frame(black_box(wire)) {
+                Ok(Decoded::Frame { frame, .. }) => frame.payload().len(),
+                _ => unreachable!("valid frame"),
+            })
+        });
+    }
+    group.finish();
+}
+
+fn small_request_round_trip(c: &mut Criterion) {
+    // The latency target: a REQUEST with a 64-byte body encoded, decoded and parsed.
+    let body = [0x5au8; 64];
+    let request = Request {
+        id: 42,
+        flags: Flags::NONE,
+        format: format::RAW,
+        method: "user.get",
+        meta: Metadata::EMPTY,
+        body: &body,
+    };
+    let mut buf = [0u8; 128];
+    c.bench_function("request_64B/encode+decode+parse", |b| {
+        b.iter(|| {
+            let len = black_box(&request).encode(&mut buf).expect("fits");
+            match decode_frame(black_box(&buf[..len])) {
+                Ok(Decoded::Frame { frame, .. }) => match Envelope::parse(frame) {
+                    Ok(Envelope::Request(r)) => r.body.len(),
+                    _ => unreachable!("valid request"),
+                },
+                _ => unreachable!("valid frame"),
+            }
+        })
+    });
+}
+
+criterion_group!(benches, frame_throughput, small_request_round_trip);
+criterion_main!(benches);

@@ -1,0 +1,229 @@
+//! `cargo xtask`: the project's workflows, in Rust so they run wherever cargo does.
+//!
+//! Commands:
+//! - `ci`: everything `.ci/run` checks (tests, clippy, fmt, docs, no-std, fuzz smoke).
+//! - `no-std`: builds `mcp-codec` without default features, for the host and, when the
+//!   target is installed, for `thumbv7em-none-eabihf`.
+//! - `fuzz [--seconds N] [TARGET...]`: runs every fuzz target (or the named ones) for N
+//!   seconds each with cargo-fuzz on the nightly toolchain.
+//! - `codegen [--check]`: regenerates the committed Protobuf code (or checks it is current).
+//! - `bench`: runs the criterion benchmarks.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const EMBEDDED_TARGET: &str = "thumbv7em-none-eabihf";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("no-std") => no_std(),
+        Some("fuzz") => fuzz(&args[1..]),
+        Some("codegen") => codegen(args.iter().any(|a| a == "--check")),
+        Some("bench") => run("cargo", &["bench", "-p", "mcp-benches"], &root()),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <ci | no-std | fuzz [--seconds N] [TARGET...] | codegen [--check] | bench>"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn root() -> PathBuf {
+    // xtask/ sits directly below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(program: &str, args: &[&str], dir: &Path) -> Result {
+    run_env(program, args, dir, &[])
+}
+
+fn run_env(program: &str, args: &[&str], dir: &Path, envs: &[(&str, &str)]) -> Result {
+    eprintln!("$ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .envs(envs.iter().copied())
+        .status()
+        .map_err(|e| format!("could not start {program}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{program} {}` failed: {status}", args.join(" ")))
+    }
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ci() -> Result {
+    let root = root();
+    // The README's test command, word for word.
+    run("cargo", &["test", "--workspace"], &root)?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &root,
+    )?;
+    run("cargo", &["fmt", "--all", "--", "--check"], &root)?;
+    run_env(
+        "cargo",
+        &["doc", "--workspace", "--no-deps"],
+        &root,
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    no_std()?;
+    fuzz(&["--seconds".into(), "10".into()])
+}
+
+fn no_std() -> Result {
+    let root = root();
+    let base = ["build", "-p", "mcp-codec", "--no-default-features"];
+    run("cargo", &base, &root)?;
+    let installed = output("rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if installed.lines().any(|t| t.trim() == EMBEDDED_TARGET) {
+        let mut args = base.to_vec();
+        args.extend(["--target", EMBEDDED_TARGET]);
+        run("cargo", &args, &root)?;
+    } else {
+        eprintln!(
+            "xtask no-std: target {EMBEDDED_TARGET} is not installed; built for the host only \
+             (install it with `rustup target add {EMBEDDED_TARGET}`)"
+        );
+    }
+    Ok(())
+}
+
+/// Why fuzzing cannot run here, or `None` when it can.
+fn fuzz_missing() -> Option<String> {
+    let toolchains = output("rustup", &["toolchain", "list"]).unwrap_or_default();
+    if !toolchains.lines().any(|t| t.starts_with("nightly")) {
+        return Some(
+            "no nightly toolchain (cargo-fuzz needs one: `rustup toolchain install nightly`)"
+                .into(),
+        );
+    }
+    if output("cargo", &["+nightly", "fuzz", "--version"]).is_none() {
+        return Some("cargo-fuzz is not installed (`cargo install cargo-fuzz`)".into());
+    }
+    None
+}
+
+fn fuzz_targets(fuzz_dir: &Path) -> Result<Vec<String>> {
+    let list = output_in("cargo", &["+nightly", "fuzz", "list"], fuzz_dir)
+        .ok_or("`cargo fuzz list` failed")?;
+    Ok(list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+fn output_in(program: &str, args: &[&str], dir: &Path) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn fuzz(args: &[String]) -> Result {
+    let mut seconds = 60u64;
+    let mut targets = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--seconds" {
+            let value = it.next().ok_or("--seconds needs a number")?;
+            seconds = value
+                .parse()
+                .map_err(|_| format!("--seconds takes a whole number, not {value:?}"))?;
+        } else {
+            targets.push(arg.clone());
+        }
+    }
+    if let Some(missing) = fuzz_missing() {
+        eprintln!("xtask fuzz: SKIPPED, fuzzing cannot run here: {missing}");
+        return Ok(());
+    }
+    let fuzz_dir = root().join("fuzz");
+    if targets.is_empty() {
+        targets = fuzz_targets(&fuzz_dir)?;
+    }
+    let max_time = format!("-max_total_time={seconds}");
+    for target in &targets {
+        // Run on a scratch copy of the committed seeds so the fuzzer's finds do not pile up
+        // in the work tree; crashes still land in fuzz/artifacts/.
+        let seeds = fuzz_dir.join("corpus").join(target);
+        let scratch = env::temp_dir().join(format!("mcp-fuzz-corpus-{target}"));
+        let _ = std::fs::create_dir_all(&scratch);
+        let seeds_arg = seeds.to_string_lossy().into_owned();
+        let scratch_arg = scratch.to_string_lossy().into_owned();
+        run(
+            "cargo",
+            &[
+                "+nightly",
+                "fuzz",
+                "run",
+                target,
+                &scratch_arg,
+                &seeds_arg,
+                "--",
+                &max_time,
+                "-rss_limit_mb=2048",
+            ],
+            &fuzz_dir,
+        )?;
+    }
+    Ok(())
+}
+
+fn codegen(check: bool) -> Result {
+    let root = root();
+    let mut envs = vec![];
+    if !check {
+        envs.push(("MCP_CODEGEN_WRITE", "1"));
+    }
+    run_env(
+        "cargo",
+        &[
+            "test",
+            "-p",
+            "mcp-format",
+            "--all-features",
+            "--test",
+            "codegen",
+        ],
+        &root,
+        &envs,
+    )
+}
