@@ -157,7 +157,10 @@ mod tests {
     #[test]
     fn wrong_format_names_both() {
         let err = DecodeError::wrong_format(JSON, FormatId::PROTOBUF);
-        assert_eq!(err.to_string(), "body is in format protobuf (2), expected json (1)");
+        assert_eq!(
+            err.to_string(),
+            "body is in format protobuf (2), expected json (1)"
+        );
         assert_eq!(
             err.kind(),
             DecodeErrorKind::WrongFormat {
@@ -177,7 +180,10 @@ mod tests {
         );
         assert!(StdError::source(&err).is_none());
         let err = EncodeError::new(JSON, "key must be a string");
-        assert_eq!(err.to_string(), "cannot encode value as json (1): key must be a string");
+        assert_eq!(
+            err.to_string(),
+            "cannot encode value as json (1): key must be a string"
+        );
         assert_eq!(err.reason().to_string(), "key must be a string");
     }
 }

@@ -81,7 +81,7 @@ pub trait Decode<T>: Format {
 /// Checks that a frame whose `format` byte is `actual` can be read with `expected`.
 ///
 /// The error names both formats: "body is in format protobuf (2), expected json (1)".
-pub fn check_format<F: Format + ?Sized>(expected: &F, actual: FormatId) -> Result<(), DecodeError> {
+pub fn check_format<F: Format>(expected: &F, actual: FormatId) -> Result<(), DecodeError> {
     if expected.id() == actual {
         Ok(())
     } else {

@@ -144,6 +144,9 @@ mod tests {
         assert_eq!(FormatId::new(3).to_string(), "reserved (3)");
         assert_eq!(FormatId::new(127).to_string(), "reserved (127)");
         assert_eq!(FormatId::new(128).to_string(), "user-defined (128)");
-        assert_eq!(FormatInfo::new(FormatId::new(200), "cbor").to_string(), "cbor (200)");
+        assert_eq!(
+            FormatInfo::new(FormatId::new(200), "cbor").to_string(),
+            "cbor (200)"
+        );
     }
 }

@@ -21,7 +21,9 @@ where
     assert!(buf.is_empty(), "encode_to_bytes leaves the buffer empty");
     // Both decode paths must agree.
     let from_slice = format.decode(&body).expect("decode from a slice");
-    let from_bytes = format.decode_body(format.id(), body).expect("decode from Bytes");
+    let from_bytes = format
+        .decode_body(format.id(), body)
+        .expect("decode from Bytes");
     assert_eq!(from_slice, from_bytes);
     from_bytes
 }
@@ -69,22 +71,34 @@ fn raw_round_trips_every_byte_string_type() {
 fn raw_bytes_are_neither_copied_on_encode_nor_on_decode() {
     let value = Bytes::from(vec![7u8; 4096]);
     let body = Raw.encode_to_bytes(&value, &mut BytesMut::new()).unwrap();
-    assert_eq!(body.as_ptr(), value.as_ptr(), "the body shares the value's buffer");
+    assert_eq!(
+        body.as_ptr(),
+        value.as_ptr(),
+        "the body shares the value's buffer"
+    );
     let decoded: Bytes = Raw.decode_body(FormatId::RAW, body.clone()).unwrap();
-    assert_eq!(decoded.as_ptr(), body.as_ptr(), "the value shares the body's buffer");
+    assert_eq!(
+        decoded.as_ptr(),
+        body.as_ptr(),
+        "the value shares the body's buffer"
+    );
 }
 
 #[test]
 fn encoding_appends_and_reuses_the_buffer() {
     let mut buf = BytesMut::with_capacity(4096);
-    let first = Json.encode_to_bytes(&UserUpdate::sample(), &mut buf).unwrap();
+    let first = Json
+        .encode_to_bytes(&UserUpdate::sample(), &mut buf)
+        .unwrap();
     assert_eq!(
         &first[..],
         br#"{"user_id":"u-1042","name":"Ada Lovelace","age":36}"#
     );
     // The spare capacity stays with the buffer for the next call.
     assert!(buf.capacity() >= 4096 - first.len());
-    let second = Protobuf.encode_to_bytes(&UserUpdate::sample(), &mut buf).unwrap();
+    let second = Protobuf
+        .encode_to_bytes(&UserUpdate::sample(), &mut buf)
+        .unwrap();
     assert_eq!(second.len(), 24);
     // Appending: what was in the buffer stays in front.
     let mut buf = BytesMut::from(&b"prefix"[..]);
@@ -102,7 +116,11 @@ fn a_failed_encode_leaves_the_buffer_as_it_was() {
     let err = Json.encode(&map, &mut buf).unwrap_err();
     assert_eq!(&buf[..], b"keep");
     assert_eq!(err.format().id(), FormatId::JSON);
-    assert!(err.to_string().starts_with("cannot encode value as json (1): "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("cannot encode value as json (1): "),
+        "{err}"
+    );
 }
 
 #[test]
@@ -170,7 +188,11 @@ fn invalid_bodies_are_clean_errors_naming_the_format() {
     for body in [&[0x0a, 0x05, b'a'][..], &[0x0f], &[0x0a, 0x01, 0xff]] {
         let err = Decode::<UserUpdate>::decode(&Protobuf, body).unwrap_err();
         assert_eq!(err.kind(), DecodeErrorKind::Invalid);
-        assert!(err.to_string().starts_with("cannot decode protobuf (2) body: "), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot decode protobuf (2) body: "),
+            "{err}"
+        );
         assert!(err.reason().unwrap().is::<prost::DecodeError>());
     }
 }
@@ -198,12 +220,21 @@ fn a_body_in_another_format_is_an_error_naming_both() {
         }
     );
     assert_eq!(err.format(), Json.info());
-    assert_eq!(err.to_string(), "body is in format protobuf (2), expected json (1)");
+    assert_eq!(
+        err.to_string(),
+        "body is in format protobuf (2), expected json (1)"
+    );
 
     let err = check_format(&Protobuf, FormatId::new(200)).unwrap_err();
-    assert_eq!(err.to_string(), "body is in format user-defined (200), expected protobuf (2)");
+    assert_eq!(
+        err.to_string(),
+        "body is in format user-defined (200), expected protobuf (2)"
+    );
     let err = check_format(&Raw, FormatId::new(9)).unwrap_err();
-    assert_eq!(err.to_string(), "body is in format reserved (9), expected raw (0)");
+    assert_eq!(
+        err.to_string(),
+        "body is in format reserved (9), expected raw (0)"
+    );
     assert!(check_format(&Json, FormatId::JSON).is_ok());
 }
 
@@ -211,7 +242,10 @@ fn a_body_in_another_format_is_an_error_naming_both() {
 fn built_in_formats_have_the_protocol_ids() {
     assert_eq!((Raw.id(), Raw.name()), (FormatId::RAW, "raw"));
     assert_eq!((Json.id(), Json.name()), (FormatId::JSON, "json"));
-    assert_eq!((Protobuf.id(), Protobuf.name()), (FormatId::PROTOBUF, "protobuf"));
+    assert_eq!(
+        (Protobuf.id(), Protobuf.name()),
+        (FormatId::PROTOBUF, "protobuf")
+    );
     assert_eq!(
         [Raw.id().get(), Json.id().get(), Protobuf.id().get()],
         [0, 1, 2]

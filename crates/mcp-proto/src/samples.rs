@@ -38,9 +38,15 @@ impl Order {
                 postal_code: "NW1 6XE".to_owned(),
             }),
             items,
-            tags: ["gift", "priority", "fragile", "repeat-customer", "promo-2026"]
-                .map(str::to_owned)
-                .to_vec(),
+            tags: [
+                "gift",
+                "priority",
+                "fragile",
+                "repeat-customer",
+                "promo-2026",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
             warehouse_stock: (0..64u32).map(|i| i * i * 97 % 20_000).collect(),
             adjustments_cents: vec![-250, 1_200, -75, 0, 19_999, -1, 42, -100_000],
             signature: (0..128u8).map(|i| i.wrapping_mul(73) ^ 0x5a).collect(),
@@ -59,7 +65,10 @@ mod tests {
     #[test]
     fn order_sample_is_about_one_kib() {
         let len = Order::sample().encoded_len();
-        assert!((960..=1100).contains(&len), "Order::sample() is {len} bytes");
+        assert!(
+            (960..=1100).contains(&len),
+            "Order::sample() is {len} bytes"
+        );
     }
 
     #[test]

@@ -30,7 +30,11 @@ fn proto_files(dir: &Path) -> Vec<PathBuf> {
 /// The generated code, keyed by file name (`mcp.examples.v1.rs`, ...).
 fn generate(proto_root: &Path) -> BTreeMap<String, String> {
     let files = proto_files(proto_root);
-    assert!(!files.is_empty(), "no .proto files under {}", proto_root.display());
+    assert!(
+        !files.is_empty(),
+        "no .proto files under {}",
+        proto_root.display()
+    );
     let descriptors = protox::compile(&files, [proto_root]).unwrap_or_else(|err| panic!("{err}"));
 
     let requests = descriptors
@@ -52,7 +56,9 @@ fn generate(proto_root: &Path) -> BTreeMap<String, String> {
         .type_attribute(".", "#[derive(::serde::Serialize, ::serde::Deserialize)]")
         // JSON that leaves out a field means the field's default, as in Protobuf.
         .message_attribute(".", "#[serde(default)]");
-    let mut modules = config.generate(requests).expect("prost-build generates code");
+    let mut modules = config
+        .generate(requests)
+        .expect("prost-build generates code");
 
     names
         .into_iter()
@@ -68,8 +74,16 @@ fn generated_code_is_up_to_date() {
     let write = env::var_os("MCP_CODEGEN_WRITE").is_some_and(|v| v == "1");
 
     let expected = generate(&proto_root);
-    assert!(expected.contains_key("mcp.examples.v1.rs"), "{:?}", expected.keys());
-    assert!(expected.contains_key("mcp.bench.v1.rs"), "{:?}", expected.keys());
+    assert!(
+        expected.contains_key("mcp.examples.v1.rs"),
+        "{:?}",
+        expected.keys()
+    );
+    assert!(
+        expected.contains_key("mcp.bench.v1.rs"),
+        "{:?}",
+        expected.keys()
+    );
 
     let mut stale = Vec::new();
     for (name, code) in &expected {
