@@ -1,0 +1,237 @@
+//! Metrics: what a client is doing, as a snapshot a program can log or export.
+//!
+//! The counters live where they are counted (the limiter counts its queue, the retry policy
+//! its retries, the breaker its state); this module adds the call counters, errors by kind
+//! and the latency histogram, and [`Client::metrics`](crate::Client::metrics) gathers
+//! everything into a [`MetricsSnapshot`].
+//!
+//! Recording is on every call's path, so it is kept cheap: counters are relaxed atomics,
+//! and latencies go into one of a few HdrHistograms chosen per thread, so that threads
+//! rarely contend for the same lock. A snapshot merges them.
+
+#[cfg(test)]
+mod tests;
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::breaker::BreakerState;
+use crate::error::ErrorKind;
+
+/// Histograms per client; a thread uses always the same one.
+const SHARDS: usize = 4;
+/// Latencies are recorded in microseconds, from 1 us to 1 hour, to 3 significant digits.
+const MAX_MICROS: u64 = 3_600_000_000;
+
+/// Connections of the client's pool, by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionCounts {
+    /// Being opened (or waiting to be reopened).
+    pub connecting: usize,
+    /// Open and taking requests.
+    pub ready: usize,
+    /// Closing: no new requests, answers still awaited (after a GOAWAY).
+    pub draining: usize,
+}
+
+/// Latency percentiles of the calls the server answered (successes and ERROR answers alike;
+/// calls refused locally or that never got an answer are counted in `errors` only, so that
+/// failing fast does not flatter the percentiles).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LatencySnapshot {
+    /// How many latencies were recorded.
+    pub count: u64,
+    /// The fastest.
+    pub min: Duration,
+    /// The median.
+    pub p50: Duration,
+    /// 90th percentile.
+    pub p90: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// 99.9th percentile.
+    pub p999: Duration,
+    /// The slowest.
+    pub max: Duration,
+    /// The mean.
+    pub mean: Duration,
+}
+
+/// Failed calls, by [`ErrorKind`].
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorCounts([u64; ErrorKind::ALL.len()]);
+
+impl ErrorCounts {
+    /// Failures of `kind`.
+    pub fn get(&self, kind: ErrorKind) -> u64 {
+        self.0[kind.index()]
+    }
+
+    /// All failures.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The kinds with at least one failure, with their counts.
+    pub fn iter(&self) -> impl Iterator<Item = (ErrorKind, u64)> + '_ {
+        ErrorKind::ALL
+            .iter()
+            .map(|&kind| (kind, self.get(kind)))
+            .filter(|&(_, n)| n > 0)
+    }
+}
+
+impl fmt::Debug for ErrorCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|(k, n)| (k.name(), n)))
+            .finish()
+    }
+}
+
+/// A point-in-time view of a client.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// Calls started (typed and raw; not notifications).
+    pub calls: u64,
+    /// Calls that succeeded.
+    pub succeeded: u64,
+    /// Calls holding a slot under the concurrency limit.
+    pub in_flight: usize,
+    /// Calls waiting for a slot.
+    pub queued: usize,
+    /// The pool's connections by state.
+    pub connections: ConnectionCounts,
+    /// Connections re-established after one was lost.
+    pub reconnects: u64,
+    /// Retries made.
+    pub retries: u64,
+    /// Retries refused by the retry budget.
+    pub retries_denied: u64,
+    /// The circuit breaker's state.
+    pub breaker: BreakerState,
+    /// How many times the breaker opened.
+    pub breaker_opened: u64,
+    /// Failed calls by kind.
+    pub errors: ErrorCounts,
+    /// Latency of answered calls.
+    pub latency: LatencySnapshot,
+}
+
+thread_local! {
+    /// The histogram shard of this thread, assigned round robin on first use.
+    static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+fn shard() -> usize {
+    SHARD.with(|cell| match cell.get() {
+        Some(shard) => shard,
+        None => {
+            let shard = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            cell.set(Some(shard));
+            shard
+        }
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Constant bounds that hdrhistogram accepts (low >= 1, high >= 2 * low, at most 5
+    // significant digits): this cannot fail at run time.
+    Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("constant histogram bounds are valid")
+}
+
+/// The call counters and latency histogram of one client.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    calls: AtomicU64,
+    succeeded: AtomicU64,
+    errors: [AtomicU64; ErrorKind::ALL.len()],
+    latency: [Mutex<Histogram<u64>>; SHARDS],
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            calls: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: std::array::from_fn(|_| Mutex::new(new_histogram())),
+        }
+    }
+}
+
+impl Recorder {
+    /// A call started.
+    pub(crate) fn started(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call ended: `Ok`, or failed with an error of `kind`; `answered` says whether the
+    /// server answered it (only those latencies are recorded).
+    pub(crate) fn finished(&self, outcome: Result<(), ErrorKind>, answered: bool, took: Duration) {
+        match outcome {
+            Ok(()) => self.succeeded.fetch_add(1, Ordering::Relaxed),
+            Err(kind) => self.errors[kind.index()].fetch_add(1, Ordering::Relaxed),
+        };
+        if answered {
+            let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+            let mut h = self.latency[shard()]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            h.saturating_record(micros);
+        }
+    }
+
+    /// Counts a failure that happened outside a call (a subscription's, a notification's).
+    pub(crate) fn error(&self, kind: ErrorKind) {
+        self.errors[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn succeeded(&self) -> u64 {
+        self.succeeded.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn errors(&self) -> ErrorCounts {
+        ErrorCounts(std::array::from_fn(|i| {
+            self.errors[i].load(Ordering::Relaxed)
+        }))
+    }
+
+    pub(crate) fn latency(&self) -> LatencySnapshot {
+        let mut merged = new_histogram();
+        for shard in &self.latency {
+            let h = shard.lock().unwrap_or_else(|p| p.into_inner());
+            // Same bounds on both sides, so adding cannot fail; a failure would only lose
+            // one shard from the snapshot.
+            let _ = merged.add(&*h);
+        }
+        if merged.is_empty() {
+            return LatencySnapshot::default();
+        }
+        let us = Duration::from_micros;
+        LatencySnapshot {
+            count: merged.len(),
+            min: us(merged.min()),
+            p50: us(merged.value_at_quantile(0.5)),
+            p90: us(merged.value_at_quantile(0.9)),
+            p99: us(merged.value_at_quantile(0.99)),
+            p999: us(merged.value_at_quantile(0.999)),
+            max: us(merged.max()),
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            mean: us(merged.mean() as u64),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! A sliding window of counters in time buckets, shared by the retry budget and the breaker.
+//!
+//! Time is passed in (`now`), never read here, so the policies that use the window are
+//! deterministic and their tests run in virtual time. The window is split into `buckets`
+//! equal slots; a slot older than the window is cleared lazily when time moves past it, so
+//! a window costs a fixed amount of memory however many calls it counts.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Two counters per bucket: what they count is up to the user (requests and retries for the
+/// budget, calls and failures for the breaker).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) a: u64,
+    pub(crate) b: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Window {
+    origin: Instant,
+    slot: Duration,
+    /// `(epoch, counts)`: the bucket's counts belong to slot number `epoch` since `origin`.
+    buckets: Box<[(u64, Counts)]>,
+}
+
+impl Window {
+    /// A window of `span` split into `buckets` slots (at least one; a zero span counts as one
+    /// millisecond so that the arithmetic below never divides by zero).
+    pub(crate) fn new(span: Duration, buckets: usize, now: Instant) -> Self {
+        let buckets = buckets.max(1);
+        let span = span.max(Duration::from_millis(1));
+        let slot =
+            (span / u32::try_from(buckets).unwrap_or(u32::MAX)).max(Duration::from_micros(1));
+        Self {
+            origin: now,
+            slot,
+            buckets: vec![(0, Counts::default()); buckets].into_boxed_slice(),
+        }
+    }
+
+    fn epoch(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.origin);
+        u64::try_from(since.as_nanos() / self.slot.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Adds to the counters of the current slot.
+    pub(crate) fn add(&mut self, now: Instant, a: u64, b: u64) {
+        let epoch = self.epoch(now);
+        let len = self.buckets.len() as u64;
+        let index = usize::try_from(epoch % len).unwrap_or(0);
+        let bucket = &mut self.buckets[index];
+        if bucket.0 != epoch {
+            *bucket = (epoch, Counts::default());
+        }
+        bucket.1.a = bucket.1.a.saturating_add(a);
+        bucket.1.b = bucket.1.b.saturating_add(b);
+    }
+
+    /// The sums over the slots still inside the window at `now`.
+    pub(crate) fn sum(&self, now: Instant) -> Counts {
+        let epoch = self.epoch(now);
+        let len = self.buckets.len() as u64;
+        self.buckets
+            .iter()
+            .filter(|(e, _)| *e <= epoch && epoch - *e < len)
+            .fold(Counts::default(), |acc, (_, c)| Counts {
+                a: acc.a.saturating_add(c.a),
+                b: acc.b.saturating_add(c.b),
+            })
+    }
+
+    /// Forgets everything counted so far.
+    pub(crate) fn clear(&mut self) {
+        for bucket in self.buckets.iter_mut() {
+            bucket.1 = Counts::default();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_slots_fall_out_of_the_window() {
+        let t0 = Instant::now();
+        let mut w = Window::new(Duration::from_secs(10), 10, t0);
+        w.add(t0, 5, 1);
+        w.add(t0 + Duration::from_secs(3), 2, 2);
+        assert_eq!(w.sum(t0 + Duration::from_secs(3)), Counts { a: 7, b: 3 });
+        // Slot 0 leaves the window once ten slots have passed.
+        assert_eq!(w.sum(t0 + Duration::from_secs(10)), Counts { a: 2, b: 2 });
+        assert_eq!(w.sum(t0 + Duration::from_secs(13)), Counts { a: 0, b: 0 });
+        // A slot reused after wrapping starts from zero.
+        w.add(t0 + Duration::from_secs(20), 1, 0);
+        assert_eq!(w.sum(t0 + Duration::from_secs(20)), Counts { a: 1, b: 0 });
+    }
+
+    #[test]
+    fn clear_forgets() {
+        let t0 = Instant::now();
+        let mut w = Window::new(Duration::from_secs(1), 4, t0);
+        w.add(t0, 3, 3);
+        w.clear();
+        assert_eq!(w.sum(t0), Counts::default());
+    }
+}
