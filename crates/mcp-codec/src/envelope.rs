@@ -311,6 +311,18 @@ fn short_len(field: &'static str, s: &str) -> Result<usize, Error> {
     }
 }
 
+/// Refuses a payload the length field cannot announce, before any buffer is looked at:
+/// such a frame can never be written, whatever room the caller has.
+fn checked_payload_len(len: usize) -> Result<usize, Error> {
+    if len > MAX_PAYLOAD_LEN {
+        return Err(Error::FrameTooLarge {
+            len,
+            limit: MAX_PAYLOAD_LEN,
+        });
+    }
+    Ok(len)
+}
+
 fn nonzero(id: u32) -> Result<(), Error> {
     if id == 0 { Err(Error::ZeroId) } else { Ok(()) }
 }
@@ -565,16 +577,16 @@ impl<'a> Envelope<'a> {
     /// large for one frame gives [`Error::FrameTooLarge`]: use [`MessageFrames`] to split
     /// it into CONTINUATION frames.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, Error> {
-        let len = self.encoded_len()?;
-        let mut sink = SliceSink::new(out, len)?;
-        self.write_one(&mut sink, self.payload_len()?, None)?;
+        let payload_len = checked_payload_len(self.payload_len()?)?;
+        let mut sink = SliceSink::new(out, payload_len + FRAME_OVERHEAD)?;
+        self.write_one(&mut sink, payload_len, None)?;
         Ok(sink.pos)
     }
 
     /// Appends this envelope as one frame to `out`.
     #[cfg(feature = "alloc")]
     pub fn encode_to_vec(&self, out: &mut alloc::vec::Vec<u8>) -> Result<usize, Error> {
-        let len = self.payload_len()?;
+        let len = checked_payload_len(self.payload_len()?)?;
         out.reserve(len + FRAME_OVERHEAD);
         self.write_one(out, len, None)?;
         Ok(len + FRAME_OVERHEAD)
@@ -583,7 +595,7 @@ impl<'a> Envelope<'a> {
     /// Appends this envelope as one frame to a `bytes::BufMut`.
     #[cfg(feature = "bytes")]
     pub fn encode_to_buf<B: bytes::BufMut>(&self, out: &mut B) -> Result<usize, Error> {
-        let len = self.payload_len()?;
+        let len = checked_payload_len(self.payload_len()?)?;
         let needed = len + FRAME_OVERHEAD;
         if out.remaining_mut() < needed {
             return Err(Error::BufferTooSmall {
@@ -707,12 +719,9 @@ impl<'a> MessageFrames<'a> {
         };
         let head_len = envelope.head_len()?;
         // The head must hold the envelope and, when the body continues, at least one body
-        // byte, so that no frame is spent on the envelope alone.
-        let room = if head_len + body.len() > MAX_PAYLOAD_LEN {
-            1
-        } else {
-            0
-        };
+        // byte, so that no frame is spent on the envelope alone. An empty body needs no
+        // room: the limit reported is then the whole payload.
+        let room = usize::from(!body.is_empty() && head_len + body.len() > MAX_PAYLOAD_LEN);
         if head_len + room > MAX_PAYLOAD_LEN {
             return Err(Error::EnvelopeTooLarge {
                 len: head_len,

@@ -367,6 +367,13 @@ fn verify(frame: &[u8]) -> Result<Frame<'_>, Error> {
 
 /// Writes one frame with the given raw type byte around `payload` into `out`.
 pub(crate) fn encode_frame(type_byte: u8, payload: &[u8], out: &mut [u8]) -> Result<usize, Error> {
+    // The length first: a frame that can never be written is not the buffer's fault.
+    if payload.len() > MAX_PAYLOAD_LEN {
+        return Err(Error::FrameTooLarge {
+            len: payload.len(),
+            limit: MAX_PAYLOAD_LEN,
+        });
+    }
     let mut sink = SliceSink::new(out, payload.len() + FRAME_OVERHEAD)?;
     write_frame(&mut sink, type_byte, payload.len(), |w| w.put(payload))?;
     Ok(sink.pos)
