@@ -1,0 +1,266 @@
+//! The tokio-util `Decoder`/`Encoder` adapter over `mcp-codec`, also the decoding core of
+//! [`FrameReader`](crate::FrameReader).
+
+use bytes::{Buf, Bytes, BytesMut};
+use mcp_codec::{
+    Assembled, Assembler, CRC_LEN, Decoded, Envelope, Frame, FrameDecoder, FrameType, HEADER_LEN,
+    MessageFrames, Metadata,
+};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::config::{Role, WireConfig};
+use crate::error::WireError;
+use crate::message::{Inbound, InboundRequest, InboundResponse, Meta, Push, Text, slice_or_copy};
+
+/// A `tokio_util::codec` adapter: decodes a byte stream into owned [`Inbound`] messages
+/// (reassembling CONTINUATION frames under the maximum message size) and encodes borrowed
+/// [`Envelope`]s, splitting a large body into CONTINUATION frames.
+///
+/// Decoding is zero-copy for single-frame messages: each frame is split off the read
+/// buffer as `Bytes` and the body handed out is a slice of it. Multi-frame bodies are the
+/// reassembled `Vec`, moved into `Bytes` without a copy.
+///
+/// Frame types the local [`Role`] never receives are refused (a client getting REQUEST or
+/// CANCEL, a server getting RESPONSE). Every decode error is fatal for the stream: send
+/// ERROR id 0 with [`WireError::error_code`] (best effort) and close.
+///
+/// ```
+/// use mcp_transport::{McpCodec, Role};
+/// use tokio_util::codec::{Decoder, Encoder};
+/// use mcp_codec::{Envelope, Ping};
+///
+/// let mut codec = McpCodec::new(Role::Client);
+/// let mut buf = bytes::BytesMut::new();
+/// codec.encode(Envelope::Ping(Ping { nonce: [7; 8] }), &mut buf).unwrap();
+/// let msg = codec.decode(&mut buf).unwrap();
+/// assert!(matches!(msg, Some(mcp_transport::Inbound::Ping(n)) if n == [7; 8]));
+/// ```
+#[derive(Debug)]
+pub struct McpCodec {
+    role: Role,
+    decoder: FrameDecoder,
+    assembler: Assembler,
+    max_message_len: usize,
+    frames: u64,
+}
+
+impl McpCodec {
+    /// A codec for `role` with the default maximum message size (16 MiB).
+    pub fn new(role: Role) -> Self {
+        Self::with_config(&WireConfig::new(role))
+    }
+
+    /// A codec with the role and maximum message size of `config`.
+    pub fn with_config(config: &WireConfig) -> Self {
+        McpCodec {
+            role: config.role,
+            decoder: FrameDecoder::new(),
+            assembler: Assembler::new(config.max_message_len),
+            max_message_len: config.max_message_len,
+            frames: 0,
+        }
+    }
+
+    /// Complete frames decoded so far (every one counts as life for the heartbeat).
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Frames of unknown types skipped so far.
+    pub fn unknown_frames(&self) -> u64 {
+        self.assembler.unknown_frames()
+    }
+
+    /// Whether a multi-frame message is half received.
+    pub fn in_message(&self) -> bool {
+        self.assembler.in_message()
+    }
+
+    fn refused(&self, frame_type: FrameType) -> bool {
+        match self.role {
+            Role::Client => matches!(frame_type, FrameType::Request | FrameType::Cancel),
+            Role::Server => frame_type == FrameType::Response,
+        }
+    }
+
+    /// Handles one verified frame, split off the read buffer.
+    fn on_frame(&mut self, frame: Bytes) -> Result<Option<Inbound>, WireError> {
+        // The decoder verified a whole frame: at least HEADER_LEN + CRC_LEN bytes.
+        let type_byte = frame[3];
+        let view = Frame::with_type_byte(type_byte, &frame[HEADER_LEN..frame.len() - CRC_LEN]);
+        if let Some(frame_type) = view.frame_type() {
+            if self.refused(frame_type) {
+                return Err(WireError::UnexpectedForRole {
+                    frame_type,
+                    role: self.role,
+                });
+            }
+        }
+        Ok(match self.assembler.push(view)? {
+            Assembled::Envelope(envelope) => Some(owned(envelope, Some(&frame), None)),
+            Assembled::Message { head, body } => Some(owned(head, None, Some(body))),
+            Assembled::RequestTooLarge { id } => Some(Inbound::RequestTooLarge { id }),
+            Assembled::MalformedRequest { id, error } => {
+                Some(Inbound::MalformedRequest { id, error })
+            }
+            // `Absorbed`, and any outcome a later codec adds: nothing for the caller.
+            _ => None,
+        })
+    }
+}
+
+/// The metadata block of a message, sliced from `frame` when the envelope borrows it.
+///
+/// `head` is the envelope's bytes before the metadata (id, flags, format, method or topic);
+/// the block runs from there to the body.
+fn meta_of(frame: Option<&Bytes>, meta: &Metadata<'_>, head: usize, body: &[u8]) -> Meta {
+    if meta.is_empty() {
+        return Meta::new();
+    }
+    if let Some(frame) = frame {
+        let start = HEADER_LEN + head;
+        let end = frame.len().saturating_sub(CRC_LEN + body.len());
+        if start < end {
+            return Meta::from_wire_block(frame.slice(start..end));
+        }
+    }
+    Meta::copy_of(meta)
+}
+
+/// An owned message from a borrowed envelope: slices of `frame` when given, the
+/// reassembled `body` for a multi-frame message.
+fn owned(envelope: Envelope<'_>, frame: Option<&Bytes>, body: Option<Vec<u8>>) -> Inbound {
+    let body_of = |part: &[u8]| match &body {
+        Some(_) => Bytes::new(),
+        None => slice_or_copy(frame, part),
+    };
+    let mut inbound = match envelope {
+        Envelope::Request(r) => Inbound::Request(InboundRequest {
+            id: r.id,
+            format: r.format,
+            method: Text::from_frame(frame, r.method),
+            meta: meta_of(frame, &r.meta, 7 + r.method.len(), r.body),
+            body: body_of(r.body),
+        }),
+        Envelope::Response(r) => Inbound::Response(InboundResponse {
+            id: r.id,
+            format: r.format,
+            meta: meta_of(frame, &r.meta, 6, r.body),
+            body: body_of(r.body),
+        }),
+        Envelope::Notify(n) => Inbound::Notify(Push {
+            format: n.format,
+            topic: Text::from_frame(frame, n.topic),
+            meta: meta_of(frame, &n.meta, 3 + n.topic.len(), n.body),
+            body: body_of(n.body),
+        }),
+        Envelope::Error(e) => Inbound::Error {
+            id: e.id,
+            code: e.code,
+            message: e.message.to_owned(),
+        },
+        Envelope::Ping(p) => Inbound::Ping(p.nonce),
+        Envelope::Pong(p) => Inbound::Pong(p.nonce),
+        Envelope::Cancel(c) => Inbound::Cancel(c.id),
+        Envelope::GoAway(g) => Inbound::GoAway {
+            last_id: g.last_id,
+            code: g.code,
+            reason: g.reason.to_owned(),
+        },
+        // The assembler absorbs CONTINUATION frames; this arm is never taken.
+        Envelope::Continuation(_) => Inbound::Error {
+            id: 0,
+            code: mcp_codec::ErrorCode::MALFORMED,
+            message: String::from("stray CONTINUATION"),
+        },
+    };
+    if let Some(body) = body {
+        let body = Bytes::from(body);
+        match &mut inbound {
+            Inbound::Request(r) => r.body = body,
+            Inbound::Response(r) => r.body = body,
+            Inbound::Notify(n) => n.body = body,
+            _ => {}
+        }
+    }
+    inbound
+}
+
+impl Decoder for McpCodec {
+    type Item = Inbound;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, WireError> {
+        loop {
+            let len = match self.decoder.decode(src)? {
+                Decoded::Frame { len, .. } => len,
+                Decoded::NeedMore { needed } => {
+                    // At most one frame (65,543 bytes): the header was checked already.
+                    src.reserve(needed);
+                    return Ok(None);
+                }
+                Decoded::Skip { len } => {
+                    src.advance(len);
+                    continue;
+                }
+            };
+            self.frames += 1;
+            let frame = src.split_to(len).freeze();
+            if let Some(message) = self.on_frame(frame)? {
+                return Ok(Some(message));
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, WireError> {
+        if let Some(message) = self.decode(src)? {
+            return Ok(Some(message));
+        }
+        if src.is_empty() && !self.assembler.in_message() {
+            Ok(None)
+        } else {
+            Err(WireError::ClosedMidFrame {
+                buffered: src.len(),
+            })
+        }
+    }
+}
+
+/// Appends `envelope` to `dst`: one frame, or a head frame and CONTINUATION frames for a
+/// message whose body does not fit in one. Nothing is written unless the whole message
+/// can be, so a half frame never reaches the wire.
+pub(crate) fn encode_envelope(
+    envelope: Envelope<'_>,
+    dst: &mut BytesMut,
+    max_message_len: usize,
+) -> Result<usize, mcp_codec::Error> {
+    match envelope.body() {
+        Some(body) => {
+            if body.len() > max_message_len {
+                return Err(mcp_codec::Error::MessageTooLarge {
+                    len: body.len(),
+                    limit: max_message_len,
+                });
+            }
+            let mut frames = MessageFrames::new(envelope)?;
+            dst.reserve(frames.total_len());
+            let start = dst.len();
+            frames
+                .write_all_to_buf(dst)
+                .inspect_err(|_| dst.truncate(start))
+        }
+        None => {
+            dst.reserve(envelope.encoded_len()?);
+            envelope.encode_to_buf(dst)
+        }
+    }
+}
+
+impl<'a> Encoder<Envelope<'a>> for McpCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, item: Envelope<'a>, dst: &mut BytesMut) -> Result<(), WireError> {
+        encode_envelope(item, dst, self.max_message_len)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! Settings, with the defaults of PROTOCOL.md section 7.
+
+use std::time::Duration;
+
+use mcp_codec::DEFAULT_MAX_MESSAGE_LEN;
+
+/// Which side of a connection this process is; decides which frame types are a protocol
+/// error when received (PROTOCOL.md section 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Receives RESPONSE, NOTIFY (push), ERROR, PING, PONG, GOAWAY; never REQUEST or CANCEL.
+    Client,
+    /// Receives REQUEST, NOTIFY (one-way), ERROR, PING, PONG, CANCEL, GOAWAY; never
+    /// RESPONSE.
+    Server,
+}
+
+/// Settings of the frame reader and writer of one byte stream, shared by client and server.
+#[derive(Debug, Clone)]
+pub struct WireConfig {
+    /// The local role (which frame types are refused).
+    pub role: Role,
+    /// The largest reassembled message body accepted (16 MiB by default); checked before
+    /// anything past it is buffered.
+    pub max_message_len: usize,
+    /// A write that makes no progress for this long kills the connection (2 s).
+    pub write_stall_timeout: Duration,
+    /// Bytes queued for writing past which new messages wait ([`crate::WireWriter::ready`]);
+    /// control frames (PONG, CANCEL, ERROR, GOAWAY) are never held back (1 MiB).
+    pub write_queue_limit: usize,
+    /// The read buffer's initial capacity; it grows to hold one frame at most (64 KiB).
+    pub read_buffer: usize,
+}
+
+impl WireConfig {
+    /// The defaults for `role`.
+    pub fn new(role: Role) -> Self {
+        WireConfig {
+            role,
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+            write_stall_timeout: Duration::from_secs(2),
+            write_queue_limit: 1024 * 1024,
+            read_buffer: 64 * 1024,
+        }
+    }
+}
+
+/// Heartbeat settings (PROTOCOL.md section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatConfig {
+    /// Silence after which a PING is sent (15 s).
+    pub interval: Duration,
+    /// Silence after the PING after which the connection is dead (5 s).
+    pub timeout: Duration,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a caller does when the connection is at its maximum of requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backpressure {
+    /// Wait for a place, at most until the call's deadline (the default).
+    #[default]
+    Wait,
+    /// Fail at once with [`ErrorKind::Overloaded`](crate::ErrorKind::Overloaded), not
+    /// processed.
+    Reject,
+}
+
+/// What happens to a push when a subscriber's queue is full. Either way the reader never
+/// waits for a subscriber, so heartbeats and responses keep flowing, and the drop is
+/// counted ([`PoolStats::push_dropped`](crate::PoolStats::push_dropped)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PushOverflow {
+    /// Drop the push that does not fit (the subscriber keeps the older ones; the default).
+    #[default]
+    DropNewest,
+    /// Drop the oldest queued push to make room for the new one (the subscriber sees the
+    /// latest state).
+    DropOldest,
+}
+
+/// Settings of one client connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// TCP connect timeout (1 s).
+    pub connect_timeout: Duration,
+    /// Reader/writer settings; `role` must be [`Role::Client`].
+    pub wire: WireConfig,
+    /// Heartbeat interval and timeout.
+    pub heartbeat: HeartbeatConfig,
+    /// Requests in flight at most on this connection (256). `1` gives exclusive-checkout
+    /// semantics for servers that cannot multiplex.
+    pub max_in_flight: usize,
+    /// What a caller does when `max_in_flight` is reached.
+    pub backpressure: Backpressure,
+    /// Ids given up on (timed out, dropped) whose late answer has not come, past which the
+    /// connection stops taking requests and is replaced: an id is never reused while its
+    /// answer may still arrive, so this bounds the memory held for them (65 536).
+    pub max_abandoned_ids: usize,
+    /// Queue length of each subscriber (1024 pushes).
+    pub push_queue: usize,
+    /// What happens when a subscriber's queue is full.
+    pub push_overflow: PushOverflow,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            connect_timeout: Duration::from_secs(1),
+            wire: WireConfig::new(Role::Client),
+            heartbeat: HeartbeatConfig::default(),
+            max_in_flight: 256,
+            backpressure: Backpressure::Wait,
+            max_abandoned_ids: 65_536,
+            push_queue: 1024,
+            push_overflow: PushOverflow::DropNewest,
+        }
+    }
+}
+
+/// Reconnect backoff: exponential with full jitter (PROTOCOL.md section 7).
+///
+/// The delay before try `n` (1-based) of a series is uniform in
+/// `[0, min(max, initial * multiplier^(n-1))]`; after `max_tries` failed tries in a row the
+/// error reaches the callers; a success resets the series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackoffConfig {
+    /// The first delay's upper bound (1 s).
+    pub initial: Duration,
+    /// Growth factor (2).
+    pub multiplier: f64,
+    /// The largest delay (30 s).
+    pub max: Duration,
+    /// Failed tries in a row after which the endpoint is reported down (10).
+    pub max_tries: u32,
+    /// Full jitter (true); without it the delay is the upper bound itself.
+    pub jitter: bool,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: Duration::from_secs(1),
+            multiplier: 2.0,
+            max: Duration::from_secs(30),
+            max_tries: 10,
+            jitter: true,
+        }
+    }
+}
+
+/// Settings of a [`Pool`](crate::Pool) of connections to one endpoint.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Settings of each connection.
+    pub connection: ConnectionConfig,
+    /// Connections at most (4). Connections are multiplexed, so a few suffice.
+    pub max_connections: usize,
+    /// Connections kept open even when idle (0: fully lazy).
+    pub min_connections: usize,
+    /// An idle connection above `min_connections` is closed after this long (90 s).
+    pub idle_timeout: Duration,
+    /// Reconnect backoff.
+    pub backoff: BackoffConfig,
+    /// The call timeout used when [`CallOptions`](crate::CallOptions) gives none (5 s).
+    pub default_timeout: Duration,
+    /// Idle-reclaim and health sweep period (1 s).
+    pub maintenance_interval: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            connection: ConnectionConfig::default(),
+            max_connections: 4,
+            min_connections: 0,
+            idle_timeout: Duration::from_secs(90),
+            backoff: BackoffConfig::default(),
+            default_timeout: Duration::from_secs(5),
+            maintenance_interval: Duration::from_secs(1),
+        }
+    }
+}

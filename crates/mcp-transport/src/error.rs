@@ -1,0 +1,303 @@
+//! The transport's errors.
+//!
+//! Two types:
+//! - [`WireError`]: what went wrong reading or writing frames on one byte stream (I/O, a
+//!   codec error, a frame the local role never receives). The tokio-util adapter and the
+//!   wire reader/writer return it; it always ends the connection.
+//! - [`TransportError`]: what a caller of [`Connection`](crate::Connection) or
+//!   [`Pool`](crate::Pool) gets. It is opaque (h2-style) with accessors answering the
+//!   questions a retry policy asks: was it a timeout ([`TransportError::is_timeout`]), in
+//!   which [`Phase`], was the request certainly not processed ([`TransportError::processed`]),
+//!   and may it be sent again on another connection
+//!   ([`TransportError::is_retryable_elsewhere`]).
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use mcp_codec::{ErrorCode, FrameType, GoAwayCode};
+
+use crate::config::Role;
+
+/// An error on the byte stream of one connection. Every `WireError` is fatal for that
+/// connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// Reading or writing the socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    /// The bytes received broke the protocol (bad magic, version, CRC, malformed payload,
+    /// a message past the maximum size, a bad frame between the frames of a message).
+    #[error("protocol error: {0}")]
+    Codec(#[from] mcp_codec::Error),
+    /// A known frame type that this side's role never receives (a client getting REQUEST
+    /// or CANCEL, a server getting RESPONSE).
+    #[error("a {role:?} never receives {}", frame_type.name())]
+    UnexpectedForRole {
+        /// The frame type received.
+        frame_type: FrameType,
+        /// The local role.
+        role: Role,
+    },
+    /// The peer closed the stream in the middle of a frame or of a multi-frame message.
+    #[error("connection closed in the middle of a frame ({buffered} bytes buffered)")]
+    ClosedMidFrame {
+        /// Bytes of the incomplete frame or message that had arrived.
+        buffered: usize,
+    },
+    /// A write made no progress for the write stall timeout.
+    #[error("write stalled for {0:?}")]
+    WriteStall(std::time::Duration),
+    /// The writer was closed before this frame could be queued.
+    #[error("the connection's writer is closed")]
+    WriterClosed,
+}
+
+impl WireError {
+    /// The ERROR code to send (id 0, best effort) before closing, if the peer broke the
+    /// protocol; `None` for I/O failures, where nothing can be sent.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        match self {
+            WireError::Codec(e) => Some(e.error_code()),
+            WireError::UnexpectedForRole { .. } => Some(ErrorCode::MALFORMED),
+            _ => None,
+        }
+    }
+
+    /// Whether the peer broke the protocol (as opposed to an I/O failure or a local close).
+    pub fn is_protocol(&self) -> bool {
+        self.error_code().is_some()
+    }
+}
+
+/// Whether a failed request may have been processed by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Processed {
+    /// Certainly not processed: it never left this process, or the server said so (GOAWAY
+    /// `last_id`, ERROR 6). Safe to send again, whatever the method.
+    No,
+    /// It may have been processed: it was (or may have been) written and no answer came.
+    /// Only an idempotent request may be sent again.
+    Maybe,
+}
+
+/// Where in its life a call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Waiting for a place in a connection's in-flight window or its write queue.
+    Queue,
+    /// Waiting for the pool to hand out a connection.
+    Pool,
+    /// Establishing the connection.
+    Connect,
+    /// Writing the request.
+    Write,
+    /// Waiting for the answer.
+    Response,
+}
+
+/// Why the pool could not hand out a connection before the call's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PoolExhausted {
+    /// Every connection is still being established.
+    AllConnecting,
+    /// Every connection is at its maximum of requests in flight, and the pool is at its
+    /// maximum of connections.
+    AllFull,
+    /// The endpoint cannot be reached: the reconnect backoff is running or its try limit
+    /// was reached.
+    EndpointDown,
+}
+
+impl fmt::Display for PoolExhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PoolExhausted::AllConnecting => "all connections are still connecting",
+            PoolExhausted::AllFull => "all connections are at their maximum in flight",
+            PoolExhausted::EndpointDown => "the endpoint is down",
+        })
+    }
+}
+
+/// What kind of failure a [`TransportError`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The call's deadline (or the per-attempt timeout) passed.
+    Timeout,
+    /// The TCP connect failed (refused, unreachable, ...).
+    Connect,
+    /// The connection was closed or lost (EOF, reset, dead by heartbeat, write stall).
+    ConnectionClosed,
+    /// The peer broke the protocol; the connection was dropped.
+    Protocol,
+    /// The server will not take this request: it sent GOAWAY (and the request came after
+    /// `last_id`, or was never sent), or answered ERROR 6 (UNAVAILABLE).
+    GoAway {
+        /// The GOAWAY code, or `None` when the server answered ERROR 6.
+        code: Option<GoAwayCode>,
+    },
+    /// The server closed the connection with ERROR id 0.
+    ConnectionError {
+        /// The code of the ERROR id 0.
+        code: ErrorCode,
+    },
+    /// The connection is at its maximum of requests in flight and the policy is to
+    /// reject rather than wait.
+    Overloaded,
+    /// The pool could not hand out a connection.
+    PoolExhausted(PoolExhausted),
+    /// The request could not be encoded (invalid method, topic or metadata key, an
+    /// envelope too large for one frame, or a body over the maximum message size).
+    InvalidRequest,
+    /// The connection or pool was closed by its owner.
+    Shutdown,
+    /// The server answered a transport-level request (`$subscribe`) with an ERROR.
+    Remote {
+        /// The ERROR code.
+        code: ErrorCode,
+    },
+}
+
+/// The error of a call, a notify or a subscription on the transport.
+///
+/// Opaque, with accessors: [`kind`](Self::kind), [`phase`](Self::phase),
+/// [`processed`](Self::processed), [`is_timeout`](Self::is_timeout),
+/// [`is_retryable_elsewhere`](Self::is_retryable_elsewhere). Cheap to clone, so that one
+/// connection failure can be handed to every pending caller.
+#[derive(Clone)]
+pub struct TransportError {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    phase: Phase,
+    processed: Processed,
+    message: String,
+}
+
+impl TransportError {
+    pub(crate) fn new(
+        kind: ErrorKind,
+        phase: Phase,
+        processed: Processed,
+        message: impl Into<String>,
+    ) -> Self {
+        TransportError {
+            inner: Arc::new(Inner {
+                kind,
+                phase,
+                processed,
+                message: message.into(),
+            }),
+        }
+    }
+
+    /// The same error seen from another phase or processed state (a connection failure is
+    /// "not processed" for a request still queued and "maybe" for one already written).
+    pub(crate) fn with(&self, phase: Phase, processed: Processed) -> Self {
+        TransportError::new(
+            self.inner.kind.clone(),
+            phase,
+            processed,
+            self.inner.message.clone(),
+        )
+    }
+
+    pub(crate) fn timeout(phase: Phase, processed: Processed, what: &str) -> Self {
+        TransportError::new(ErrorKind::Timeout, phase, processed, what)
+    }
+
+    pub(crate) fn shutdown(phase: Phase) -> Self {
+        TransportError::new(
+            ErrorKind::Shutdown,
+            phase,
+            Processed::No,
+            "the transport was closed",
+        )
+    }
+
+    pub(crate) fn invalid(err: mcp_codec::Error) -> Self {
+        TransportError::new(
+            ErrorKind::InvalidRequest,
+            Phase::Queue,
+            Processed::No,
+            format!("request cannot be encoded: {err}"),
+        )
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.inner.kind
+    }
+
+    /// Where the call was when it failed.
+    pub fn phase(&self) -> Phase {
+        self.inner.phase
+    }
+
+    /// Whether the request may have been processed by the server.
+    pub fn processed(&self) -> Processed {
+        self.inner.processed
+    }
+
+    /// Whether the request was certainly not processed: sending it again is safe whatever
+    /// the method.
+    pub fn is_not_processed(&self) -> bool {
+        self.inner.processed == Processed::No
+    }
+
+    /// Whether a deadline or timeout expired (connect timeout included).
+    pub fn is_timeout(&self) -> bool {
+        self.inner.kind == ErrorKind::Timeout
+    }
+
+    /// Whether another attempt on another connection (or after reconnecting) may succeed:
+    /// the request was not processed and the failure is about this connection or its
+    /// server's state (GOAWAY, ERROR 6, a lost or refused connection, local overload), not
+    /// about the request itself or a closed transport.
+    pub fn is_retryable_elsewhere(&self) -> bool {
+        self.is_not_processed()
+            && matches!(
+                self.inner.kind,
+                ErrorKind::GoAway { .. }
+                    | ErrorKind::Connect
+                    | ErrorKind::ConnectionClosed
+                    | ErrorKind::Protocol
+                    | ErrorKind::ConnectionError { .. }
+                    | ErrorKind::Overloaded
+                    | ErrorKind::PoolExhausted(_)
+                    | ErrorKind::Timeout
+            )
+    }
+}
+
+impl fmt::Debug for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportError")
+            .field("kind", &self.inner.kind)
+            .field("phase", &self.inner.phase)
+            .field("processed", &self.inner.processed)
+            .field("message", &self.inner.message)
+            .finish()
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let processed = match self.inner.processed {
+            Processed::No => "not processed",
+            Processed::Maybe => "may have been processed",
+        };
+        write!(
+            f,
+            "{} (phase {:?}, {processed})",
+            self.inner.message, self.inner.phase
+        )
+    }
+}
+
+impl std::error::Error for TransportError {}

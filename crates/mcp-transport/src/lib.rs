@@ -1,0 +1,87 @@
+//! `mcp-transport`: the tokio layer of MCP (the binary Microservice/Message Communication
+//! Protocol, not the Model Context Protocol). It turns the sans-I/O `mcp-codec` into living
+//! connections: multiplexed calls, heartbeats, reconnect with backoff, timeouts,
+//! backpressure and a connection pool. Only this crate and those above it know tokio.
+//!
+//! # Who should use this crate
+//! - `mcp-client` builds its facade (retries, circuit breaking, tracing, metrics) on
+//!   [`Pool`]; applications should depend on `mcp-client`.
+//! - `mcp-server` uses the shared wire pieces ([`FrameReader`], [`WireWriter`],
+//!   [`WireConfig`] with [`Role::Server`]) to serve connections.
+//! - Anyone wanting `tokio_util::codec::Framed` uses [`McpCodec`].
+//!
+//! # API overview
+//! Wire level, shared by client and server:
+//! - [`FrameReader::new`]`(read_half, &WireConfig)`, then `reader.next().await ->
+//!   Result<Option<`[`Inbound`]`>, `[`WireError`]`>`: decodes every frame of each read
+//!   from one reused buffer; single-frame bodies are zero-copy `Bytes` slices of it;
+//!   CONTINUATION frames are reassembled under `max_message_len`; frame types the
+//!   [`Role`] never receives are a [`WireError`]. Cancel-safe (use it in `select!`).
+//! - [`WireWriter::spawn`]`(write_half, &WireConfig) -> WireWriter` (cloneable):
+//!   `writer.send(Envelope)` encodes the whole message (split into CONTINUATION frames
+//!   when large) into the queue synchronously; the writer task writes everything queued
+//!   since its last write in one write; `writer.ready().await` waits for queue space
+//!   (flow control); a write making no progress for `write_stall_timeout` ends the task
+//!   ([`WriterExit::Failed`]); `close()` flushes and shuts down; `abort()` drops.
+//! - [`McpCodec`]: `tokio_util::codec::{Decoder<Item = Inbound>, Encoder<Envelope>}`.
+//!
+//! Client level:
+//! - [`Pool::new`]`(endpoint, `[`PoolConfig`]`)` (lazy; spawns one connector task);
+//!   [`Pool::ready`] waits for a connection.
+//! - [`Pool::call`]`(method, format, &`[`Meta`]`, body: &[u8], `[`CallOptions`]`) ->
+//!   Result<`[`Reply`]`, `[`TransportError`]`>`; [`Reply`] is a RESPONSE
+//!   ([`InboundResponse`]: format, meta, body `Bytes`) or a remote ERROR
+//!   ([`RemoteError`]: code, message). ERROR 6 and GOAWAY-refused requests are
+//!   `Err`, not processed and retryable elsewhere.
+//! - [`Pool::notify`]`(topic, format, &Meta, body)`; [`Pool::subscribe`]`(pattern) ->
+//!   `[`Subscription`] (a `Stream<Item = `[`Push`]`>`, survives reconnects, sends
+//!   `$unsubscribe` when the last one for its pattern is dropped).
+//! - [`Pool::state`] / [`Pool::watch_state`] ([`EndpointState`]: connected, reconnecting
+//!   with attempt and next delay, down, closed with a reason); [`Pool::stats`]
+//!   ([`PoolStats`]: in flight, connections by state, reconnects, late answers dropped,
+//!   push overflow drops, live tasks); [`Pool::close`] / drop; [`Pool::join`].
+//! - [`Connection`]: one connection without the pool ([`Connection::connect`],
+//!   [`Connection::call`], [`Connection::notify`], [`Connection::subscribe`],
+//!   [`Connection::drain`], [`Connection::close`], [`Connection::watch_status`]).
+//! - [`TransportError`]: [`TransportError::is_timeout`], [`TransportError::phase`]
+//!   ([`Phase`]: queue, pool, connect, write, response), [`TransportError::processed`]
+//!   ([`Processed::No`] = certainly not processed, [`Processed::Maybe`]),
+//!   [`TransportError::is_retryable_elsewhere`], [`TransportError::kind`].
+//!
+//! # Guarantees
+//! - Every call gets exactly one outcome: a reply, an error, a timeout, connection lost
+//!   or shut down. An answer for an id nobody waits for any more is dropped and counted.
+//! - Ids are never 0, increase, wrap, skip ids in flight, and an id given up on is not
+//!   reused while its late answer may still come.
+//! - A message is queued whole or not at all: a dropped call never leaves half a frame.
+//! - No input from the network can panic this crate.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod backoff;
+mod codec;
+mod config;
+mod connection;
+mod error;
+mod message;
+mod pool;
+mod subscription;
+mod wire;
+
+pub use backoff::Backoff;
+pub use codec::McpCodec;
+pub use config::{
+    BackoffConfig, Backpressure, ConnectionConfig, HeartbeatConfig, PoolConfig, PushOverflow, Role,
+    WireConfig,
+};
+pub use connection::{Connection, ConnectionStats, ConnectionStatus};
+pub use error::{ErrorKind, Phase, PoolExhausted, Processed, TransportError, WireError};
+pub use message::{
+    CallOptions, Inbound, InboundRequest, InboundResponse, Meta, MetaIter, Push, RemoteError, Reply,
+};
+pub use pool::{EndpointState, Pool, PoolStats};
+pub use subscription::{SUBSCRIBE_METHOD, Subscription, UNSUBSCRIBE_METHOD, topic_matches};
+pub use wire::{FrameReader, WireWriter, WriterExit, WriterStats};
+
+/// Re-exported so users of the transport need not depend on `mcp-codec` for the basics.
+pub use mcp_codec;

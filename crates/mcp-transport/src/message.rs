@@ -1,0 +1,504 @@
+//! Owned messages as the transport hands them out: bodies are `bytes::Bytes`, sliced without
+//! copying from the read buffer when the message came in one frame.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mcp_codec::{DEADLINE, ErrorCode, GoAwayCode, Metadata};
+use tokio::time::Instant;
+
+/// Owned metadata: received entries (kept as the wire block, sliced from the read buffer)
+/// or entries to send.
+///
+/// Keys may repeat; iteration yields entries in order. Keys are checked when a message
+/// carrying them is encoded (1..=255 bytes of `[a-z0-9._-]`).
+#[derive(Clone, Default)]
+pub struct Meta {
+    repr: MetaRepr,
+}
+
+#[derive(Clone)]
+enum MetaRepr {
+    /// The entries after the count byte, as received (already validated by the codec).
+    Wire { count: u8, entries: Bytes },
+    /// Entries added locally.
+    Pairs(Vec<(Cow<'static, str>, Bytes)>),
+}
+
+impl Default for MetaRepr {
+    fn default() -> Self {
+        MetaRepr::Pairs(Vec::new())
+    }
+}
+
+/// Entries up to which [`Meta`] hands the codec a borrowed view built on the stack.
+const STACK_META: usize = 8;
+
+impl Meta {
+    /// No entries.
+    pub const fn new() -> Self {
+        Meta {
+            repr: MetaRepr::Pairs(Vec::new()),
+        }
+    }
+
+    /// These entries plus `key: value`.
+    pub fn with(mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Bytes>) -> Self {
+        self.push(key, value);
+        self
+    }
+
+    /// Appends an entry.
+    pub fn push(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Bytes>) {
+        if let MetaRepr::Wire { .. } = self.repr {
+            let pairs = self
+                .iter()
+                .map(|(k, v)| (Cow::Owned(k.to_owned()), Bytes::copy_from_slice(v)))
+                .collect();
+            self.repr = MetaRepr::Pairs(pairs);
+        }
+        if let MetaRepr::Pairs(pairs) = &mut self.repr {
+            pairs.push((key.into(), value.into()));
+        }
+    }
+
+    /// Removes every entry with `key`.
+    pub fn remove(&mut self, key: &str) {
+        if self.get(key).is_none() {
+            return;
+        }
+        let pairs = self
+            .iter()
+            .filter(|(k, _)| *k != key)
+            .map(|(k, v)| (Cow::Owned(k.to_owned()), Bytes::copy_from_slice(v)))
+            .collect();
+        self.repr = MetaRepr::Pairs(pairs);
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        match &self.repr {
+            MetaRepr::Wire { count, .. } => usize::from(*count),
+            MetaRepr::Pairs(p) => p.len(),
+        }
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Iterates over `(key, value)` entries in order.
+    pub fn iter(&self) -> MetaIter<'_> {
+        match &self.repr {
+            MetaRepr::Wire { count, entries } => MetaIter {
+                inner: IterRepr::Wire {
+                    count: *count,
+                    rest: entries,
+                },
+            },
+            MetaRepr::Pairs(p) => MetaIter {
+                inner: IterRepr::Pairs(p.iter()),
+            },
+        }
+    }
+
+    /// The value of the first entry with `key`.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// The `deadline` entry in milliseconds: the smallest 4-byte value if repeated, values
+    /// of another length ignored (PROTOCOL.md section 3).
+    pub fn deadline_ms(&self) -> Option<u32> {
+        self.iter()
+            .filter(|(k, _)| *k == DEADLINE)
+            .filter_map(|(_, v)| <[u8; 4]>::try_from(v).ok())
+            .map(u32::from_be_bytes)
+            .min()
+    }
+
+    /// Metadata received in a frame: `block` is the whole metadata block (count byte
+    /// first), sliced from the frame so that nothing is copied.
+    pub(crate) fn from_wire_block(block: Bytes) -> Meta {
+        match block.first() {
+            None | Some(0) => Meta::new(),
+            Some(&count) => Meta {
+                repr: MetaRepr::Wire {
+                    count,
+                    entries: block.slice(1..),
+                },
+            },
+        }
+    }
+
+    /// A copy of borrowed metadata (messages reassembled from several frames, whose head
+    /// frame is gone when they are handed out).
+    pub(crate) fn copy_of(meta: &Metadata<'_>) -> Meta {
+        if meta.is_empty() {
+            return Meta::new();
+        }
+        Meta {
+            repr: MetaRepr::Pairs(
+                meta.iter()
+                    .map(|(k, v)| (Cow::Owned(k.to_owned()), Bytes::copy_from_slice(v)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Runs `f` with a borrowed codec view of these entries, built on the stack for up to
+    /// eight entries, so that encoding a request allocates nothing.
+    pub fn with_metadata<R>(&self, f: impl FnOnce(Metadata<'_>) -> R) -> R {
+        let n = self.len();
+        if n == 0 {
+            return f(Metadata::EMPTY);
+        }
+        if n <= STACK_META {
+            let mut pairs: [(&str, &[u8]); STACK_META] = [("", &[]); STACK_META];
+            let mut filled = 0;
+            for (slot, pair) in pairs.iter_mut().zip(self.iter()) {
+                *slot = pair;
+                filled += 1;
+            }
+            return f(Metadata::from_pairs(&pairs[..filled]));
+        }
+        let pairs: Vec<(&str, &[u8])> = self.iter().collect();
+        f(Metadata::from_pairs(&pairs))
+    }
+}
+
+impl fmt::Debug for Meta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|(k, v)| (k, Bytes::copy_from_slice(v))))
+            .finish()
+    }
+}
+
+impl PartialEq for Meta {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Meta {}
+
+/// Iterator over the entries of a [`Meta`].
+#[derive(Debug, Clone)]
+pub struct MetaIter<'a> {
+    inner: IterRepr<'a>,
+}
+
+#[derive(Debug, Clone)]
+enum IterRepr<'a> {
+    Wire { count: u8, rest: &'a [u8] },
+    Pairs(std::slice::Iter<'a, (Cow<'static, str>, Bytes)>),
+}
+
+impl<'a> Iterator for MetaIter<'a> {
+    type Item = (&'a str, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.inner {
+            IterRepr::Pairs(it) => it.next().map(|(k, v)| (k.as_ref(), v.as_ref())),
+            IterRepr::Wire { count, rest } => {
+                if *count == 0 {
+                    return None;
+                }
+                // The codec validated the block; if it were short anyway, iteration ends
+                // rather than panicking.
+                let (&key_len, tail) = rest.split_first()?;
+                let key = tail.get(..usize::from(key_len))?;
+                let tail = tail.get(usize::from(key_len)..)?;
+                let value_len = usize::from(u16::from_be_bytes([*tail.first()?, *tail.get(1)?]));
+                let value = tail.get(2..2 + value_len)?;
+                *rest = tail.get(2 + value_len..)?;
+                *count -= 1;
+                Some((std::str::from_utf8(key).ok()?, value))
+            }
+        }
+    }
+}
+
+/// UTF-8 text held in `Bytes` (a method or topic sliced from a frame).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Text(Bytes);
+
+impl Text {
+    /// Slices `s` out of `frame` when it lies inside it, else copies it.
+    pub(crate) fn from_frame(frame: Option<&Bytes>, s: &str) -> Self {
+        Text(slice_or_copy(frame, s.as_bytes()))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // The codec checked the bytes were UTF-8 before we kept them.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// A zero-copy slice of `frame` when `part` lies inside it, else a copy of `part`.
+pub(crate) fn slice_or_copy(frame: Option<&Bytes>, part: &[u8]) -> Bytes {
+    if part.is_empty() {
+        return Bytes::new();
+    }
+    match frame {
+        Some(frame) if within(frame, part) => frame.slice_ref(part),
+        _ => Bytes::copy_from_slice(part),
+    }
+}
+
+fn within(outer: &[u8], inner: &[u8]) -> bool {
+    let o = outer.as_ptr() as usize;
+    let i = inner.as_ptr() as usize;
+    i >= o && i + inner.len() <= o + outer.len()
+}
+
+/// A REQUEST as a server receives it.
+#[derive(Debug, Clone)]
+pub struct InboundRequest {
+    pub(crate) id: u32,
+    pub(crate) format: u8,
+    pub(crate) method: Text,
+    pub(crate) meta: Meta,
+    pub(crate) body: Bytes,
+}
+
+impl InboundRequest {
+    /// The request id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    /// The body's format byte.
+    pub fn format(&self) -> u8 {
+        self.format
+    }
+    /// The method.
+    pub fn method(&self) -> &str {
+        self.method.as_str()
+    }
+    /// The metadata.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+    /// The whole body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+    /// Takes the body out.
+    pub fn into_body(self) -> Bytes {
+        self.body
+    }
+}
+
+/// A RESPONSE as a client receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundResponse {
+    pub(crate) id: u32,
+    pub(crate) format: u8,
+    pub(crate) meta: Meta,
+    pub(crate) body: Bytes,
+}
+
+impl InboundResponse {
+    /// The id of the request answered.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    /// The body's format byte.
+    pub fn format(&self) -> u8 {
+        self.format
+    }
+    /// The metadata.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+    /// The whole body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+    /// Takes the body out.
+    pub fn into_body(self) -> Bytes {
+        self.body
+    }
+}
+
+/// A NOTIFY: a push from the server (client side) or a one-way message (server side).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    pub(crate) format: u8,
+    pub(crate) topic: Text,
+    pub(crate) meta: Meta,
+    pub(crate) body: Bytes,
+}
+
+impl Push {
+    /// The body's format byte.
+    pub fn format(&self) -> u8 {
+        self.format
+    }
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        self.topic.as_str()
+    }
+    /// The metadata.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+    /// The whole body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+    /// Takes the body out.
+    pub fn into_body(self) -> Bytes {
+        self.body
+    }
+}
+
+/// An ERROR the server answered a request with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteError {
+    /// The code (PROTOCOL.md section 5).
+    pub code: ErrorCode,
+    /// The server's message, possibly empty.
+    pub message: String,
+}
+
+impl RemoteError {
+    /// Whether the server says it did not process the request (OVERLOADED, UNAVAILABLE).
+    pub fn is_not_processed(&self) -> bool {
+        self.code.is_not_processed()
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "remote error {}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+/// The server's answer to a call: a RESPONSE or an ERROR with the call's id.
+///
+/// ERROR 6 (UNAVAILABLE) is not a reply: the transport turns it into a
+/// [`TransportError`](crate::TransportError) "not processed, retry elsewhere", like a
+/// request refused by GOAWAY.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// RESPONSE.
+    Response(InboundResponse),
+    /// ERROR.
+    Error(RemoteError),
+}
+
+impl Reply {
+    /// The response, or the remote error as `Err`.
+    pub fn into_result(self) -> Result<InboundResponse, RemoteError> {
+        match self {
+            Reply::Response(r) => Ok(r),
+            Reply::Error(e) => Err(e),
+        }
+    }
+}
+
+/// A frame or message received on one byte stream, owned.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Inbound {
+    /// REQUEST (server role only).
+    Request(InboundRequest),
+    /// RESPONSE (client role only).
+    Response(InboundResponse),
+    /// NOTIFY.
+    Notify(Push),
+    /// ERROR; id 0 is about the whole connection.
+    Error {
+        /// The request's id, or 0.
+        id: u32,
+        /// The code.
+        code: ErrorCode,
+        /// The message.
+        message: String,
+    },
+    /// PING; answer with PONG carrying the same bytes.
+    Ping([u8; 8]),
+    /// PONG.
+    Pong([u8; 8]),
+    /// CANCEL (server role only).
+    Cancel(u32),
+    /// GOAWAY.
+    GoAway {
+        /// The last request id the peer accepted.
+        last_id: u32,
+        /// Why.
+        code: GoAwayCode,
+        /// The reason text.
+        reason: String,
+    },
+    /// A REQUEST past the maximum message size (server role): answer ERROR 7 with this id;
+    /// its remaining frames are skipped.
+    RequestTooLarge {
+        /// The request's id.
+        id: u32,
+    },
+    /// A malformed REQUEST whose id could be read (server role): answer ERROR 1 with this
+    /// id and keep the connection.
+    MalformedRequest {
+        /// The request's id.
+        id: u32,
+        /// What was wrong.
+        error: mcp_codec::Error,
+    },
+}
+
+/// Per-call options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// An absolute deadline for the call.
+    pub deadline: Option<Instant>,
+    /// A timeout from now (for one attempt); the earlier of this and `deadline` wins. With
+    /// neither, the pool's default timeout applies (a bare connection waits forever).
+    pub timeout: Option<Duration>,
+}
+
+impl CallOptions {
+    /// Options with a timeout from now.
+    pub fn timeout(timeout: Duration) -> Self {
+        CallOptions {
+            deadline: None,
+            timeout: Some(timeout),
+        }
+    }
+
+    /// Options with an absolute deadline.
+    pub fn deadline(deadline: Instant) -> Self {
+        CallOptions {
+            deadline: Some(deadline),
+            timeout: None,
+        }
+    }
+
+    /// The effective deadline: the earlier of `deadline` and now + `timeout`, else
+    /// now + `default` when given.
+    pub fn resolve(&self, default: Option<Duration>) -> Option<Instant> {
+        let now = Instant::now();
+        let from_timeout = self.timeout.or(match self.deadline {
+            Some(_) => None,
+            None => default,
+        });
+        let from_timeout = from_timeout.and_then(|t| now.checked_add(t));
+        match (self.deadline, from_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}

@@ -1,0 +1,749 @@
+//! A pool of multiplexed connections to one endpoint, with reconnect and resubscription.
+//!
+//! One connector task per pool makes every connect attempt, so there is never more than
+//! one attempt in flight per endpoint; it also runs the backoff, reclaims idle
+//! connections, keeps the minimum warm, and subscribes again after a reconnect. Callers
+//! never connect themselves: they register as waiters and are woken when a connection
+//! with room appears, when one frees a place, or when the endpoint is declared down.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::config::{Backpressure, PoolConfig};
+use crate::connection::{
+    Connection, ConnectionStats, InFlightPermit, PoolSignal, connect_tcp, subscribe_call,
+};
+use crate::error::{ErrorKind, Phase, PoolExhausted, Processed, TransportError};
+use crate::message::{CallOptions, Meta, Reply};
+use crate::subscription::{
+    PushRouter, SUBSCRIBE_METHOD, Subscription, SubscriptionOwner, UNSUBSCRIBE_METHOD,
+};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the state consistent, so a poisoned lock is used as is.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The state of the pool's endpoint, observable through [`Pool::watch_state`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum EndpointState {
+    /// No connection yet and none wanted (the pool is lazy).
+    Idle,
+    /// A connect attempt is in flight.
+    Connecting {
+        /// The try number in the current series (1-based).
+        attempt: u32,
+    },
+    /// At least one connection is open.
+    Connected {
+        /// Open connections.
+        connections: usize,
+    },
+    /// A connect attempt failed; the next one waits for the backoff delay.
+    Reconnecting {
+        /// The number of the next try (2-based: the first retry is attempt 2).
+        attempt: u32,
+        /// The delay before it.
+        next_delay: Duration,
+        /// Why the last try failed.
+        last_error: TransportError,
+    },
+    /// The try limit was reached; the error went to the waiting callers. The next call
+    /// starts a new series.
+    Down {
+        /// Why the last try failed.
+        reason: TransportError,
+    },
+    /// The pool was closed.
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A snapshot of the pool's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections taking requests.
+    pub open: usize,
+    /// Connections draining (GOAWAY received; closing when their answers are in).
+    pub draining: usize,
+    /// 1 while a connect attempt is in flight.
+    pub connecting: usize,
+    /// Calls waiting for their answer, over all connections.
+    pub in_flight: usize,
+    /// Callers waiting for a connection with room.
+    pub waiting: usize,
+    /// Connections established.
+    pub connects: u64,
+    /// Connections established after an earlier one was lost or closed.
+    pub reconnects: u64,
+    /// Connect attempts that failed.
+    pub connect_failures: u64,
+    /// Answers that came after their caller gave up (dropped).
+    pub late_answers: u64,
+    /// Answers for unknown ids (dropped).
+    pub unknown_answers: u64,
+    /// CANCEL frames sent.
+    pub cancels_sent: u64,
+    /// Pushes queued to subscribers.
+    pub push_delivered: u64,
+    /// Pushes lost to a full subscriber queue.
+    pub push_dropped: u64,
+    /// Pushes no local subscriber matched.
+    pub push_unmatched: u64,
+    /// Background tasks still running (connector, connection drivers).
+    pub tasks: usize,
+}
+
+#[derive(Debug, Default)]
+struct Retired {
+    late_answers: u64,
+    unknown_answers: u64,
+    cancels_sent: u64,
+}
+
+#[derive(Debug)]
+struct PoolState {
+    conns: Vec<Connection>,
+    connecting: bool,
+    waiters: usize,
+    /// Set when a series of tries ended at the limit; callers waiting then fail.
+    down: Option<TransportError>,
+    /// Bumped each time `down` is set, so a waiter knows the series it waited on ended.
+    down_gen: u64,
+    /// Failed tries in the current series, and the last failure.
+    failures: u32,
+    last_error: Option<TransportError>,
+    closed: bool,
+    /// The connection carrying the subscriptions (pushes come on one connection only).
+    sub_conn: Option<u64>,
+    next_serial: u64,
+    retired: Retired,
+}
+
+#[derive(Debug)]
+struct PoolShared {
+    endpoint: String,
+    config: PoolConfig,
+    state: Mutex<PoolState>,
+    signal: Arc<PoolSignal>,
+    router: Arc<PushRouter>,
+    status: watch::Sender<EndpointState>,
+    /// Cloned into every background task: its count is the number of live tasks.
+    token: Arc<()>,
+    connects: AtomicU64,
+    reconnects: AtomicU64,
+    connect_failures: AtomicU64,
+}
+
+/// Connections to one endpoint: lazy, multiplexed, replaced when they die.
+///
+/// Cheap to clone. Dropping the last handle (or [`Pool::close`]) closes every connection
+/// and ends every background task. Must be created inside a tokio runtime.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    shared: Arc<PoolShared>,
+    _guard: Arc<Guard>,
+}
+
+#[derive(Debug)]
+struct Guard(Arc<PoolShared>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.close("the pool was dropped");
+    }
+}
+
+/// Counts a caller as waiting for as long as it lives (a dropped call future included).
+struct Waiting<'a>(&'a PoolShared);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).waiters -= 1;
+        self.0.signal.waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Pool {
+    /// A pool for `endpoint` (`host:port`, resolved at each connect). No connection is
+    /// made until the first call, unless `min_connections` > 0.
+    pub fn new(endpoint: impl Into<String>, config: PoolConfig) -> Pool {
+        let mut config = config;
+        config.max_connections = config.max_connections.max(1);
+        config.min_connections = config.min_connections.min(config.max_connections);
+        let router = Arc::new(PushRouter::new(
+            config.connection.push_queue,
+            config.connection.push_overflow,
+        ));
+        let (status, _) = watch::channel(EndpointState::Idle);
+        let shared = Arc::new(PoolShared {
+            endpoint: endpoint.into(),
+            config,
+            state: Mutex::new(PoolState {
+                conns: Vec::new(),
+                connecting: false,
+                waiters: 0,
+                down: None,
+                down_gen: 0,
+                failures: 0,
+                last_error: None,
+                closed: false,
+                sub_conn: None,
+                next_serial: 1,
+                retired: Retired::default(),
+            }),
+            signal: Arc::new(PoolSignal::default()),
+            router,
+            status,
+            token: Arc::new(()),
+            connects: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+        });
+        tokio::spawn(connector(shared.clone(), shared.token.clone()));
+        Pool {
+            _guard: Arc::new(Guard(shared.clone())),
+            shared,
+        }
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &str {
+        &self.shared.endpoint
+    }
+
+    /// Sends a REQUEST on the least-loaded open connection and waits for its answer.
+    ///
+    /// `opts` bounds everything: waiting for a connection (connecting included), for a
+    /// place in its in-flight window, and for the answer; without a deadline or timeout the
+    /// pool's `default_timeout` applies.
+    pub async fn call(
+        &self,
+        method: &str,
+        format: u8,
+        meta: &Meta,
+        body: &[u8],
+        opts: CallOptions,
+    ) -> Result<Reply, TransportError> {
+        let deadline = opts.resolve(Some(self.shared.config.default_timeout));
+        loop {
+            let (conn, permit) = self.shared.acquire(deadline).await?;
+            conn.wait_writable(deadline).await?;
+            match conn.start_call(permit, method, format, meta, body) {
+                Ok(pending) => return pending.wait(deadline).await,
+                // The connection started draining or closed after we picked it; the request
+                // never left this process, so another connection may take it.
+                Err(err) if err.is_retryable_elsewhere() => continue,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Sends a one-way NOTIFY on an open connection (connecting if needed, within the
+    /// default timeout).
+    pub async fn notify(
+        &self,
+        topic: &str,
+        format: u8,
+        meta: &Meta,
+        body: &[u8],
+    ) -> Result<(), TransportError> {
+        let deadline = CallOptions::default().resolve(Some(self.shared.config.default_timeout));
+        let (conn, _permit) = self.shared.acquire(deadline).await?;
+        conn.wait_writable(deadline).await?;
+        conn.notify_now(topic, format, meta, body)
+    }
+
+    /// Subscribes to a topic or `prefix*` pattern. The subscription survives reconnects
+    /// (the pool sends `$subscribe` again on the new connection) and sends `$unsubscribe`
+    /// when the last local subscriber of the pattern is dropped.
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, TransportError> {
+        let owner: Arc<dyn SubscriptionOwner> = self.shared.clone();
+        let Some((sub, first)) =
+            Subscription::register(&self.shared.router, Arc::downgrade(&owner), pattern)
+        else {
+            return Err(TransportError::shutdown(Phase::Pool));
+        };
+        if first {
+            let deadline = CallOptions::default().resolve(Some(self.shared.config.default_timeout));
+            if let Err(err) = self.shared.subscribe_one(pattern, deadline).await {
+                sub.forget();
+                return Err(err);
+            }
+        }
+        Ok(sub)
+    }
+
+    /// Waits until a connection is open (connecting if needed), at most until `deadline`.
+    pub async fn ready(&self, opts: CallOptions) -> Result<(), TransportError> {
+        let deadline = opts.resolve(Some(self.shared.config.default_timeout));
+        let (_conn, _permit) = self.shared.acquire(deadline).await?;
+        Ok(())
+    }
+
+    /// The endpoint's state now.
+    pub fn state(&self) -> EndpointState {
+        self.shared.status.borrow().clone()
+    }
+
+    /// A receiver of the endpoint's state changes.
+    pub fn watch_state(&self) -> watch::Receiver<EndpointState> {
+        self.shared.status.subscribe()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> PoolStats {
+        self.shared.stats()
+    }
+
+    /// Closes every connection (pending calls fail with [`ErrorKind::Shutdown`]), ends
+    /// every subscription stream and the background tasks.
+    pub fn close(&self) {
+        self.shared.close("closed by its owner");
+    }
+
+    /// Waits until every background task has ended (after [`Pool::close`]), at most
+    /// `timeout`; returns whether they all did.
+    pub async fn join(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if Arc::strong_count(&self.shared.token) == 1 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl SubscriptionOwner for PoolShared {
+    fn unsubscribed(&self, pattern: &str) {
+        let state = lock(&self.state);
+        let conn = state
+            .sub_conn
+            .and_then(|serial| state.conns.iter().find(|c| c.serial() == serial));
+        if let Some(conn) = conn {
+            conn.call_detached(UNSUBSCRIBE_METHOD, pattern.as_bytes());
+        }
+    }
+}
+
+impl PoolShared {
+    fn close(&self, reason: &str) {
+        let conns = {
+            let mut state = lock(&self.state);
+            if state.closed {
+                return;
+            }
+            state.closed = true;
+            std::mem::take(&mut state.conns)
+        };
+        for conn in &conns {
+            conn.close();
+        }
+        self.router.close();
+        self.status.send_replace(EndpointState::Closed {
+            reason: reason.to_owned(),
+        });
+        self.signal.changed();
+    }
+
+    fn open_count(state: &PoolState) -> usize {
+        state.conns.iter().filter(|c| c.is_open()).count()
+    }
+
+    fn stats(&self) -> PoolStats {
+        let state = lock(&self.state);
+        let mut stats = PoolStats {
+            connecting: usize::from(state.connecting),
+            waiting: state.waiters,
+            connects: self.connects.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            connect_failures: self.connect_failures.load(Ordering::Relaxed),
+            late_answers: state.retired.late_answers,
+            unknown_answers: state.retired.unknown_answers,
+            cancels_sent: state.retired.cancels_sent,
+            push_delivered: self.router.delivered(),
+            push_dropped: self.router.dropped(),
+            push_unmatched: self.router.unmatched(),
+            tasks: Arc::strong_count(&self.token) - 1,
+            ..PoolStats::default()
+        };
+        for conn in &state.conns {
+            let c: ConnectionStats = conn.stats();
+            if conn.is_open() {
+                stats.open += 1;
+            } else if !conn.is_closed() {
+                stats.draining += 1;
+            }
+            stats.in_flight += c.in_flight;
+            stats.late_answers += c.late_answers;
+            stats.unknown_answers += c.unknown_answers;
+            stats.cancels_sent += c.cancels_sent;
+        }
+        stats
+    }
+
+    /// Removes closed connections, keeping their counters.
+    fn prune(state: &mut PoolState) {
+        let mut i = 0;
+        while i < state.conns.len() {
+            if state.conns[i].is_closed() {
+                let conn = state.conns.swap_remove(i);
+                let c = conn.stats();
+                state.retired.late_answers += c.late_answers;
+                state.retired.unknown_answers += c.unknown_answers;
+                state.retired.cancels_sent += c.cancels_sent;
+                if state.sub_conn == Some(conn.serial()) {
+                    state.sub_conn = None;
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Whether the connector should make a connect attempt now.
+    fn want_connect(&self, state: &PoolState) -> bool {
+        if state.closed || state.down.is_some() {
+            return false;
+        }
+        let open = Self::open_count(state);
+        open < self.config.max_connections
+            && (open < self.config.min_connections
+                || state.waiters > 0
+                || (open == 0 && self.router.has_subscribers()))
+    }
+
+    /// The least-loaded open connection with room, and a place in its window.
+    fn pick(state: &PoolState) -> Option<(Connection, InFlightPermit)> {
+        let mut candidates: Vec<(usize, &Connection)> = state
+            .conns
+            .iter()
+            .filter(|c| c.is_open())
+            .map(|c| (c.in_flight(), c))
+            .filter(|(load, c)| *load < c.max_in_flight())
+            .collect();
+        candidates.sort_by_key(|(load, _)| *load);
+        candidates
+            .into_iter()
+            .find_map(|(_, c)| c.try_acquire().map(|p| (c.clone(), p)))
+    }
+
+    fn exhausted_reason(&self, state: &PoolState) -> (PoolExhausted, String) {
+        let open = Self::open_count(state);
+        if open == 0 {
+            match (&state.down, &state.last_error) {
+                (Some(err), _) => (
+                    PoolExhausted::EndpointDown,
+                    format!("endpoint {} is down: {err}", self.endpoint),
+                ),
+                (None, Some(err)) if state.failures > 0 => (
+                    PoolExhausted::EndpointDown,
+                    format!(
+                        "endpoint {} unreachable after {} tries: {err}",
+                        self.endpoint, state.failures
+                    ),
+                ),
+                _ => (
+                    PoolExhausted::AllConnecting,
+                    format!("still connecting to {}", self.endpoint),
+                ),
+            }
+        } else {
+            (
+                PoolExhausted::AllFull,
+                format!(
+                    "all {open} connections to {} are at their maximum in flight",
+                    self.endpoint
+                ),
+            )
+        }
+    }
+
+    /// Waits for a connection with room, at most until `deadline`.
+    async fn acquire(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(Connection, InFlightPermit), TransportError> {
+        let mut waiting: Option<Waiting<'_>> = None;
+        let mut my_gen = None;
+        loop {
+            let notified = self.signal.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let reason = {
+                let mut state = lock(&self.state);
+                if state.closed {
+                    return Err(TransportError::shutdown(Phase::Pool));
+                }
+                Self::prune(&mut state);
+                if let Some(found) = Self::pick(&state) {
+                    return Ok(found);
+                }
+                let series = *my_gen.get_or_insert_with(|| {
+                    // A call after a series that ended at the limit starts a new series.
+                    if state.down.take().is_some() {
+                        state.failures = 0;
+                    }
+                    state.down_gen
+                });
+                if state.down_gen != series {
+                    let (reason, message) = self.exhausted_reason(&state);
+                    return Err(TransportError::new(
+                        ErrorKind::PoolExhausted(reason),
+                        Phase::Connect,
+                        Processed::No,
+                        message,
+                    ));
+                }
+                let open = Self::open_count(&state);
+                if self.config.connection.backpressure == Backpressure::Reject
+                    && open >= self.config.max_connections
+                {
+                    return Err(TransportError::new(
+                        ErrorKind::Overloaded,
+                        Phase::Pool,
+                        Processed::No,
+                        "every connection is at its maximum in flight",
+                    ));
+                }
+                if waiting.is_none() {
+                    state.waiters += 1;
+                    self.signal.waiters.fetch_add(1, Ordering::AcqRel);
+                    waiting = Some(Waiting(self));
+                }
+                if self.want_connect(&state) {
+                    self.signal.connector.notify_one();
+                }
+                self.exhausted_reason(&state)
+            };
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        let (kind, message) = reason;
+                        return Err(TransportError::new(
+                            if kind == PoolExhausted::AllFull
+                                || kind == PoolExhausted::AllConnecting
+                            {
+                                ErrorKind::Timeout
+                            } else {
+                                ErrorKind::PoolExhausted(kind)
+                            },
+                            Phase::Pool,
+                            Processed::No,
+                            format!("no connection before the deadline: {message} ({kind})"),
+                        ));
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Sends `$subscribe` for one new pattern on the subscription connection.
+    async fn subscribe_one(
+        &self,
+        pattern: &str,
+        deadline: Option<Instant>,
+    ) -> Result<(), TransportError> {
+        let (conn, permit) = self.acquire(deadline).await?;
+        drop(permit);
+        let conn = {
+            let mut state = lock(&self.state);
+            let current = state
+                .sub_conn
+                .and_then(|serial| state.conns.iter().find(|c| c.serial() == serial))
+                .filter(|c| c.is_open())
+                .cloned();
+            match current {
+                Some(current) => current,
+                None => {
+                    // This connection becomes the subscription connection: every other
+                    // pattern goes there too.
+                    state.sub_conn = Some(conn.serial());
+                    for other in self.router.patterns() {
+                        if other != pattern {
+                            conn.call_detached(SUBSCRIBE_METHOD, other.as_bytes());
+                        }
+                    }
+                    conn
+                }
+            }
+        };
+        subscribe_call(
+            &conn,
+            pattern,
+            CallOptions {
+                deadline,
+                timeout: None,
+            },
+        )
+        .await
+    }
+
+    /// Housekeeping: drops closed connections, closes idle ones above the minimum, and
+    /// moves the subscriptions to a live connection when theirs is gone.
+    fn maintain(&self) {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return;
+        }
+        Self::prune(&mut state);
+        let now = Instant::now();
+        let mut open = Self::open_count(&state);
+        let sub_conn = state.sub_conn;
+        for conn in &state.conns {
+            if open > self.config.min_connections
+                && conn.is_open()
+                && conn.in_flight() == 0
+                && Some(conn.serial()) != sub_conn
+                && now.duration_since(conn.last_active()) >= self.config.idle_timeout
+            {
+                conn.close();
+                open -= 1;
+            }
+        }
+        if state.sub_conn.is_none() && self.router.has_subscribers() {
+            if let Some(conn) = state.conns.iter().find(|c| c.is_open()).cloned() {
+                state.sub_conn = Some(conn.serial());
+                for pattern in self.router.patterns() {
+                    conn.call_detached(SUBSCRIBE_METHOD, pattern.as_bytes());
+                }
+            }
+        }
+        let open = Self::open_count(&state);
+        if open > 0 {
+            self.status
+                .send_replace(EndpointState::Connected { connections: open });
+        } else if state.conns.is_empty() && state.failures == 0 && state.down.is_none() {
+            self.status.send_if_modified(|s| {
+                if matches!(s, EndpointState::Connected { .. }) {
+                    *s = EndpointState::Idle;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+}
+
+/// The pool's connector: the only place connect attempts are made.
+async fn connector(shared: Arc<PoolShared>, token: Arc<()>) {
+    let mut backoff = Backoff::new(shared.config.backoff);
+    let mut ever_connected = false;
+    loop {
+        // Wait until a connection is wanted, doing housekeeping meanwhile.
+        loop {
+            let wake = shared.signal.connector.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            shared.maintain();
+            {
+                let state = lock(&shared.state);
+                if state.closed {
+                    return;
+                }
+                if state.down.is_none() && state.failures == 0 && backoff.failures() > 0 {
+                    // A caller started a new series after the last one ended.
+                    backoff.reset();
+                }
+                if shared.want_connect(&state) {
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = &mut wake => {}
+                _ = tokio::time::sleep(shared.config.maintenance_interval) => {}
+            }
+        }
+
+        let delay = backoff.next_delay();
+        if !delay.is_zero() {
+            let last_error = lock(&shared.state).last_error.clone();
+            if let Some(last_error) = last_error {
+                shared.status.send_replace(EndpointState::Reconnecting {
+                    attempt: backoff.failures() + 1,
+                    next_delay: delay,
+                    last_error,
+                });
+            }
+            tokio::time::sleep(delay).await;
+            if lock(&shared.state).closed {
+                return;
+            }
+        }
+
+        lock(&shared.state).connecting = true;
+        if !matches!(&*shared.status.borrow(), EndpointState::Connected { .. }) {
+            shared.status.send_replace(EndpointState::Connecting {
+                attempt: backoff.failures() + 1,
+            });
+        }
+        let connected = connect_tcp(
+            shared.endpoint.as_str(),
+            shared.config.connection.connect_timeout,
+        )
+        .await;
+        let mut state = lock(&shared.state);
+        state.connecting = false;
+        if state.closed {
+            return;
+        }
+        match connected.and_then(|stream| {
+            let serial = state.next_serial;
+            Connection::start(
+                stream,
+                shared.config.connection.clone(),
+                shared.router.clone(),
+                Some(shared.signal.clone()),
+                Some(token.clone()),
+                serial,
+            )
+        }) {
+            Ok(conn) => {
+                state.next_serial += 1;
+                state.conns.push(conn);
+                state.failures = 0;
+                state.last_error = None;
+                backoff.reset();
+                shared.connects.fetch_add(1, Ordering::Relaxed);
+                if ever_connected {
+                    shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                ever_connected = true;
+                drop(state);
+                tracing::debug!(endpoint = %shared.endpoint, "connected");
+            }
+            Err(err) => {
+                shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+                backoff.failed();
+                state.failures = backoff.failures();
+                state.last_error = Some(err.clone());
+                if backoff.exhausted() {
+                    tracing::debug!(endpoint = %shared.endpoint, %err, "endpoint down");
+                    state.down = Some(err.clone());
+                    state.down_gen += 1;
+                    drop(state);
+                    shared
+                        .status
+                        .send_replace(EndpointState::Down { reason: err });
+                } else {
+                    drop(state);
+                }
+            }
+        }
+        shared.signal.changed();
+    }
+}

@@ -1,0 +1,302 @@
+//! Delivery of pushes (NOTIFY frames from the server) to local subscribers.
+//!
+//! The connection's reader hands each push to the [`PushRouter`] synchronously; the router
+//! copies it (a cheap `Bytes` clone) into the bounded queue of every matching
+//! [`Subscription`]. A full queue loses a push by the configured [`PushOverflow`] policy
+//! and counts it: the reader never waits for a subscriber, so a slow subscriber cannot
+//! stall responses or heartbeats, and memory is bounded by queue length x message size.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+
+use futures_core::Stream;
+
+use crate::config::PushOverflow;
+use crate::message::Push;
+
+/// The method a client calls to subscribe; the body is the topic or `prefix*` pattern.
+pub const SUBSCRIBE_METHOD: &str = "$subscribe";
+/// The method a client calls to unsubscribe.
+pub const UNSUBSCRIBE_METHOD: &str = "$unsubscribe";
+
+/// Whether `topic` matches a subscription `pattern`: exactly, or by prefix when the
+/// pattern ends in `*` (PROTOCOL.md section 6).
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => topic.starts_with(prefix),
+        None => pattern == topic,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here leaves the state consistent, so a poisoned lock (a panic
+    // elsewhere while holding it) is used as is.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Told when the last local subscriber of a pattern goes away, to send `$unsubscribe`.
+pub(crate) trait SubscriptionOwner: Send + Sync {
+    fn unsubscribed(&self, pattern: &str);
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    items: VecDeque<Push>,
+    waker: Option<Waker>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct SubQueue {
+    state: Mutex<QueueState>,
+}
+
+impl SubQueue {
+    fn close(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct RouterState {
+    subs: HashMap<u64, (String, Arc<SubQueue>)>,
+    /// Local subscribers per pattern: `$subscribe` goes out for the first,
+    /// `$unsubscribe` after the last.
+    patterns: HashMap<String, usize>,
+    next: u64,
+    closed: bool,
+}
+
+/// Routes pushes to local subscribers; shared by every connection of a pool.
+#[derive(Debug)]
+pub(crate) struct PushRouter {
+    state: Mutex<RouterState>,
+    capacity: usize,
+    policy: PushOverflow,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    unmatched: AtomicU64,
+}
+
+impl PushRouter {
+    pub(crate) fn new(capacity: usize, policy: PushOverflow) -> Self {
+        PushRouter {
+            state: Mutex::new(RouterState::default()),
+            capacity: capacity.max(1),
+            policy,
+            delivered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            unmatched: AtomicU64::new(0),
+        }
+    }
+
+    /// Hands `push` to every matching subscriber without waiting.
+    pub(crate) fn deliver(&self, push: Push) {
+        let state = lock(&self.state);
+        let mut matched = false;
+        for (pattern, queue) in state.subs.values() {
+            if !topic_matches(pattern, push.topic()) {
+                continue;
+            }
+            matched = true;
+            let mut q = lock(&queue.state);
+            if q.items.len() >= self.capacity {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                match self.policy {
+                    PushOverflow::DropNewest => continue,
+                    PushOverflow::DropOldest => {
+                        q.items.pop_front();
+                    }
+                }
+            }
+            q.items.push_back(push.clone());
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+            if let Some(waker) = q.waker.take() {
+                waker.wake();
+            }
+        }
+        if !matched {
+            self.unmatched.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Registers a subscriber; returns whether it is the first for `pattern` (so that
+    /// `$subscribe` must be sent), or `None` once the router is closed.
+    fn register(&self, pattern: &str) -> Option<(u64, Arc<SubQueue>, bool)> {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return None;
+        }
+        state.next += 1;
+        let id = state.next;
+        let queue = Arc::new(SubQueue {
+            state: Mutex::new(QueueState::default()),
+        });
+        state.subs.insert(id, (pattern.to_owned(), queue.clone()));
+        let count = state.patterns.entry(pattern.to_owned()).or_insert(0);
+        *count += 1;
+        Some((id, queue, *count == 1))
+    }
+
+    /// Removes a subscriber; returns whether it was the last for its pattern.
+    fn unregister(&self, id: u64) -> Option<String> {
+        let mut state = lock(&self.state);
+        let (pattern, queue) = state.subs.remove(&id)?;
+        queue.close();
+        let count = state.patterns.get_mut(&pattern)?;
+        *count -= 1;
+        if *count == 0 {
+            state.patterns.remove(&pattern);
+            Some(pattern)
+        } else {
+            None
+        }
+    }
+
+    /// The patterns with at least one local subscriber (to subscribe again after a
+    /// reconnect).
+    pub(crate) fn patterns(&self) -> Vec<String> {
+        lock(&self.state).patterns.keys().cloned().collect()
+    }
+
+    pub(crate) fn has_subscribers(&self) -> bool {
+        !lock(&self.state).patterns.is_empty()
+    }
+
+    /// Ends every subscription stream (the pool or connection is closed).
+    pub(crate) fn close(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        for (_, queue) in state.subs.values() {
+            queue.close();
+        }
+    }
+
+    pub(crate) fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn unmatched(&self) -> u64 {
+        self.unmatched.load(Ordering::Relaxed)
+    }
+}
+
+/// A stream of the pushes matching one topic or `prefix*` pattern.
+///
+/// Created by [`Pool::subscribe`](crate::Pool::subscribe) (which survives reconnects) or
+/// [`Connection::subscribe`](crate::Connection::subscribe). Dropping it sends
+/// `$unsubscribe` once no other local subscription uses the same pattern. The stream ends
+/// when the pool or connection is closed.
+pub struct Subscription {
+    id: u64,
+    pattern: String,
+    queue: Arc<SubQueue>,
+    router: Arc<PushRouter>,
+    owner: Weak<dyn SubscriptionOwner>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("pattern", &self.pattern)
+            .field("queued", &self.queued())
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Registers a local subscriber; the bool says whether `$subscribe` must be sent.
+    pub(crate) fn register(
+        router: &Arc<PushRouter>,
+        owner: Weak<dyn SubscriptionOwner>,
+        pattern: &str,
+    ) -> Option<(Subscription, bool)> {
+        let (id, queue, first) = router.register(pattern)?;
+        Some((
+            Subscription {
+                id,
+                pattern: pattern.to_owned(),
+                queue,
+                router: router.clone(),
+                owner,
+            },
+            first,
+        ))
+    }
+
+    /// Unregisters without telling the server (the `$subscribe` failed).
+    pub(crate) fn forget(mut self) {
+        self.router.unregister(self.id);
+        self.owner = Weak::<NoOwner>::new();
+    }
+
+    /// The topic or pattern subscribed to.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Pushes waiting to be read.
+    pub fn queued(&self) -> usize {
+        lock(&self.queue.state).items.len()
+    }
+
+    /// The next push, or `None` once the pool or connection is closed.
+    pub async fn recv(&mut self) -> Option<Push> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// A push if one is queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Push> {
+        lock(&self.queue.state).items.pop_front()
+    }
+
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Push>> {
+        let mut state = lock(&self.queue.state);
+        if let Some(push) = state.items.pop_front() {
+            return Poll::Ready(Some(push));
+        }
+        if state.closed {
+            return Poll::Ready(None);
+        }
+        match &state.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => state.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Push;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Push>> {
+        self.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(pattern) = self.router.unregister(self.id) {
+            if let Some(owner) = self.owner.upgrade() {
+                owner.unsubscribed(&pattern);
+            }
+        }
+    }
+}
+
+struct NoOwner;
+
+impl SubscriptionOwner for NoOwner {
+    fn unsubscribed(&self, _: &str) {}
+}

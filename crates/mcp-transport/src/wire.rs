@@ -1,0 +1,399 @@
+//! Reading and writing frames on one byte stream, for clients and servers alike (the
+//! seed's split reader/writer, 4.2, with reused buffers, 3.3).
+//!
+//! - [`FrameReader`] reads into one reused `BytesMut` and decodes every complete frame of
+//!   each read before reading again; single-frame bodies are zero-copy slices of it.
+//! - [`WireWriter`] is a cloneable handle to a write queue drained by one task. Senders
+//!   encode their whole message into the queue's `BytesMut` synchronously (so a message is
+//!   either wholly queued or not at all, and a dropped future never leaves half a frame);
+//!   the task swaps the buffer out and writes everything queued since its last write in one
+//!   go. A write that makes no progress for the stall timeout ends the stream.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mcp_codec::Envelope;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, watch};
+use tokio_util::codec::Decoder;
+
+use crate::codec::{McpCodec, encode_envelope};
+use crate::config::WireConfig;
+use crate::error::WireError;
+use crate::message::Inbound;
+
+/// Free space below which the reader grows its buffer before reading, so that reads are
+/// never tiny.
+const MIN_READ_SPACE: usize = 4096;
+/// The writer's buffer is replaced by a fresh one after a write larger than this, so that
+/// one large message does not pin its memory for the life of the connection.
+const WRITE_BUF_KEEP: usize = 256 * 1024;
+const WRITE_BUF_INITIAL: usize = 16 * 1024;
+
+/// Decodes messages from the read half of a stream.
+///
+/// [`FrameReader::next`] is cancel-safe: bytes read are kept in the buffer, so it can sit
+/// in a `tokio::select!` next to timers.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    codec: McpCodec,
+    read_size: usize,
+    eof: bool,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader over `io` with the role, size limit and buffer size of `config`.
+    pub fn new(io: R, config: &WireConfig) -> Self {
+        FrameReader {
+            io,
+            buf: BytesMut::with_capacity(config.read_buffer),
+            codec: McpCodec::with_config(config),
+            read_size: config.read_buffer.max(MIN_READ_SPACE),
+            eof: false,
+        }
+    }
+
+    /// The next message, decoding what is buffered before reading again. `Ok(None)` when
+    /// the peer closed the stream at a message boundary.
+    pub async fn next(&mut self) -> Result<Option<Inbound>, WireError> {
+        loop {
+            if let Some(message) = self.codec.decode(&mut self.buf)? {
+                return Ok(Some(message));
+            }
+            if self.eof {
+                return self.codec.decode_eof(&mut self.buf);
+            }
+            if self.buf.capacity() - self.buf.len() < MIN_READ_SPACE {
+                // Reclaims the front of the buffer when every frame split off it is gone.
+                self.buf.reserve(self.read_size);
+            }
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                self.eof = true;
+            }
+        }
+    }
+
+    /// The next message already buffered, without reading.
+    pub fn try_next(&mut self) -> Result<Option<Inbound>, WireError> {
+        self.codec.decode(&mut self.buf)
+    }
+
+    /// Complete frames decoded so far.
+    pub fn frames(&self) -> u64 {
+        self.codec.frames()
+    }
+
+    /// Frames of unknown types skipped so far.
+    pub fn unknown_frames(&self) -> u64 {
+        self.codec.unknown_frames()
+    }
+
+    /// Bytes received but not yet decoded (part of a frame).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The underlying read half.
+    pub fn get_ref(&self) -> &R {
+        &self.io
+    }
+}
+
+/// Why a [`WireWriter`]'s task ended.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum WriterExit {
+    /// [`WireWriter::close`]: everything queued was written and the stream shut down.
+    Closed,
+    /// [`WireWriter::abort`] (or every handle dropped): queued bytes were discarded.
+    Aborted,
+    /// Writing failed or stalled.
+    Failed(Arc<WireError>),
+}
+
+/// Counters of a [`WireWriter`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Messages and control frames queued.
+    pub queued: u64,
+    /// Batches written (each is one coalesced write of everything queued since the last).
+    pub batches: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+struct WriterState {
+    buf: BytesMut,
+    closing: bool,
+    aborted: bool,
+    exited: bool,
+    stats: WriterStats,
+}
+
+#[derive(Debug)]
+struct WriterShared {
+    state: Mutex<WriterState>,
+    /// Wakes the task: bytes queued, close or abort.
+    wake: Notify,
+    /// Wakes the task out of a write in progress on abort.
+    abort: Notify,
+    /// Wakes senders waiting in [`WireWriter::ready`].
+    space: Notify,
+    exit: watch::Sender<Option<WriterExit>>,
+    max_message_len: usize,
+    limit: usize,
+}
+
+/// A cloneable handle to the write queue of one stream; its task is spawned by
+/// [`WireWriter::spawn`].
+///
+/// Dropping every handle aborts the task (queued bytes are discarded); call
+/// [`WireWriter::close`] first to flush them.
+#[derive(Debug)]
+pub struct WireWriter {
+    shared: Arc<WriterShared>,
+    /// Counts the handles, so that the last one's drop aborts the task.
+    _handle: Arc<HandleGuard>,
+}
+
+impl Clone for WireWriter {
+    fn clone(&self) -> Self {
+        WireWriter {
+            shared: self.shared.clone(),
+            _handle: self._handle.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct HandleGuard(Arc<WriterShared>);
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        abort(&self.0);
+    }
+}
+
+fn lock(shared: &WriterShared) -> MutexGuard<'_, WriterState> {
+    // A panic while holding this lock cannot leave the state inconsistent (every update is
+    // a single assignment), so a poisoned lock is used as is.
+    shared.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn abort(shared: &WriterShared) {
+    let mut state = lock(shared);
+    state.aborted = true;
+    state.buf.clear();
+    drop(state);
+    shared.wake.notify_one();
+    shared.abort.notify_one();
+}
+
+impl WireWriter {
+    /// Spawns the writer task for `io` on the current tokio runtime.
+    pub fn spawn<W>(io: W, config: &WireConfig) -> WireWriter
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (exit, _) = watch::channel(None);
+        let shared = Arc::new(WriterShared {
+            state: Mutex::new(WriterState {
+                buf: BytesMut::with_capacity(WRITE_BUF_INITIAL),
+                closing: false,
+                aborted: false,
+                exited: false,
+                stats: WriterStats::default(),
+            }),
+            wake: Notify::new(),
+            abort: Notify::new(),
+            space: Notify::new(),
+            exit,
+            max_message_len: config.max_message_len,
+            limit: config.write_queue_limit,
+        });
+        tokio::spawn(run(shared.clone(), io, config.write_stall_timeout));
+        WireWriter {
+            _handle: Arc::new(HandleGuard(shared.clone())),
+            shared,
+        }
+    }
+
+    /// Queues `envelope`: one frame, or a head frame and CONTINUATION frames when its body
+    /// does not fit in one. The whole message is queued at once, never part of it.
+    ///
+    /// This does not wait for queue space; senders of requests and messages that should be
+    /// held back by a slow peer await [`WireWriter::ready`] first.
+    pub fn send(&self, envelope: Envelope<'_>) -> Result<(), WireError> {
+        let mut state = lock(&self.shared);
+        if state.closing || state.aborted || state.exited {
+            return Err(WireError::WriterClosed);
+        }
+        let was_empty = state.buf.is_empty();
+        encode_envelope(envelope, &mut state.buf, self.shared.max_message_len)?;
+        state.stats.queued += 1;
+        drop(state);
+        if was_empty {
+            // The task drains everything it finds, so it only needs waking when the queue
+            // goes from empty to not empty.
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Waits until the queue holds less than the configured limit (or the writer ended).
+    pub async fn ready(&self) -> Result<(), WireError> {
+        loop {
+            let notified = self.shared.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = lock(&self.shared);
+                if state.closing || state.aborted || state.exited {
+                    return Err(WireError::WriterClosed);
+                }
+                if state.buf.len() < self.shared.limit {
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether a message queued now would wait for queue space.
+    pub fn is_full(&self) -> bool {
+        lock(&self.shared).buf.len() >= self.shared.limit
+    }
+
+    /// Bytes queued and not yet handed to the socket.
+    pub fn queued_bytes(&self) -> usize {
+        lock(&self.shared).buf.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> WriterStats {
+        lock(&self.shared).stats
+    }
+
+    /// Writes what is queued, then shuts the stream's write side down and ends the task.
+    /// Later sends fail.
+    pub fn close(&self) {
+        lock(&self.shared).closing = true;
+        self.shared.wake.notify_one();
+        self.shared.space.notify_waiters();
+    }
+
+    /// Discards what is queued and ends the task at once.
+    pub fn abort(&self) {
+        abort(&self.shared);
+        self.shared.space.notify_waiters();
+    }
+
+    /// How the task ended, if it has.
+    pub fn exit(&self) -> Option<WriterExit> {
+        self.shared.exit.borrow().clone()
+    }
+
+    /// Waits for the task to end.
+    pub async fn closed(&self) -> WriterExit {
+        let mut rx = self.shared.exit.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(exit) => exit.clone().unwrap_or(WriterExit::Aborted),
+            Err(_) => WriterExit::Aborted,
+        }
+    }
+
+    /// Whether two handles drive the same stream.
+    pub fn same_as(&self, other: &WireWriter) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+enum Step {
+    Write,
+    Wait,
+    Exit(WriterExit),
+}
+
+async fn run<W: AsyncWrite + Unpin>(shared: Arc<WriterShared>, mut io: W, stall: Duration) {
+    let mut batch = BytesMut::with_capacity(WRITE_BUF_INITIAL);
+    let exit = loop {
+        let notified = shared.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let step = {
+            let mut state = lock(&shared);
+            if state.aborted {
+                Step::Exit(WriterExit::Aborted)
+            } else if !state.buf.is_empty() {
+                std::mem::swap(&mut state.buf, &mut batch);
+                state.stats.batches += 1;
+                state.stats.bytes += batch.len() as u64;
+                Step::Write
+            } else if state.closing {
+                Step::Exit(WriterExit::Closed)
+            } else {
+                Step::Wait
+            }
+        };
+        match step {
+            Step::Wait => {
+                notified.await;
+                continue;
+            }
+            Step::Exit(WriterExit::Closed) => {
+                // Best effort: the peer may be gone already.
+                let _ = tokio::time::timeout(stall, io.shutdown()).await;
+                break WriterExit::Closed;
+            }
+            Step::Exit(exit) => break exit,
+            Step::Write => {}
+        }
+        shared.space.notify_waiters();
+        let aborted = shared.abort.notified();
+        let written = tokio::select! {
+            biased;
+            _ = aborted => break WriterExit::Aborted,
+            result = write_all(&mut io, &batch, stall) => result,
+        };
+        if let Err(err) = written {
+            break WriterExit::Failed(Arc::new(err));
+        }
+        if batch.capacity() > WRITE_BUF_KEEP {
+            batch = BytesMut::with_capacity(WRITE_BUF_INITIAL);
+        } else {
+            batch.clear();
+        }
+    };
+    {
+        let mut state = lock(&shared);
+        state.exited = true;
+        state.buf = BytesMut::new();
+    }
+    shared.exit.send_replace(Some(exit));
+    shared.space.notify_waiters();
+}
+
+/// Writes `buf` whole; each write must make progress within `stall`.
+async fn write_all<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    buf: &[u8],
+    stall: Duration,
+) -> Result<(), WireError> {
+    let mut pos = 0;
+    while pos < buf.len() {
+        match tokio::time::timeout(stall, io.write(&buf[pos..])).await {
+            Err(_) => return Err(WireError::WriteStall(stall)),
+            Ok(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+            Ok(Ok(n)) => pos += n,
+            Ok(Err(err)) => return Err(err.into()),
+        }
+    }
+    match tokio::time::timeout(stall, io.flush()).await {
+        Err(_) => Err(WireError::WriteStall(stall)),
+        Ok(result) => Ok(result?),
+    }
+}
