@@ -1,0 +1,9 @@
+//! The library half of the `mcp` command-line tool: the pieces its commands are made of,
+//! kept here so that they can be tested alone and reused by the benchmarks in `benches/`.
+//!
+//! - [`loadgen`]: the closed/open-loop load generator behind `mcp bench`.
+//! - [`decode`]: the frame printer behind `mcp decode`.
+#![warn(missing_docs)]
+
+pub mod decode;
+pub mod loadgen;
