@@ -45,7 +45,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Every kind, in the order of [`ErrorKind::index`].
+    /// Every kind, in a fixed order (the order of the metrics' table).
     pub const ALL: [ErrorKind; 11] = [
         ErrorKind::Timeout,
         ErrorKind::Remote,
@@ -265,6 +265,56 @@ impl Error {
 
     pub(crate) fn invalid(context: impl Into<String>) -> Self {
         Self::new(ErrorKind::Invalid, Processed::No).with_context(context)
+    }
+
+    /// Folds a transport failure into the facade's error, keeping it as the source.
+    pub(crate) fn from_transport(err: mcp_transport::TransportError) -> Self {
+        use mcp_transport::{ErrorKind as T, Phase as P, PoolExhausted};
+        let processed = match err.processed() {
+            mcp_transport::Processed::No => Processed::No,
+            mcp_transport::Processed::Maybe => Processed::Maybe,
+        };
+        let phase = match err.phase() {
+            // The transport's queue is a place on a connection: part of getting one.
+            P::Queue | P::Pool => Phase::Pool,
+            P::Connect => Phase::Connect,
+            P::Write => Phase::Write,
+            P::Response => Phase::Response,
+        };
+        let e = match err.kind() {
+            T::Timeout => Self::timeout(phase, processed),
+            T::Connect => Self::new(ErrorKind::Connect, processed),
+            T::PoolExhausted(PoolExhausted::EndpointDown) => {
+                Self::new(ErrorKind::Connect, processed)
+            }
+            T::PoolExhausted(_) => Self::timeout(Phase::Pool, processed),
+            T::ConnectionClosed | T::ConnectionError { .. } => {
+                Self::new(ErrorKind::ConnectionLost, processed)
+            }
+            // ERROR 6 reaches us as a GOAWAY without code: show it as the server's answer.
+            T::GoAway { code: None } => {
+                return Self::from_remote(RemoteError::new(
+                    ErrorCode::UNAVAILABLE,
+                    "server unavailable",
+                ))
+                .with_source(err);
+            }
+            T::GoAway { .. } => {
+                Self::new(ErrorKind::ConnectionLost, processed).with_other_connection(true)
+            }
+            T::Protocol => Self::new(ErrorKind::Protocol, processed),
+            T::Overloaded => Self::overloaded(),
+            T::InvalidRequest => Self::new(ErrorKind::Invalid, Processed::No),
+            T::Shutdown => Self::new(ErrorKind::Closed, processed),
+            // A kind added to the transport later: keep its facts, call it a lost connection.
+            _ => Self::new(ErrorKind::ConnectionLost, processed),
+        };
+        let e = if e.inner.kind != ErrorKind::Timeout {
+            e.with_phase(phase)
+        } else {
+            e
+        };
+        e.with_source(err)
     }
 
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {

@@ -344,7 +344,8 @@ impl Breaker {
         self.opened.load(Ordering::Relaxed)
     }
 
-    /// How many attempts it refused.
+    /// How many attempts it refused (the metrics count them as `circuit_open` errors).
+    #[cfg(test)]
     pub(crate) fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
     }

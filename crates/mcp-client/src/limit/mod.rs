@@ -142,8 +142,8 @@ impl Limiter {
         }
     }
 
-    /// Takes a slot if one is free now, whatever the mode (for `poll_ready`-style callers
-    /// that wait on their own).
+    /// The semaphore behind the limit, for `poll_ready`-style callers that wait on their
+    /// own.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn semaphore(&self) -> Arc<Semaphore> {
         Arc::clone(&self.semaphore)
@@ -182,15 +182,11 @@ impl Limiter {
         self.counters.queued.load(Ordering::Relaxed)
     }
 
-    /// Calls refused at once by [`LimitMode::FailFast`].
+    /// Calls refused at once by [`LimitMode::FailFast`] (the metrics count them as
+    /// `overloaded` errors).
+    #[cfg(test)]
     pub(crate) fn rejected(&self) -> usize {
         self.counters.rejected.load(Ordering::Relaxed)
-    }
-
-    /// The configured maximum.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn max_in_flight(&self) -> usize {
-        self.config.max_in_flight
     }
 
     /// The configured mode.

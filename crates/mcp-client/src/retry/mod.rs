@@ -148,12 +148,14 @@ impl Retry {
     }
 
     /// Runs `attempt` (given the attempt number and whether the previous failure asked for
-    /// another connection) until it succeeds or [`Retry::decide`] gives up. Every call
+    /// another connection) until it succeeds or [`Retry::decide`] gives up; with `allowed`
+    /// false, once. Every call
     /// deposits in the budget once, whatever its number of attempts. The caller bounds the
     /// whole with the total deadline; this only avoids starting retries that cannot finish.
     pub(crate) async fn run<T, F, Fut>(
         &self,
         idempotent: bool,
+        allowed: bool,
         deadline: Instant,
         mut attempt: F,
     ) -> Result<T, Error>
@@ -169,6 +171,9 @@ impl Retry {
                 Ok(value) => return Ok(value),
                 Err(err) => err.for_call(idempotent, number),
             };
+            if !allowed {
+                return Err(err);
+            }
             match self.decide(&err, number, Instant::now(), deadline) {
                 Ok(delay) => {
                     tracing::debug!(attempt = number, ?delay, error = %err, "retrying");

@@ -27,7 +27,7 @@ async fn drive(
     let start = Instant::now();
     let mut starts = Vec::new();
     let result = retry
-        .run(idempotent, start + budget, |n, _| {
+        .run(idempotent, true, start + budget, |n, _| {
             starts.push(start.elapsed());
             let outcome = if ok_at == Some(n) {
                 Ok(n)
@@ -117,6 +117,7 @@ async fn unavailable_asks_for_another_connection() {
     let _ = retry
         .run(
             false,
+            true,
             Instant::now() + Duration::from_secs(5),
             |n, other| {
                 seen.lock().unwrap().push(other);
@@ -162,10 +163,15 @@ async fn the_budget_bounds_retries_during_an_outage() {
     let calls = 1000;
     for _ in 0..calls {
         let _ = retry
-            .run(false, Instant::now() + Duration::from_secs(5), |_, _| {
-                attempts.fetch_add(1, Ordering::Relaxed);
-                async { Err::<(), _>(remote(5)) }
-            })
+            .run(
+                false,
+                true,
+                Instant::now() + Duration::from_secs(5),
+                |_, _| {
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                    async { Err::<(), _>(remote(5)) }
+                },
+            )
             .await;
     }
     let retries = retry.retries();
@@ -203,4 +209,23 @@ fn config_reports_its_attempts() {
     assert_eq!(two.max_attempts(), 3);
     assert_eq!(RetryBudgetConfig::default().percent(7.0).percent, 1.0);
     assert_eq!(RetryBudgetConfig::default().percent(f64::NAN).percent, 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_may_opt_out_of_retries() {
+    let retry = Retry::new(RetryConfig::default());
+    let mut attempts = 0;
+    let result = retry
+        .run(
+            true,
+            false,
+            Instant::now() + Duration::from_secs(5),
+            |_, _| {
+                attempts += 1;
+                async { Err::<(), _>(remote(5)) }
+            },
+        )
+        .await;
+    assert_eq!(attempts, 1);
+    assert_eq!(result.expect_err("fails").attempts(), 1);
 }

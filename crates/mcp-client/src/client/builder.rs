@@ -1,0 +1,182 @@
+//! `ClientBuilder`: every setting of a client, with the defaults of PROTOCOL.md section 7.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use mcp_format::Format;
+use mcp_transport::{HeartbeatConfig, Pool, PoolConfig};
+use tokio::time::Instant;
+
+use super::{Backend, Client, Shared, Timing};
+use crate::breaker::{Breaker, BreakerConfig};
+use crate::error::Error;
+use crate::limit::{LimitConfig, Limiter};
+use crate::metrics::Recorder;
+use crate::retry::{Retry, RetryConfig};
+
+/// Builds a [`Client`]. Start from [`Client::builder`].
+///
+/// | setting | default |
+/// |---|---|
+/// | total call budget ([`timeout`](Self::timeout)) | 5 s |
+/// | per attempt ([`attempt_timeout`](Self::attempt_timeout)) | 2 s |
+/// | connect timeout | 1 s |
+/// | retries ([`retry`](Self::retry)) | after 100, 300, 700 ms; budget 20% + 10/s |
+/// | circuit breaker ([`breaker`](Self::breaker)) | 50% of >= 20 calls in 10 s; 5 s cool-down |
+/// | concurrency ([`limit`](Self::limit)) | 1024 outstanding calls, then wait |
+/// | connections | up to 4, opened on demand, reconnect 1 s doubling to 30 s |
+/// | heartbeat | PING after 15 s of silence, dead 5 s later |
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ClientBuilder<F: Format> {
+    addr: String,
+    format: F,
+    timing: Timing,
+    retry: RetryConfig,
+    breaker: BreakerConfig,
+    limit: LimitConfig,
+    pool: PoolConfig,
+}
+
+impl ClientBuilder<super::DefaultFormat> {
+    pub(crate) fn new(addr: String) -> Self {
+        Self {
+            addr,
+            format: super::DefaultFormat::default(),
+            timing: Timing::default(),
+            retry: RetryConfig::default(),
+            breaker: BreakerConfig::default(),
+            limit: LimitConfig::default(),
+            pool: PoolConfig::default(),
+        }
+    }
+}
+
+impl<F: Format> ClientBuilder<F> {
+    /// Speak `format` instead (e.g. `mcp_client::Protobuf`).
+    pub fn format<G: Format>(self, format: G) -> ClientBuilder<G> {
+        ClientBuilder {
+            addr: self.addr,
+            format,
+            timing: self.timing,
+            retry: self.retry,
+            breaker: self.breaker,
+            limit: self.limit,
+            pool: self.pool,
+        }
+    }
+
+    /// The total budget of a call: slot, connection, attempts and backoff (5 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout_inner(timeout);
+        self
+    }
+
+    fn timeout_inner(&mut self, timeout: Duration) {
+        self.timing.timeout = timeout;
+        // The transport's own default applies to calls made without a deadline; ours
+        // always carry one, but keep the two in step.
+        self.pool.default_timeout = timeout;
+    }
+
+    /// The budget of one attempt: connection, write and answer (2 s).
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.timing.attempt_timeout = timeout;
+        self
+    }
+
+    /// How long opening a TCP connection may take (1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.pool.connection.connect_timeout = timeout;
+        self
+    }
+
+    /// How long [`Client::close`] lets calls in flight finish (5 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.timing.close_timeout = timeout;
+        self
+    }
+
+    /// The retry policy.
+    pub fn retry(mut self, retry: RetryConfig) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The circuit breaker.
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// The concurrency limit.
+    pub fn limit(mut self, limit: LimitConfig) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// The most connections to the server (4; requests are multiplexed, so a few suffice).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.pool.max_connections = max.max(1);
+        self
+    }
+
+    /// Heartbeat: PING after `interval` of silence, connection dead `timeout` later
+    /// (15 s / 5 s).
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.pool.connection.heartbeat = HeartbeatConfig { interval, timeout };
+        self
+    }
+
+    /// Every transport setting at once (connections, reconnect backoff, queues, message
+    /// size); the setters above change single fields of it.
+    pub fn pool_config(mut self, pool: PoolConfig) -> Self {
+        self.pool = pool;
+        let timeout = self.timing.timeout;
+        self.timeout_inner(timeout);
+        self
+    }
+
+    /// The client, without connecting: the first call opens a connection. Must be called
+    /// inside a tokio runtime (the pool's tasks run on it).
+    pub fn build(self) -> Result<Client<F>, Error> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::invalid(
+                "a client must be built inside a tokio runtime",
+            ));
+        }
+        let pool = Pool::new(self.addr.clone(), self.pool.clone());
+        Ok(self.build_with(Backend::Pool(pool)))
+    }
+
+    /// The client over `backend` (the pool, or a scripted backend in unit tests).
+    pub(crate) fn build_with(self, backend: Backend) -> Client<F> {
+        let now = Instant::now();
+        let shared = Shared {
+            backend,
+            timing: self.timing,
+            retry: Retry::new(self.retry),
+            breaker: Breaker::new(self.breaker, now),
+            limiter: Limiter::new(self.limit),
+            recorder: Recorder::default(),
+            closing: AtomicBool::new(false),
+        };
+        Client::from_shared(Arc::new(shared), self.format)
+    }
+
+    /// The client, with a first connection open (within the connect timeout), so that an
+    /// unreachable server is reported here rather than by the first call.
+    pub async fn connect(self) -> Result<Client<F>, Error> {
+        let client = self.build()?;
+        // Only the pool connects; scripted test backends have nothing to open.
+        #[allow(irrefutable_let_patterns)]
+        if let super::Backend::Pool(pool) = &client.shared.backend {
+            let deadline = Instant::now() + client.shared.timing.timeout;
+            pool.ready(mcp_transport::CallOptions::deadline(deadline))
+                .await
+                .map_err(Error::from_transport)?;
+        }
+        Ok(client)
+    }
+}

@@ -1,0 +1,531 @@
+//! The client: the facade composing the policies over the transport's pool.
+//!
+//! The path of one call, outside in (each step is one module):
+//! 1. refuse if closing; start the clock of the call's total budget;
+//! 2. [`trace`](crate::trace): pick the trace context, open the `mcp.call` span;
+//! 3. [`limit`](crate::limit): take a slot under the concurrency limit (queue phase);
+//! 4. [`retry`](crate::retry): run attempts until one succeeds or the policy gives up;
+//! 5. per attempt, [`breaker`](crate::breaker): fail fast if open, else record the outcome;
+//! 6. per attempt, the backend (the transport's pool): a connection, the REQUEST with
+//!    `traceparent`/`tracestate`/`deadline`, the answer within the attempt's deadline;
+//! 7. decode the body in the caller's format; [`metrics`](crate::metrics) record the call.
+
+mod backend;
+mod builder;
+#[cfg(all(test, feature = "json"))]
+mod fake;
+mod options;
+mod subscription;
+#[cfg(all(test, feature = "json"))]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mcp_codec::{DEADLINE, TRACEPARENT, TRACESTATE};
+use mcp_format::{Decode, Encode, Format, FormatId};
+use mcp_transport::Meta;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+pub(crate) use backend::{Attempt, Backend};
+pub use builder::ClientBuilder;
+pub use options::{CallOptions, RawPush, RawRequest, RawResponse};
+pub use subscription::{RawSubscription, Subscription};
+
+use crate::breaker::{Breaker, Outcome};
+use crate::error::{Error, ErrorKind, Phase, Processed};
+use crate::limit::{Limiter, Slot};
+use crate::metrics::{MetricsSnapshot, Recorder};
+use crate::retry::Retry;
+use crate::trace::{self, TraceContext};
+
+/// The client's timing settings.
+#[derive(Clone, Debug)]
+pub(crate) struct Timing {
+    /// Total budget of a call (5 s).
+    pub(crate) timeout: Duration,
+    /// Budget of one attempt (2 s).
+    pub(crate) attempt_timeout: Duration,
+    /// How long `close` lets calls in flight finish (5 s).
+    pub(crate) close_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(2),
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What every clone of a client shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) backend: Backend,
+    pub(crate) timing: Timing,
+    pub(crate) retry: Retry,
+    pub(crate) breaker: Breaker,
+    pub(crate) limiter: Limiter,
+    pub(crate) recorder: Recorder,
+    pub(crate) closing: AtomicBool,
+}
+
+/// A client of one MCP server: typed calls, pushes, one-way messages.
+///
+/// `Client<F>` serializes bodies with the format `F` (JSON by default); a call compiles only
+/// for types `F` can carry. It is `Clone + Send + Sync` and cheap to clone (an `Arc`
+/// inside): clone it into every task that needs it; the clones share connections, limits,
+/// the breaker, the retry budget and the metrics.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), mcp_client::Error> {
+/// use mcp_client::Client;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Echo { msg: String }
+///
+/// let client = Client::builder("127.0.0.1:7000").connect().await?;
+/// let back: Echo = client.call("echo", &Echo { msg: "hi".into() }).await?;
+/// # let _ = back;
+/// client.close().await;
+/// # Ok(()) }
+/// ```
+pub struct Client<F: Format = DefaultFormat> {
+    pub(crate) shared: Arc<Shared>,
+    format: F,
+    /// A slot reserved by `tower_service::Service::poll_ready`, per handle (nothing without
+    /// the `tower` feature).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) ready: ReadyState,
+}
+
+#[cfg(feature = "tower")]
+pub(crate) type ReadyState = Option<Box<crate::tower::Ready>>;
+#[cfg(not(feature = "tower"))]
+pub(crate) type ReadyState = ();
+
+/// The format a [`Client`] uses unless told otherwise: JSON with the `json` feature, raw
+/// bytes without it.
+#[cfg(feature = "json")]
+pub type DefaultFormat = mcp_format::Json;
+/// The format a [`Client`] uses unless told otherwise: JSON with the `json` feature, raw
+/// bytes without it.
+#[cfg(not(feature = "json"))]
+pub type DefaultFormat = mcp_format::Raw;
+
+impl<F: Format> Clone for Client<F> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            format: self.format.clone(),
+            // A reserved slot belongs to the handle that reserved it.
+            ready: ReadyState::default(),
+        }
+    }
+}
+
+impl<F: Format> std::fmt::Debug for Client<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("format", &self.format)
+            .field("backend", &self.shared.backend)
+            .field("closing", &self.shared.closing.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A builder for a client of the server at `addr` (`host:port`), in JSON.
+    pub fn builder(addr: impl Into<String>) -> ClientBuilder<DefaultFormat> {
+        ClientBuilder::new(addr.into())
+    }
+}
+
+impl<F: Format> Client<F> {
+    pub(crate) fn from_shared(shared: Arc<Shared>, format: F) -> Self {
+        Self {
+            shared,
+            format,
+            ready: ReadyState::default(),
+        }
+    }
+
+    /// The same client (same connections, limits and metrics) speaking another format:
+    /// `client.with_format(Protobuf).call(...)` overrides the format for one call.
+    pub fn with_format<G: Format>(&self, format: G) -> Client<G> {
+        Client {
+            shared: Arc::clone(&self.shared),
+            format,
+            ready: ReadyState::default(),
+        }
+    }
+
+    /// The client's format.
+    pub fn format(&self) -> &F {
+        &self.format
+    }
+
+    /// Calls `method` with `req`, both ways in the client's format.
+    pub async fn call<Req, Resp>(&self, method: &str, req: &Req) -> Result<Resp, Error>
+    where
+        Req: ?Sized,
+        F: Encode<Req> + Decode<Resp>,
+    {
+        self.call_with(method, req, CallOptions::new()).await
+    }
+
+    /// Calls `method` with `req` and per-call options.
+    pub async fn call_with<Req, Resp>(
+        &self,
+        method: &str,
+        req: &Req,
+        options: CallOptions,
+    ) -> Result<Resp, Error>
+    where
+        Req: ?Sized,
+        F: Encode<Req> + Decode<Resp>,
+    {
+        let body = self
+            .format
+            .encode_to_bytes(req, &mut BytesMut::new())
+            .map_err(|e| self.local_failure(Error::encode(e)))?;
+        let response = self
+            .execute(method, self.format.id(), body, &options, None)
+            .await?;
+        let decoded = self
+            .format
+            .decode_body(response.format, response.body)
+            .map_err(Error::decode);
+        if let Err(e) = &decoded {
+            // The call itself was counted as a success; its body is the failure.
+            self.shared.recorder.error(e.kind());
+        }
+        decoded
+    }
+
+    /// Calls with a body already encoded; the answer comes back undecoded.
+    pub async fn call_raw(&self, request: RawRequest) -> Result<RawResponse, Error> {
+        self.execute(
+            &request.method,
+            request.format,
+            request.body,
+            &request.options,
+            None,
+        )
+        .await
+    }
+
+    /// Sends a one-way message (NOTIFY) on `topic` to the server's handler for it; nothing
+    /// answers. The client's total timeout bounds getting a connection and writing.
+    pub async fn notify<M>(&self, topic: &str, msg: &M) -> Result<(), Error>
+    where
+        M: ?Sized,
+        F: Encode<M>,
+    {
+        self.notify_with(topic, msg, CallOptions::new()).await
+    }
+
+    /// Sends a one-way message with per-call options (timeout, metadata, trace).
+    pub async fn notify_with<M>(
+        &self,
+        topic: &str,
+        msg: &M,
+        options: CallOptions,
+    ) -> Result<(), Error>
+    where
+        M: ?Sized,
+        F: Encode<M>,
+    {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(self.local_failure(Error::closed()));
+        }
+        let body = self
+            .format
+            .encode_to_bytes(msg, &mut BytesMut::new())
+            .map_err(|e| self.local_failure(Error::encode(e)))?;
+        let deadline = Instant::now() + options.timeout.unwrap_or(self.shared.timing.timeout);
+        let context = context_of(&options);
+        let meta = outgoing_meta(&options, &context, None);
+        let result = self
+            .shared
+            .backend
+            .notify(topic, self.format.id(), meta, body, deadline)
+            .instrument(trace::call_span(topic, &context))
+            .await;
+        result.map_err(|e| self.local_failure(e))
+    }
+
+    /// Subscribes to `topic` (exact, or a prefix ending in `*`, e.g. `orders.*`): a stream
+    /// of the pushes, decoded in the client's format. The subscription survives reconnects
+    /// (the client subscribes again by itself) and is cancelled on the server when the
+    /// stream is dropped.
+    pub async fn subscribe<T>(&self, topic: &str) -> Result<Subscription<T, F>, Error>
+    where
+        F: Decode<T>,
+    {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(self.local_failure(Error::closed()));
+        }
+        let deadline = Instant::now() + self.shared.timing.timeout;
+        let pushes = self
+            .shared
+            .backend
+            .subscribe(topic, deadline)
+            .await
+            .map_err(|e| self.local_failure(e))?;
+        Ok(Subscription::new(pushes, self.format.clone()))
+    }
+
+    /// Subscribes to `topic` without decoding: pushes come with their topic, format and
+    /// metadata (useful with `prefix*` patterns and mixed formats).
+    pub async fn subscribe_raw(&self, topic: &str) -> Result<RawSubscription, Error> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(self.local_failure(Error::closed()));
+        }
+        let deadline = Instant::now() + self.shared.timing.timeout;
+        let pushes = self
+            .shared
+            .backend
+            .subscribe(topic, deadline)
+            .await
+            .map_err(|e| self.local_failure(e))?;
+        Ok(RawSubscription::new(pushes))
+    }
+
+    /// Closes the client: new calls fail with [`Error::is_closed`] at once, calls in flight
+    /// get up to the close timeout (builder, default 5 s) to finish, then the connections
+    /// are closed (GOAWAY, sockets, background tasks). Every clone is closed. Returns how
+    /// many calls were still in flight when the grace period ran out (they fail as closed).
+    pub async fn close(&self) -> usize {
+        self.close_within(self.shared.timing.close_timeout).await
+    }
+
+    /// [`Client::close`] with an explicit grace period.
+    pub async fn close_within(&self, grace: Duration) -> usize {
+        let shared = &self.shared;
+        shared.closing.store(true, Ordering::Release);
+        shared.limiter.close();
+        let drained = tokio::time::timeout(grace, shared.limiter.drained()).await;
+        let abandoned = if drained.is_ok() {
+            0
+        } else {
+            shared.limiter.in_flight()
+        };
+        shared.backend.close().await;
+        abandoned
+    }
+
+    /// Whether [`Client::close`] was called on this client or a clone.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closing.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the client's metrics.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let shared = &self.shared;
+        let now = Instant::now();
+        MetricsSnapshot {
+            calls: shared.recorder.calls(),
+            succeeded: shared.recorder.succeeded(),
+            in_flight: shared.limiter.in_flight(),
+            queued: shared.limiter.queued(),
+            connections: shared.backend.connections(),
+            reconnects: shared.backend.reconnects(),
+            retries: shared.retry.retries(),
+            retries_denied: shared.retry.denied_by_budget(),
+            breaker: shared.breaker.state(now),
+            breaker_opened: shared.breaker.opened(),
+            errors: shared.recorder.errors(),
+            latency: shared.recorder.latency(),
+        }
+    }
+
+    /// Counts a failure that happened before the call path started.
+    fn local_failure(&self, err: Error) -> Error {
+        self.shared.recorder.error(err.kind());
+        err
+    }
+
+    /// The call path (see the module docs). `slot` is a slot reserved beforehand
+    /// (`poll_ready`), else one is taken here.
+    pub(crate) async fn execute(
+        &self,
+        method: &str,
+        format: FormatId,
+        body: Bytes,
+        options: &CallOptions,
+        slot: Option<Slot>,
+    ) -> Result<RawResponse, Error> {
+        let shared = &*self.shared;
+        if shared.closing.load(Ordering::Acquire) {
+            return Err(self.local_failure(Error::closed()));
+        }
+        let start = Instant::now();
+        let deadline = start + options.timeout.unwrap_or(shared.timing.timeout);
+        shared.recorder.started();
+        let context = context_of(options);
+        let span = trace::call_span(method, &context);
+        // Set once an attempt is handed to the connection: from then on the request may
+        // have been processed.
+        let sent = AtomicBool::new(false);
+
+        let result = async {
+            match tokio::time::timeout_at(
+                deadline,
+                self.attempts(
+                    method, format, body, options, &context, deadline, &sent, slot,
+                ),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_elapsed) => {
+                    let processed = if sent.load(Ordering::Relaxed) {
+                        Processed::Maybe
+                    } else {
+                        Processed::No
+                    };
+                    Err(Error::timeout(Phase::Total, processed).for_call(options.idempotent, 0))
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+
+        let answered = match &result {
+            Ok(_) => true,
+            Err(e) => e.kind() == ErrorKind::Remote,
+        };
+        shared.recorder.finished(
+            result.as_ref().map(drop).map_err(Error::kind),
+            answered,
+            start.elapsed(),
+        );
+        if let Err(e) = &result {
+            tracing::debug!(error = %e, "call failed");
+        }
+        result
+    }
+
+    /// Steps 3 to 6 of the call path: a slot, then attempts under the retry policy.
+    #[allow(clippy::too_many_arguments)] // the pieces of one call, kept apart on purpose
+    async fn attempts(
+        &self,
+        method: &str,
+        format: FormatId,
+        body: Bytes,
+        options: &CallOptions,
+        context: &TraceContext,
+        deadline: Instant,
+        sent: &AtomicBool,
+        slot: Option<Slot>,
+    ) -> Result<RawResponse, Error> {
+        let shared = &*self.shared;
+        let _slot = match slot {
+            Some(slot) => slot,
+            None => shared
+                .limiter
+                .acquire(deadline)
+                .await
+                .map_err(|e| e.for_call(options.idempotent, 0))?,
+        };
+        let attempt_timeout = options
+            .attempt_timeout
+            .unwrap_or(shared.timing.attempt_timeout);
+        shared
+            .retry
+            .run(
+                options.idempotent,
+                !options.no_retry,
+                deadline,
+                |number, other_connection| {
+                    let body = body.clone();
+                    async move {
+                        let now = Instant::now();
+                        let attempt_deadline = (now + attempt_timeout).min(deadline);
+                        let permit = shared.breaker.acquire(now)?;
+                        let meta = outgoing_meta(
+                            options,
+                            context,
+                            Some(attempt_deadline.saturating_duration_since(now)),
+                        );
+                        tracing::trace!(attempt = number, "sending");
+                        sent.store(true, Ordering::Relaxed);
+                        let result = shared
+                            .backend
+                            .call(Attempt {
+                                method,
+                                format,
+                                meta,
+                                body,
+                                deadline: attempt_deadline,
+                                other_connection,
+                            })
+                            .await;
+                        let result = result.map_err(|e| {
+                            // Time ran out because the total budget did, not the attempt's
+                            // own: say so, keeping where it happened.
+                            match e.timeout_phase() {
+                                Some(phase) if attempt_deadline == deadline => {
+                                    let processed = if e.maybe_processed() {
+                                        Processed::Maybe
+                                    } else {
+                                        Processed::No
+                                    };
+                                    Error::timeout(Phase::Total, processed)
+                                        .with_context(format!("while in phase {phase}"))
+                                }
+                                _ => e,
+                            }
+                        });
+                        permit.record(Outcome::of(&result), Instant::now());
+                        result
+                    }
+                },
+            )
+            .await
+    }
+}
+
+/// The trace context a call sends (see [`trace::context_for_call`]).
+fn context_of(options: &CallOptions) -> TraceContext {
+    let find = |key: &str| {
+        options
+            .metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_ref())
+    };
+    trace::context_for_call(options.trace.as_ref(), find(TRACEPARENT), find(TRACESTATE))
+}
+
+/// The metadata of an outgoing frame: the caller's entries (minus the well-known keys the
+/// client sets itself), then `traceparent`, `tracestate` and, for calls, `deadline`.
+fn outgoing_meta(
+    options: &CallOptions,
+    context: &TraceContext,
+    remaining: Option<Duration>,
+) -> Meta {
+    let mut meta = Meta::new();
+    for (key, value) in &options.metadata {
+        if !matches!(key.as_ref(), TRACEPARENT | TRACESTATE | DEADLINE) {
+            meta.push(key.clone(), value.clone());
+        }
+    }
+    meta.push(TRACEPARENT, Bytes::from(context.to_traceparent()));
+    if let Some(state) = context.tracestate() {
+        meta.push(TRACESTATE, Bytes::copy_from_slice(state.as_bytes()));
+    }
+    if let Some(remaining) = remaining {
+        meta.push(
+            DEADLINE,
+            Bytes::copy_from_slice(&trace::deadline_value(remaining)),
+        );
+    }
+    meta
+}

@@ -1,0 +1,105 @@
+//! Typed subscriptions.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use mcp_format::{Decode, Format};
+
+use super::backend::PushStream;
+use super::options::RawPush;
+use crate::error::Error;
+
+/// A subscription: a [`Stream`] of the pushes on a topic, decoded as `T` in the format `F`.
+///
+/// Each item is a `Result`: a push whose body does not decode is an `Err` item
+/// ([`Error::decode_error`]) and the stream goes on. The stream ends only when the client is
+/// closed. It survives reconnects: after a connection is lost the client subscribes again
+/// on the next one by itself (pushes published while no connection was up are not
+/// delivered: delivery is at most once per connection, PROTOCOL.md section 6). Dropping
+/// the stream unsubscribes (`$unsubscribe` is sent once no local subscriber of the topic is
+/// left).
+pub struct Subscription<T, F: Format> {
+    pushes: PushStream,
+    format: F,
+    // `fn() -> T`: the stream produces `T`s but holds none, so it is `Send` and `Unpin`
+    // whatever `T` is.
+    _item: PhantomData<fn() -> T>,
+}
+
+// Nothing of the stream is pinned in place (the pushes are boxed), so it can be moved
+// whatever `F` is.
+impl<T, F: Format> Unpin for Subscription<T, F> {}
+
+impl<T, F: Format> Subscription<T, F> {
+    pub(crate) fn new(pushes: PushStream, format: F) -> Self {
+        Self {
+            pushes,
+            format,
+            _item: PhantomData,
+        }
+    }
+}
+
+impl<T, F: Format + Decode<T>> Subscription<T, F> {
+    /// The next push, decoded; `None` once the client is closed. The same as
+    /// `StreamExt::next`, without needing the trait.
+    pub async fn next(&mut self) -> Option<Result<T, Error>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+impl<T, F: Format + Decode<T>> Stream for Subscription<T, F> {
+    type Item = Result<T, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        this.pushes.as_mut().poll_next(cx).map(|push| {
+            push.map(|p: RawPush| {
+                this.format
+                    .decode_body(p.format, p.body)
+                    .map_err(Error::decode)
+            })
+        })
+    }
+}
+
+impl<T, F: Format> fmt::Debug for Subscription<T, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A subscription whose pushes are not decoded, with their topics.
+pub struct RawSubscription {
+    pushes: PushStream,
+}
+
+impl RawSubscription {
+    pub(crate) fn new(pushes: PushStream) -> Self {
+        Self { pushes }
+    }
+
+    /// The next push; `None` once the client is closed.
+    pub async fn next(&mut self) -> Option<RawPush> {
+        std::future::poll_fn(|cx| self.pushes.as_mut().poll_next(cx)).await
+    }
+}
+
+impl Stream for RawSubscription {
+    type Item = RawPush;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RawPush>> {
+        self.pushes.as_mut().poll_next(cx)
+    }
+}
+
+impl fmt::Debug for RawSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawSubscription").finish_non_exhaustive()
+    }
+}
