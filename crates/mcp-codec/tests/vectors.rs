@@ -128,3 +128,31 @@ fn traceparent_metadata_reads_back() {
     assert_eq!(request.meta.get("traceparent"), Some(TRACEPARENT));
     assert_eq!(request.meta.get("tracestate"), None);
 }
+
+/// docs/protocol.md (the project's normative description) quotes the same vectors, byte for
+/// byte, in its fenced hex blocks. Skipped when the crate is built outside the repository.
+#[test]
+fn docs_protocol_md_holds_the_same_vectors() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol.md");
+    let Ok(doc) = std::fs::read_to_string(path) else {
+        eprintln!("{path} not found: skipped");
+        return;
+    };
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    for block in doc.split("```").skip(1).step_by(2) {
+        let hex: Vec<&str> = block.split_whitespace().collect();
+        let is_hex = !hex.is_empty()
+            && hex
+                .iter()
+                .all(|h| h.len() == 2 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if is_hex {
+            blocks.push(
+                hex.iter()
+                    .map(|h| u8::from_str_radix(h, 16).unwrap())
+                    .collect(),
+            );
+        }
+    }
+    let expected: Vec<Vec<u8>> = vectors().into_iter().map(|(_, bytes)| bytes).collect();
+    assert_eq!(blocks, expected);
+}
