@@ -1,0 +1,58 @@
+//! The server's settings.
+
+use std::time::Duration;
+
+use mcp_codec::DEFAULT_MAX_MESSAGE_LEN;
+
+/// Settings of a server; every limit of PROTOCOL.md section 6 is one of them.
+///
+/// Built with [`ServerConfig::default`] and adjusted field by field, or through the
+/// [`ServerBuilder`](crate::ServerBuilder) setters.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// The largest request or NOTIFY body accepted (16 MiB; a body of exactly this size is
+    /// allowed). A larger REQUEST is answered ERROR 7 with its id; a larger NOTIFY closes
+    /// the connection (ERROR id 0 code 7).
+    pub max_message_len: usize,
+    /// Requests whose handler runs at once on one connection (1024); past it, ERROR 5.
+    pub max_in_flight: usize,
+    /// Request body bytes held by the running handlers of one connection (64 MiB); past
+    /// it, ERROR 5. A request arriving when nothing runs is always admitted, so any body up
+    /// to `max_message_len` can be served.
+    pub max_in_flight_bytes: usize,
+    /// One-way NOTIFY messages from one client handled at once (1024); past it they are
+    /// dropped and counted (nothing answers a NOTIFY, so there is no one to tell).
+    pub max_notify_in_flight: usize,
+    /// Bytes queued for one connection past which the server stops reading from it,
+    /// handlers wait before answering, and published NOTIFY frames are dropped for it
+    /// (1 MiB).
+    pub write_queue_limit: usize,
+    /// A write to a client that makes no progress for this long closes the connection
+    /// (5 s). This is what finally removes a subscriber that stopped reading.
+    pub write_stall_timeout: Duration,
+    /// Subscriptions one connection may hold (1024); past it, `$subscribe` is answered
+    /// ERROR 5.
+    pub max_subscriptions: usize,
+    /// After this long without receiving anything from a client, the server sends PING
+    /// (15 s).
+    pub heartbeat_interval: Duration,
+    /// If nothing at all arrives this long after that PING, the connection is closed (5 s).
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+            max_in_flight: 1024,
+            max_in_flight_bytes: 64 * 1024 * 1024,
+            max_notify_in_flight: 1024,
+            write_queue_limit: 1024 * 1024,
+            write_stall_timeout: Duration::from_secs(5),
+            max_subscriptions: 1024,
+            heartbeat_interval: Duration::from_secs(15),
+            heartbeat_timeout: Duration::from_secs(5),
+        }
+    }
+}

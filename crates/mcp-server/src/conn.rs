@@ -1,0 +1,576 @@
+//! One client connection: the task that reads its messages, runs handlers, answers, and
+//! closes it by the rules of PROTOCOL.md sections 1, 3, 4 and 6.
+//!
+//! Reading and writing are `mcp-transport`'s wire I/O ([`FrameReader`], [`WireWriter`]),
+//! shared with the client; the decisions are [`ConnState`] and [`Heartbeat`], which have no
+//! I/O. This file is the glue: one `select!` loop per connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use mcp_codec::{
+    Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Notify, Ping, Pong,
+    Response,
+};
+use mcp_format::FormatId;
+use mcp_transport::{FrameReader, Inbound, InboundRequest, Push, WireError, WireWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Status;
+use crate::handler::{NotifyContext, Reply, RequestContext};
+use crate::heartbeat::{Beat, Heartbeat};
+use crate::pattern::Pattern;
+use crate::server::Shared;
+use crate::state::{ConnState, RequestHead, RequestLimits, Verdict};
+use crate::subscribe::{ConnId, Notification, Offer, SubscribeError, Subscriber};
+
+/// The connection's writer takes a published NOTIFY unless its queue is full: a publisher
+/// never waits for one slow subscriber (the NOTIFY is dropped for it and counted).
+impl Subscriber for WireWriter {
+    fn offer(&self, n: &Notification) -> Offer {
+        if self.is_full() {
+            return Offer::Full;
+        }
+        let notify = Notify {
+            flags: Flags::NONE,
+            format: n.format,
+            topic: &n.topic,
+            meta: Metadata::from_owned(&n.meta),
+            body: &n.body,
+        };
+        match self.send(Envelope::Notify(notify)) {
+            Ok(()) => Offer::Queued,
+            // The publisher validated the message, so the only failure is a closing writer.
+            Err(_) => Offer::Closed,
+        }
+    }
+}
+
+/// A handler's outcome, sent back to the connection task, which alone decides whether it
+/// is still wanted (it was not cancelled) and writes it.
+#[derive(Debug)]
+struct Completion {
+    id: u32,
+    generation: u64,
+    format: u8,
+    result: Result<Reply, Status>,
+}
+
+/// Sends the handler's completion exactly once: with its result, or, if the handler's
+/// future is dropped first, from `Drop` (a panic becomes ERROR 9; an abort is ignored by
+/// the connection, which forgot the request before aborting it).
+struct CompletionGuard {
+    tx: mpsc::UnboundedSender<Completion>,
+    id: u32,
+    generation: u64,
+    format: u8,
+    sent: bool,
+}
+
+impl CompletionGuard {
+    fn send(&mut self, result: Result<Reply, Status>) {
+        self.sent = true;
+        // The connection may be gone; then nobody wants the answer.
+        let _ = self.tx.send(Completion {
+            id: self.id,
+            generation: self.generation,
+            format: self.format,
+            result,
+        });
+    }
+}
+
+impl Drop for CompletionGuard {
+    fn drop(&mut self) {
+        if !self.sent {
+            let status = if std::thread::panicking() {
+                Status::internal("the handler panicked")
+            } else {
+                Status::cancelled("the handler was stopped")
+            };
+            self.send(Err(status));
+        }
+    }
+}
+
+/// Why the loop ended.
+#[derive(Debug)]
+enum End {
+    /// Draining (GOAWAY either way, or the client's end of stream) and nothing left.
+    Drained,
+    /// The shutdown grace ran out; the remaining requests were answered ERROR 8.
+    GraceOver,
+    /// The client closed, or sent ERROR id 0.
+    PeerClosed,
+    /// The client broke the protocol: ERROR id 0 with this code, then close.
+    Protocol(ErrorCode, String),
+    /// The heartbeat got no sign of life.
+    Dead,
+    /// The writer ended (write failed or stalled).
+    WriterGone,
+}
+
+pub(crate) struct Conn {
+    shared: Arc<Shared>,
+    id: ConnId,
+    peer: SocketAddr,
+    writer: WireWriter,
+    state: ConnState,
+    heartbeat: Heartbeat,
+    done_tx: mpsc::UnboundedSender<Completion>,
+    done_rx: mpsc::UnboundedReceiver<Completion>,
+    notify_permits: Arc<Semaphore>,
+    /// Frames seen by the reader at the last sign of life.
+    frames_seen: u64,
+    /// When the shutdown grace ends, once shutdown started.
+    grace: Option<Instant>,
+    /// False once the client's end of stream was read.
+    reading: bool,
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, id: ConnId) {
+    // PROTOCOL.md section 6: TCP_NODELAY and SO_KEEPALIVE on. Failing to set them is not a
+    // reason to refuse the client.
+    let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&stream).set_keepalive(true);
+    let (read_half, write_half) = stream.into_split();
+    let wire = shared.wire_config();
+    let reader = FrameReader::new(read_half, &wire);
+    let writer = WireWriter::spawn(write_half, &wire);
+    let config = &shared.config;
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let mut conn = Conn {
+        id,
+        peer,
+        writer,
+        state: ConnState::new(RequestLimits {
+            max_in_flight: config.max_in_flight,
+            max_in_flight_bytes: config.max_in_flight_bytes,
+        }),
+        heartbeat: Heartbeat::new(
+            config.heartbeat_interval,
+            config.heartbeat_timeout,
+            Instant::now(),
+        ),
+        done_tx,
+        done_rx,
+        notify_permits: Arc::new(Semaphore::new(config.max_notify_in_flight)),
+        frames_seen: 0,
+        grace: None,
+        reading: true,
+        shared,
+    };
+    tracing::debug!(conn = id, %peer, "connection accepted");
+    let end = conn.run(reader).await;
+    conn.close(end).await;
+}
+
+impl Conn {
+    async fn run(&mut self, mut reader: FrameReader<OwnedReadHalf>) -> End {
+        let mut shutdown = self.shared.shutdown.subscribe();
+        loop {
+            if self.grace.is_none() {
+                if let Some(grace) = *shutdown.borrow_and_update() {
+                    self.begin_shutdown(grace);
+                }
+            }
+            if self.state.drained() {
+                return End::Drained;
+            }
+            // Stop reading while the client does not read its answers: the queue stays
+            // bounded and TCP pushes back on the client.
+            let full = self.writer.is_full();
+            let beat_at = self.heartbeat.deadline();
+            let grace_at = self.grace.unwrap_or(beat_at);
+            tokio::select! {
+                biased;
+                Some(done) = self.done_rx.recv() => self.complete(done),
+                _ = shutdown.changed(), if self.grace.is_none() => {}
+                () = tokio::time::sleep_until(grace_at), if self.grace.is_some() => {
+                    self.grace_over();
+                    return End::GraceOver;
+                }
+                _ = self.writer.closed() => return End::WriterGone,
+                () = tokio::time::sleep_until(beat_at), if self.reading => {
+                    if let Some(end) = self.beat(&reader) {
+                        return end;
+                    }
+                }
+                ready = self.writer.ready(), if full && self.reading => {
+                    if ready.is_err() {
+                        return End::WriterGone;
+                    }
+                }
+                read = reader.next(), if self.reading && !full => {
+                    match read {
+                        Ok(Some(message)) => {
+                            self.alive(&reader);
+                            if let Some(end) = self.inbound(message) {
+                                return end;
+                            }
+                        }
+                        Ok(None) => {
+                            // End of stream: the client sends nothing more, which is a
+                            // GOAWAY in all but name. What is in flight is still answered
+                            // (a half-closed client can read), then the connection closes.
+                            self.reading = false;
+                            self.state.peer_goaway();
+                        }
+                        Err(err) => return self.read_error(err),
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_error(&self, err: WireError) -> End {
+        match err.error_code() {
+            Some(code) => End::Protocol(code, err.to_string()),
+            None => {
+                tracing::debug!(conn = self.id, error = %err, "read failed");
+                End::PeerClosed
+            }
+        }
+    }
+
+    /// Any complete frame received counts as life.
+    fn alive(&mut self, reader: &FrameReader<OwnedReadHalf>) {
+        self.frames_seen = reader.frames();
+        self.heartbeat.received(Instant::now());
+    }
+
+    fn beat(&mut self, reader: &FrameReader<OwnedReadHalf>) -> Option<End> {
+        // Frames of a long multi-frame message arrive without `next` returning: count them.
+        if reader.frames() != self.frames_seen {
+            self.alive(reader);
+            return None;
+        }
+        match self.heartbeat.poll(Instant::now()) {
+            Beat::Wait => None,
+            Beat::Ping(nonce) => {
+                self.send(Envelope::Ping(Ping { nonce }));
+                None
+            }
+            Beat::Dead => Some(End::Dead),
+        }
+    }
+
+    fn inbound(&mut self, message: Inbound) -> Option<End> {
+        match message {
+            Inbound::Request(request) => return self.request(request),
+            Inbound::Notify(push) => self.notify(push),
+            Inbound::Ping(nonce) => self.send(Envelope::Pong(Pong { nonce })),
+            Inbound::Pong(_) => {}
+            Inbound::Cancel(id) => {
+                if let Some(request) = self.state.cancel(id) {
+                    request.stop();
+                }
+            }
+            Inbound::GoAway { .. } => self.state.peer_goaway(),
+            Inbound::Error { id: 0, .. } => return Some(End::PeerClosed),
+            // The server sends no requests, so an ERROR with an id answers nothing.
+            Inbound::Error { .. } => {}
+            Inbound::RequestTooLarge { id } => {
+                let verdict = self.state.refuse(
+                    id,
+                    ErrorCode::TOO_LARGE,
+                    "request body exceeds the maximum message size",
+                );
+                return self.apply(id, verdict, None);
+            }
+            Inbound::MalformedRequest { id, error } => {
+                let verdict = self
+                    .state
+                    .refuse(id, ErrorCode::MALFORMED, "malformed request");
+                return self.apply(id, verdict, Some(&error.to_string()));
+            }
+            // The reader refuses RESPONSE for the server role; this is the same rule.
+            Inbound::Response(_) => {
+                return Some(End::Protocol(
+                    ErrorCode::MALFORMED,
+                    "a server never receives RESPONSE".into(),
+                ));
+            }
+            // A kind of message a later transport adds: nothing this server knows to do.
+            _ => {}
+        }
+        None
+    }
+
+    /// Carries out a verdict that needs no handler.
+    fn apply(&mut self, id: u32, verdict: Verdict, detail: Option<&str>) -> Option<End> {
+        match verdict {
+            Verdict::Answer(code, message) => {
+                let message = match detail {
+                    Some(detail) if code == ErrorCode::MALFORMED => {
+                        format!("{message}: {detail}")
+                    }
+                    _ => message.to_owned(),
+                };
+                self.send_error(id, code, &message);
+                None
+            }
+            Verdict::Close(code, message) => Some(End::Protocol(code, message.into())),
+            // `refuse` gives only answers and closes.
+            Verdict::Run { .. } | Verdict::Subscribe | Verdict::Unsubscribe => None,
+        }
+    }
+
+    fn request(&mut self, request: InboundRequest) -> Option<End> {
+        let now = Instant::now();
+        // A message of several frames is handed over when its last frame arrives, so its
+        // deadline counts from then, not from its head frame: at most a few milliseconds
+        // more lenient than PROTOCOL.md section 3, and never stricter.
+        let head = RequestHead {
+            id: request.id(),
+            format: request.format(),
+            method: request.method(),
+            deadline_ms: request.meta().deadline_ms(),
+            body_len: request.body().len(),
+            arrived: now,
+        };
+        let verdict = self.state.admit(&head, &self.shared.router, now);
+        match verdict {
+            Verdict::Run { deadline } => self.start(request, deadline),
+            Verdict::Subscribe => self.subscribe(&request, true),
+            Verdict::Unsubscribe => self.subscribe(&request, false),
+            other => return self.apply(request.id(), other, None),
+        }
+        None
+    }
+
+    fn start(&mut self, request: InboundRequest, deadline: Option<Instant>) {
+        let Some(handler) = self.shared.router.handler(request.method()).cloned() else {
+            // `admit` checked the route; answer rather than panic if that ever changes.
+            self.send_error(request.id(), ErrorCode::UNKNOWN_METHOD, "no such method");
+            return;
+        };
+        self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let id = request.id();
+        let format = request.format();
+        let body_len = request.body().len();
+        let cancel = CancellationToken::new();
+        let ctx = RequestContext {
+            id,
+            method: request.method().into(),
+            format: FormatId::new(format),
+            meta: request
+                .meta()
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                .collect(),
+            deadline,
+            peer: self.peer,
+            cancel: cancel.clone(),
+        };
+        let generation = self.state.next_generation();
+        let mut guard = CompletionGuard {
+            tx: self.done_tx.clone(),
+            id,
+            generation,
+            format,
+            sent: false,
+        };
+        let writer = self.writer.clone();
+        let body = request.into_body();
+        let task_cancel = cancel.clone();
+        let task = tokio::spawn(async move {
+            let call = handler.call(ctx, body);
+            let result = match deadline {
+                None => call.await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, call).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        task_cancel.cancel();
+                        Err(Status::new(
+                            ErrorCode::DEADLINE_EXCEEDED,
+                            "the deadline passed while the request was handled",
+                        ))
+                    }
+                },
+            };
+            // Answers wait while the client's queue is full, so that a client that does
+            // not read cannot make the server buffer without bound.
+            let _ = writer.ready().await;
+            guard.send(result);
+        });
+        // The completion is only read by this task's loop, after `start` has recorded it.
+        self.state
+            .start(id, body_len, generation, task.abort_handle(), cancel);
+    }
+
+    fn subscribe(&mut self, request: &InboundRequest, subscribe: bool) {
+        let id = request.id();
+        let pattern = match Pattern::parse(request.body()) {
+            Ok(pattern) => pattern,
+            Err(err) => {
+                self.send_error(id, ErrorCode::MALFORMED, err.as_str());
+                return;
+            }
+        };
+        let format = request.format();
+        let registry = &self.shared.registry;
+        if !subscribe {
+            registry.unsubscribe(self.id, &pattern);
+            self.send_reply(id, format, &Reply::empty());
+            return;
+        }
+        let writer = &self.writer;
+        let result = registry.subscribe(
+            self.id,
+            writer,
+            pattern,
+            self.shared.config.max_subscriptions,
+            || send_reply(writer, id, format, &Reply::empty()),
+        );
+        if let Err(SubscribeError::TooMany) = result {
+            self.send_error(
+                id,
+                ErrorCode::OVERLOADED,
+                "too many subscriptions on this connection",
+            );
+        }
+    }
+
+    fn notify(&mut self, push: Push) {
+        let stats = &self.shared.stats;
+        let Some(handler) = self.shared.router.notify_handler(push.topic()).cloned() else {
+            stats.notifies_unrouted.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Ok(permit) = self.notify_permits.clone().try_acquire_owned() else {
+            stats.notifies_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let ctx = NotifyContext {
+            topic: push.topic().into(),
+            format: FormatId::new(push.format()),
+            meta: push
+                .meta()
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                .collect(),
+            peer: self.peer,
+        };
+        let body = push.into_body();
+        tokio::spawn(async move {
+            let _permit = permit;
+            handler.notify(ctx, body).await;
+        });
+    }
+
+    fn complete(&mut self, done: Completion) {
+        if !self.state.finish(done.id, done.generation) {
+            // Cancelled (or stopped): PROTOCOL.md section 6 says nothing is sent for it.
+            return;
+        }
+        match done.result {
+            Ok(reply) => self.send_reply(done.id, done.format, &reply),
+            Err(status) => self.send_error(done.id, status.code(), status.message()),
+        }
+    }
+
+    fn begin_shutdown(&mut self, grace: Instant) {
+        self.grace = Some(grace);
+        if let Some(last_id) = self.state.send_goaway() {
+            self.send(Envelope::GoAway(GoAway {
+                last_id,
+                code: GoAwayCode::SHUTTING_DOWN,
+                reason: "server shutting down",
+            }));
+        }
+    }
+
+    fn grace_over(&mut self) {
+        for (id, request) in self.state.take_all() {
+            request.stop();
+            self.send_error(
+                id,
+                ErrorCode::CANCELLED,
+                "the server shut down before the request completed",
+            );
+        }
+    }
+
+    fn send_reply(&self, id: u32, format: u8, reply: &Reply) {
+        send_reply(&self.writer, id, format, reply);
+    }
+
+    fn send_error(&self, id: u32, code: ErrorCode, message: &str) {
+        send_error(&self.writer, id, code, message);
+    }
+
+    fn send(&self, envelope: Envelope<'_>) {
+        // A closed writer ends the loop through `closed()`; nothing to do here.
+        let _ = self.writer.send(envelope);
+    }
+
+    async fn close(mut self, end: End) {
+        let stats = &self.shared.stats;
+        match &end {
+            End::Protocol(code, message) => {
+                stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(conn = self.id, peer = %self.peer, %code, message, "protocol error, closing");
+                send_error(&self.writer, 0, *code, message);
+            }
+            End::Dead => {
+                stats.heartbeat_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(conn = self.id, peer = %self.peer, "no sign of life, closing");
+            }
+            _ => tracing::debug!(conn = self.id, peer = %self.peer, ?end, "closing"),
+        }
+        // Nobody is left to answer: stop what still runs.
+        for (_, request) in self.state.take_all() {
+            request.stop();
+        }
+        self.shared.registry.remove_conn(self.id);
+        self.done_rx.close();
+        match end {
+            // A dead peer reads nothing; do not wait for its buffers.
+            End::Dead | End::WriterGone => self.writer.abort(),
+            _ => {
+                // Flush what is queued (each write bounded by the stall timeout), then shut
+                // the write side down.
+                self.writer.close();
+                let bound = self.shared.config.write_stall_timeout * 2;
+                if tokio::time::timeout(bound, self.writer.closed())
+                    .await
+                    .is_err()
+                {
+                    self.writer.abort();
+                }
+            }
+        }
+    }
+}
+
+fn send_reply(writer: &WireWriter, id: u32, format: u8, reply: &Reply) {
+    let response = Response {
+        id,
+        flags: Flags::NONE,
+        format,
+        meta: Metadata::from_owned(&reply.meta),
+        body: &reply.body,
+    };
+    match writer.send(Envelope::Response(response)) {
+        Ok(()) | Err(WireError::WriterClosed) => {}
+        // The handler's answer cannot be encoded (a bad metadata key, a body past the
+        // maximum message size): the request failed on the server's side.
+        Err(err) => send_error(
+            writer,
+            id,
+            ErrorCode::INTERNAL,
+            &format!("the answer cannot be sent: {err}"),
+        ),
+    }
+}
+
+fn send_error(writer: &WireWriter, id: u32, code: ErrorCode, message: &str) {
+    let _ = writer.send(Envelope::Error(ErrorFrame { id, code, message }));
+}

@@ -1,0 +1,90 @@
+//! `mcp-server`: the reference server of MCP 1.2, the binary framed microservice protocol
+//! (not the Model Context Protocol), on tokio.
+//!
+//! # Who should use this crate
+//! Services answering MCP requests. It reads and writes through `mcp-transport`'s wire I/O
+//! (the same reader and writer as the client) over `mcp-codec`, and decodes typed bodies
+//! through `mcp-format`.
+//!
+//! # Example
+//! ```no_run
+//! use std::time::Duration;
+//! use mcp_format::{FormatId, Json};
+//! use mcp_server::{Reply, Server, Status};
+//!
+//! # async fn run() -> Result<(), mcp_server::Error> {
+//! let server = Server::builder()
+//!     .route_raw("echo", |_ctx, body| async move { Ok(Reply::new(body)) })
+//!     .route_typed("add", Json, |_ctx, (a, b): (i64, i64)| async move { Ok(a + b) })
+//!     .route_raw("fail", |_ctx, _body| async { Err(Status::application(1001, "no")) })
+//!     .max_in_flight(256)
+//!     .bind("127.0.0.1:0")
+//!     .await?;
+//! println!("listening on {}", server.local_addr());
+//! server.publish("orders.created", FormatId::JSON, &br#"{"id":1}"#[..])?;
+//! server.shutdown(Duration::from_secs(5)).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What the server does for you (PROTOCOL.md sections 3 to 6)
+//! - Routing: an unknown method is ERROR 2; a reserved format (3..=127) is ERROR 3; a
+//!   typed route also answers ERROR 3 to another format and ERROR 1 to a body it cannot
+//!   decode. Answers are sent in the request's format.
+//! - Deadlines: a request whose `deadline` already passed is ERROR 4 and its handler never
+//!   runs; one that passes while the handler runs is ERROR 4 too, and the handler is
+//!   stopped.
+//! - Limits: requests in flight per connection (ERROR 5), request bytes in flight per
+//!   connection (ERROR 5), message size (ERROR 7 with the id, the connection stays),
+//!   subscriptions per connection (ERROR 5), client NOTIFY handled at once (dropped and
+//!   counted), bytes queued per connection (the server stops reading from a client that
+//!   does not read, and answers wait).
+//! - CANCEL stops the handler (its future is dropped, its [`RequestContext::cancellation`]
+//!   token fires) and nothing is sent for that id.
+//! - `$subscribe` / `$unsubscribe` and [`ServerHandle::publish`]: exact and `prefix*`
+//!   patterns, at most one copy per connection. A publisher never waits: a subscriber whose
+//!   queue is full misses the message (counted); one that stops reading is disconnected by
+//!   the write stall timeout.
+//! - Client NOTIFY goes to the route of its topic ([`Router::route_notify`]); nothing
+//!   answers it.
+//! - PING is answered PONG; a silent client gets PING after the heartbeat interval and is
+//!   closed if nothing arrives within the timeout.
+//! - Malformed input: a REQUEST whose id is readable is ERROR 1 with its id and the
+//!   connection stays; anything else (bad magic, version or CRC, a RESPONSE from a client,
+//!   a duplicate id in flight, ...) is ERROR id 0 and close.
+//! - Graceful shutdown ([`ServerHandle::shutdown`]): GOAWAY with `last_id`, ERROR 6 for
+//!   later requests, requests in flight answered (ERROR 8 once the grace runs out), then
+//!   close. A client's GOAWAY (or end of stream) closes its connection once its requests
+//!   are answered.
+//!
+//! # Features
+//! - `json` (default): typed routes in JSON through `mcp-format`.
+//! - `protobuf` (default): typed routes in Protobuf through `mcp-format`.
+//!
+//! # Panics
+//! Nothing a peer sends can panic the server, and a panicking handler is answered ERROR 9.
+//! Building a [`Router`] panics on programming errors (a method routed twice, a method
+//! starting with `$`), see its docs.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod config;
+mod conn;
+mod error;
+mod handler;
+mod heartbeat;
+mod pattern;
+mod router;
+mod server;
+mod state;
+mod subscribe;
+
+pub use config::ServerConfig;
+pub use error::{Error, Status};
+pub use handler::{
+    Handler, HandlerFn, NotifyContext, NotifyFn, NotifyHandler, Reply, RequestContext,
+    TypedHandler, handler_fn, notify_fn,
+};
+pub use router::{Router, SUBSCRIBE, UNSUBSCRIBE};
+pub use server::{Server, ServerBuilder, ServerHandle, ServerStats};
+pub use subscribe::Published;

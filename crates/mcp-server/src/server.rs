@@ -1,0 +1,429 @@
+//! The server: its builder, the accept loop, and the handle that publishes and shuts down.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mcp_codec::{Envelope, Flags, MessageFrames, Metadata, Notify, OwnedMetaPair};
+use mcp_format::{Encode, FormatId};
+use mcp_transport::{Role, WireConfig, WireWriter};
+use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::ServerConfig;
+use crate::conn;
+use crate::error::{Error, Status};
+use crate::handler::{Handler, NotifyContext, NotifyHandler, Reply, RequestContext};
+use crate::router::Router;
+use crate::subscribe::{Notification, Published, Registry};
+
+/// Counters shared by the connections of one server.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+    pub(crate) heartbeat_timeouts: AtomicU64,
+    pub(crate) notifies_unrouted: AtomicU64,
+    pub(crate) notifies_dropped: AtomicU64,
+    pub(crate) published_dropped: AtomicU64,
+}
+
+/// What the accept loop and every connection share.
+pub(crate) struct Shared {
+    pub(crate) router: Router,
+    pub(crate) config: ServerConfig,
+    pub(crate) registry: Registry<WireWriter>,
+    pub(crate) stats: Counters,
+    /// `Some(end of grace)` once shutdown started.
+    pub(crate) shutdown: watch::Sender<Option<Instant>>,
+    /// Connections open.
+    open: watch::Sender<usize>,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn wire_config(&self) -> WireConfig {
+        let mut wire = WireConfig::new(Role::Server);
+        wire.max_message_len = self.config.max_message_len;
+        wire.write_stall_timeout = self.config.write_stall_timeout;
+        wire.write_queue_limit = self.config.write_queue_limit;
+        wire
+    }
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenGuard(Arc<Shared>);
+
+impl OpenGuard {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.open.send_modify(|n| *n += 1);
+        OpenGuard(shared)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Counters of a running server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Connections open now.
+    pub open_connections: usize,
+    /// Connections accepted since the start.
+    pub accepted_connections: u64,
+    /// Requests whose handler was started.
+    pub requests: u64,
+    /// Connections closed because the client broke the protocol.
+    pub protocol_errors: u64,
+    /// Connections closed by the heartbeat (no sign of life).
+    pub heartbeat_timeouts: u64,
+    /// NOTIFY messages from clients to a topic without a route (dropped).
+    pub notifies_unrouted: u64,
+    /// NOTIFY messages from clients dropped because too many were being handled.
+    pub notifies_dropped: u64,
+    /// Published NOTIFY frames not delivered to a subscriber whose queue was full.
+    pub published_dropped: u64,
+}
+
+/// The entry point: `Server::builder()`.
+#[derive(Debug)]
+pub struct Server {
+    _private: (),
+}
+
+impl Server {
+    /// A builder with no routes and the default [`ServerConfig`].
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            router: Router::new(),
+            config: ServerConfig::default(),
+        }
+    }
+}
+
+/// Configures routes and limits, then binds.
+#[derive(Debug)]
+pub struct ServerBuilder {
+    router: Router,
+    config: ServerConfig,
+}
+
+impl ServerBuilder {
+    /// Routes `method` to a [`Handler`]; see [`Router::route`].
+    pub fn route(mut self, method: &str, handler: impl Handler) -> Self {
+        self.router = self.router.route(method, handler);
+        self
+    }
+
+    /// Routes `method` to an async closure over raw bodies; see [`Router::route_raw`].
+    pub fn route_raw<F, Fut>(mut self, method: &str, f: F) -> Self
+    where
+        F: Fn(RequestContext, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Reply, Status>> + Send + 'static,
+    {
+        self.router = self.router.route_raw(method, f);
+        self
+    }
+
+    /// Routes `method` to a typed async function; see [`Router::route_typed`].
+    pub fn route_typed<F, Req, Resp, Func, Fut>(mut self, method: &str, format: F, f: Func) -> Self
+    where
+        F: mcp_format::Decode<Req> + Encode<Resp>,
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        Func: Fn(RequestContext, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+    {
+        self.router = self.router.route_typed(method, format, f);
+        self
+    }
+
+    /// Routes client NOTIFY messages to a handler; see [`Router::route_notify`].
+    pub fn route_notify(mut self, pattern: &str, handler: impl NotifyHandler) -> Self {
+        self.router = self.router.route_notify(pattern, handler);
+        self
+    }
+
+    /// Routes client NOTIFY messages to an async closure; see [`Router::route_notify`].
+    pub fn route_notify_fn<F, Fut>(mut self, pattern: &str, f: F) -> Self
+    where
+        F: Fn(NotifyContext, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.router = self.router.route_notify_fn(pattern, f);
+        self
+    }
+
+    /// Replaces the routing table with `router`.
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Replaces every setting with `config`.
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The largest request or NOTIFY body (default 16 MiB).
+    pub fn max_message_len(mut self, bytes: usize) -> Self {
+        self.config.max_message_len = bytes;
+        self
+    }
+
+    /// Requests in flight per connection (default 1024).
+    pub fn max_in_flight(mut self, requests: usize) -> Self {
+        self.config.max_in_flight = requests;
+        self
+    }
+
+    /// Heartbeat interval and timeout (default 15 s and 5 s).
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.config.heartbeat_interval = interval;
+        self.config.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// Bytes queued per connection before the server holds back (default 1 MiB).
+    pub fn write_queue_limit(mut self, bytes: usize) -> Self {
+        self.config.write_queue_limit = bytes;
+        self
+    }
+
+    /// Write stall timeout (default 5 s).
+    pub fn write_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.config.write_stall_timeout = timeout;
+        self
+    }
+
+    /// Binds a TCP listener on `addr` (e.g. `"127.0.0.1:0"`) and starts serving on the
+    /// current tokio runtime.
+    pub async fn bind(
+        self,
+        addr: impl ToSocketAddrs + fmt::Display,
+    ) -> Result<ServerHandle, Error> {
+        let shown = addr.to_string();
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: shown,
+                source,
+            })?;
+        self.serve_with_listener(listener)
+    }
+
+    /// Starts serving connections accepted from `listener` on the current tokio runtime.
+    pub fn serve_with_listener(self, listener: TcpListener) -> Result<ServerHandle, Error> {
+        let local_addr = listener.local_addr().map_err(Error::Listener)?;
+        let (shutdown, _) = watch::channel(None);
+        let (open, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            router: self.router,
+            config: self.config,
+            registry: Registry::default(),
+            stats: Counters::default(),
+            shutdown,
+            open,
+            next_conn: AtomicU64::new(1),
+        });
+        let accept = tokio::spawn(accept_loop(shared.clone(), listener));
+        Ok(ServerHandle {
+            inner: Arc::new(HandleInner {
+                shared,
+                local_addr,
+                accept: std::sync::Mutex::new(Some(accept)),
+            }),
+        })
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        if shutdown.borrow_and_update().is_some() {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+                    let guard = OpenGuard::new(shared.clone());
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        conn::serve(shared, stream, peer, id).await;
+                    });
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: the listener itself is fine,
+                    // so wait a little instead of spinning or giving up.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    // The listener is dropped here: new connections are refused from now on.
+}
+
+struct HandleInner {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    accept: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A running server: its address, the publish API, and shutdown. Cheap to clone.
+///
+/// Dropping every handle leaves the server running until the runtime ends; call
+/// [`ServerHandle::shutdown`] to stop it.
+#[derive(Clone)]
+pub struct ServerHandle {
+    inner: Arc<HandleInner>,
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.inner.local_addr)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Pushes a NOTIFY to `topic` to every connection subscribed to it (exactly, or by a
+    /// `prefix*` pattern), once per connection however many of its subscriptions match.
+    ///
+    /// Never waits: a subscriber whose outbound queue is full misses this message, counted
+    /// in [`Published::dropped`] and [`ServerStats::published_dropped`].
+    pub fn publish(
+        &self,
+        topic: &str,
+        format: FormatId,
+        body: impl Into<Bytes>,
+    ) -> Result<Published, Error> {
+        self.publish_with_meta(topic, format, Vec::new(), body)
+    }
+
+    /// [`ServerHandle::publish`] with metadata entries.
+    pub fn publish_with_meta(
+        &self,
+        topic: &str,
+        format: FormatId,
+        meta: Vec<OwnedMetaPair>,
+        body: impl Into<Bytes>,
+    ) -> Result<Published, Error> {
+        let notification = Notification {
+            topic: topic.into(),
+            format: format.get(),
+            meta,
+            body: body.into(),
+        };
+        // Validate once here, so that every subscriber's writer can only fail by closing.
+        let limit = self.inner.shared.config.max_message_len;
+        if notification.body.len() > limit {
+            return Err(Error::Publish(mcp_codec::Error::MessageTooLarge {
+                len: notification.body.len(),
+                limit,
+            }));
+        }
+        MessageFrames::new(Envelope::Notify(Notify {
+            flags: Flags::NONE,
+            format: notification.format,
+            topic: &notification.topic,
+            meta: Metadata::from_owned(&notification.meta),
+            body: &notification.body,
+        }))
+        .map_err(Error::Publish)?;
+        let published = self.inner.shared.registry.publish(&notification);
+        self.inner
+            .shared
+            .stats
+            .published_dropped
+            .fetch_add(published.dropped as u64, Ordering::Relaxed);
+        Ok(published)
+    }
+
+    /// Encodes `value` with `format` and publishes it; see [`ServerHandle::publish`].
+    pub fn publish_typed<T: ?Sized, F: Encode<T>>(
+        &self,
+        topic: &str,
+        format: &F,
+        value: &T,
+    ) -> Result<Published, Error> {
+        let body = format
+            .encode_to_bytes(value, &mut BytesMut::new())
+            .map_err(Error::Encode)?;
+        self.publish(topic, format.id(), body)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ServerStats {
+        let shared = &self.inner.shared;
+        let stats = &shared.stats;
+        ServerStats {
+            open_connections: *shared.open.borrow(),
+            accepted_connections: stats.accepted.load(Ordering::Relaxed),
+            requests: stats.requests.load(Ordering::Relaxed),
+            protocol_errors: stats.protocol_errors.load(Ordering::Relaxed),
+            heartbeat_timeouts: stats.heartbeat_timeouts.load(Ordering::Relaxed),
+            notifies_unrouted: stats.notifies_unrouted.load(Ordering::Relaxed),
+            notifies_dropped: stats.notifies_dropped.load(Ordering::Relaxed),
+            published_dropped: stats.published_dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Graceful shutdown: stops accepting, sends GOAWAY (code 0, `last_id` = the last
+    /// request received) on every connection, answers later requests ERROR 6, lets the
+    /// requests in flight finish for up to `grace` (then answers them ERROR 8 and stops
+    /// them), and closes each connection once it has nothing left to answer. Resolves when
+    /// every connection is closed.
+    ///
+    /// Calling it again (or from another handle) waits for the same shutdown; the first
+    /// grace period stands.
+    pub async fn shutdown(&self, grace: Duration) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        let deadline = Instant::now() + grace;
+        shared.shutdown.send_if_modified(|state| {
+            if state.is_none() {
+                *state = Some(deadline);
+                true
+            } else {
+                false
+            }
+        });
+        let accept = self
+            .inner
+            .accept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(accept) = accept {
+            accept.await.map_err(|err| Error::Task(err.to_string()))?;
+        }
+        let mut open = shared.open.subscribe();
+        // The sender lives in `shared`, which this handle keeps alive: `wait_for` can only
+        // end by the count reaching zero.
+        let _ = open.wait_for(|n| *n == 0).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,813 @@
+//! The server over real loopback sockets, driven by a raw client that speaks the bytes of
+//! PROTOCOL.md (tests/common/mod.rs).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{RawClient, WAIT, error, eventually, hex, response};
+use mcp_codec::{
+    Cancel, Envelope, ErrorCode, Flags, GoAway, GoAwayCode, Metadata, Notify, OwnedEnvelope,
+    Response, format,
+};
+use mcp_format::{FormatId, Json};
+use mcp_server::{Reply, ServerBuilder, ServerHandle, Status};
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+
+/// What the test handlers let a test observe and control.
+#[derive(Clone)]
+struct Probe {
+    /// Calls of any handler that started.
+    ran: Arc<AtomicUsize>,
+    /// Permits the `slow` handler waits for.
+    gate: Arc<Semaphore>,
+    /// `slow` handlers whose future was dropped before finishing.
+    dropped: Arc<AtomicUsize>,
+    /// Client NOTIFY messages handled by the `events.*` route.
+    notifies: Arc<AtomicUsize>,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe {
+            ran: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+            dropped: Arc::default(),
+            notifies: Arc::default(),
+        }
+    }
+}
+
+/// Sets a flag when dropped before `done` is set: proves the handler was stopped.
+struct DropGuard {
+    done: bool,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+fn routes(builder: ServerBuilder, probe: &Probe) -> ServerBuilder {
+    let ran = probe.ran.clone();
+    let slow = probe.clone();
+    let notified = probe.notifies.clone();
+    builder
+        .route_raw("echo", move |_ctx, body| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(Reply::new(body)) }
+        })
+        .route_raw("slow", move |_ctx, body| {
+            let probe = slow.clone();
+            async move {
+                probe.ran.fetch_add(1, Ordering::SeqCst);
+                let mut guard = DropGuard {
+                    done: false,
+                    dropped: probe.dropped.clone(),
+                };
+                let permit = probe.gate.acquire().await;
+                permit.expect("gate closed").forget();
+                guard.done = true;
+                Ok(Reply::new(body))
+            }
+        })
+        .route_raw("fail", |_ctx, _body| async {
+            Err(Status::application(1234, "the application said no"))
+        })
+        .route_raw("internal", |_ctx, _body| async {
+            Err(Status::internal("it broke"))
+        })
+        .route_raw("panic", |_ctx, _body| async {
+            panic!("handler panic (expected by the test)")
+        })
+        .route_typed(
+            "add",
+            Json,
+            |_ctx, add: Add| async move { Ok(add.a + add.b) },
+        )
+        .route_notify_fn("events.*", move |ctx, body| {
+            let notified = notified.clone();
+            async move {
+                assert_eq!(ctx.topic(), "events.created");
+                assert_eq!(&body[..], b"payload");
+                notified.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+}
+
+async fn server_with(
+    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> (ServerHandle, Probe) {
+    let probe = Probe::default();
+    let builder = configure(routes(mcp_server::Server::builder(), &probe));
+    let handle = builder.bind("127.0.0.1:0").await.expect("bind");
+    (handle, probe)
+}
+
+async fn server() -> (ServerHandle, Probe) {
+    server_with(|b| b).await
+}
+
+async fn stop(handle: ServerHandle) {
+    timeout(WAIT, handle.shutdown(Duration::from_secs(1)))
+        .await
+        .expect("shutdown timed out")
+        .expect("shutdown");
+}
+
+#[tokio::test]
+async fn echo_matches_the_protocol_test_vectors() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    // PROTOCOL.md section 8: REQUEST id 1, JSON, "echo", {"msg":"hi"} ...
+    c.send_raw(&hex(
+        "4d 43 01 01 00 18 00 00 00 01 00 01 04 65 63 68 6f 00 7b 22 6d 73 67 22 3a 22 68 69 22 7d 9a f9",
+    ))
+    .await;
+    // ... is answered with exactly the RESPONSE vector's bytes.
+    let expected =
+        hex("4d 43 01 02 00 13 00 00 00 01 00 01 00 7b 22 6d 73 67 22 3a 22 68 69 22 7d fc 8a");
+    let mut got = vec![0u8; expected.len()];
+    timeout(
+        WAIT,
+        tokio::io::AsyncReadExt::read_exact(c.stream_mut(), &mut got),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(got, expected);
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn unknown_method_is_error_2_with_the_vector_bytes() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(1, format::JSON, "nope", b"{}").await;
+    let expected =
+        hex("4d 43 01 04 00 14 00 00 00 01 00 02 6e 6f 20 73 75 63 68 20 6d 65 74 68 6f 64 36 3b");
+    let mut got = vec![0u8; expected.len()];
+    timeout(
+        WAIT,
+        tokio::io::AsyncReadExt::read_exact(c.stream_mut(), &mut got),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(got, expected);
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn reserved_format_is_error_3_and_answers_use_the_request_format() {
+    let (handle, probe) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(1, 3, "echo", b"x").await;
+    let (id, code, _) = error(c.recv().await);
+    assert_eq!((id, code), (1, ErrorCode::UNSUPPORTED_FORMAT));
+    c.request(2, 127, "echo", b"x").await;
+    let (id, code, _) = error(c.recv().await);
+    assert_eq!((id, code), (2, ErrorCode::UNSUPPORTED_FORMAT));
+    assert_eq!(probe.ran.load(Ordering::SeqCst), 0);
+    // Application-defined and standard formats are echoed in the request's format.
+    for (id, fmt) in [(3, 200u8), (4, format::RAW), (5, format::PROTOBUF)] {
+        c.request(id, fmt, "echo", b"abc").await;
+        assert_eq!(response(c.recv().await), (id, fmt, b"abc".to_vec()));
+    }
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn expired_deadline_is_error_4_and_the_handler_never_runs() {
+    let (handle, probe) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    let zero = 0u32.to_be_bytes();
+    c.request_with_meta(1, format::RAW, "echo", &[("deadline", &zero)], b"x")
+        .await;
+    let (id, code, _) = error(c.recv().await);
+    assert_eq!((id, code), (1, ErrorCode::DEADLINE_EXCEEDED));
+    // The smallest of repeated deadlines counts; a value that is not 4 bytes is ignored.
+    let long = 60_000u32.to_be_bytes();
+    c.request_with_meta(
+        2,
+        format::RAW,
+        "echo",
+        &[
+            ("deadline", &long),
+            ("deadline", &zero),
+            ("deadline", b"xx"),
+        ],
+        b"x",
+    )
+    .await;
+    assert_eq!(error(c.recv().await).1, ErrorCode::DEADLINE_EXCEEDED);
+    assert_eq!(probe.ran.load(Ordering::SeqCst), 0, "the handler ran");
+    // A deadline still in the future lets the handler run.
+    c.request_with_meta(
+        3,
+        format::RAW,
+        "echo",
+        &[("deadline", &long), ("deadline", b"xx")],
+        b"y",
+    )
+    .await;
+    assert_eq!(response(c.recv().await), (3, format::RAW, b"y".to_vec()));
+    assert_eq!(probe.ran.load(Ordering::SeqCst), 1);
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn a_deadline_passing_while_the_handler_runs_is_error_4_and_stops_it() {
+    let (handle, probe) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    let ms = 50u32.to_be_bytes();
+    c.request_with_meta(1, format::RAW, "slow", &[("deadline", &ms)], b"x")
+        .await;
+    let (id, code, _) = error(c.recv().await);
+    assert_eq!((id, code), (1, ErrorCode::DEADLINE_EXCEEDED));
+    eventually(|| probe.dropped.load(Ordering::SeqCst) == 1).await;
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn requests_past_the_in_flight_limit_are_error_5() {
+    let (handle, probe) = server_with(|b| b.max_in_flight(2)).await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(1, format::RAW, "slow", b"1").await;
+    c.request(2, format::RAW, "slow", b"2").await;
+    c.request(3, format::RAW, "slow", b"3").await;
+    let (id, code, _) = error(c.recv().await);
+    assert_eq!((id, code), (3, ErrorCode::OVERLOADED));
+    probe.gate.add_permits(2);
+    let mut ids = vec![response(c.recv().await).0, response(c.recv().await).0];
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2]);
+    // Slots are free again.
+    c.request(4, format::RAW, "echo", b"4").await;
+    assert_eq!(response(c.recv().await).0, 4);
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn goaway_carries_last_id_and_later_requests_are_error_6() {
+    let (handle, probe) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(5, format::RAW, "slow", b"five").await;
+    c.request(9, format::RAW, "nope", b"").await;
+    assert_eq!(error(c.recv().await).0, 9);
+    let shutdown = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.shutdown(Duration::from_secs(30)).await })
+    };
+    match c.recv().await {
+        Some(OwnedEnvelope::GoAway {
+            last_id,
+            code,
+            reason,
+        }) => {
+            assert_eq!(last_id, 9, "the last request that arrived");
+            assert_eq!(code, GoAwayCode::SHUTTING_DOWN);
+            assert!(!reason.is_empty());
+        }
+        other => panic!("expected GOAWAY, got {other:?}"),
+    }
+    c.request(10, format::RAW, "echo", b"late").await;
+    let (id, code, _) = error(c.recv().await);
+    assert_eq!((id, code), (10, ErrorCode::UNAVAILABLE));
+    assert_eq!(
+        probe.ran.load(Ordering::SeqCst),
+        1,
+        "request 10 was processed"
+    );
+    // The request in flight before the GOAWAY is still answered, then the server closes.
+    probe.gate.add_permits(1);
+    assert_eq!(response(c.recv().await), (5, format::RAW, b"five".to_vec()));
+    c.expect_closed().await;
+    timeout(WAIT, shutdown).await.unwrap().unwrap().unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(handle.local_addr())
+            .await
+            .is_err(),
+        "the listener still accepts after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_grace_running_out_answers_error_8_and_stops_handlers() {
+    let (handle, probe) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(1, format::RAW, "slow", b"x").await;
+    eventually(|| probe.ran.load(Ordering::SeqCst) == 1).await;
+    let shutdown = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.shutdown(Duration::from_millis(100)).await })
+    };
+    assert!(matches!(
+        c.recv().await,
+        Some(OwnedEnvelope::GoAway { last_id: 1, .. })
+    ));
+    let (id, code, _) = error(c.recv().await);
+    assert_eq!((id, code), (1, ErrorCode::CANCELLED));
+    c.expect_closed().await;
+    timeout(WAIT, shutdown).await.unwrap().unwrap().unwrap();
+    assert_eq!(probe.dropped.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn too_large_request_is_error_7_and_the_connection_stays_usable() {
+    let (handle, probe) = server_with(|b| b.max_message_len(100_000)).await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    // Exactly the maximum is allowed.
+    let max = vec![7u8; 100_000];
+    c.request(1, format::RAW, "echo", &max).await;
+    assert_eq!(response(c.recv().await), (1, format::RAW, max));
+    // One byte more, in several frames: ERROR 7 with the id, the rest skipped.
+    let over = vec![8u8; 200_001];
+    c.request(2, format::RAW, "echo", &over).await;
+    let (id, code, _) = error(c.recv().await);
+    assert_eq!((id, code), (2, ErrorCode::TOO_LARGE));
+    // A single frame over the limit too.
+    let (small, _) = server_with(|b| b.max_message_len(10)).await;
+    let mut c2 = RawClient::connect(small.local_addr()).await;
+    c2.request(3, format::RAW, "echo", &[1u8; 11]).await;
+    assert_eq!(error(c2.recv().await).1, ErrorCode::TOO_LARGE);
+    c2.ping_pong(1).await;
+    stop(small).await;
+    c.request(4, format::RAW, "echo", b"still here").await;
+    assert_eq!(
+        response(c.recv().await),
+        (4, format::RAW, b"still here".to_vec())
+    );
+    assert_eq!(probe.ran.load(Ordering::SeqCst), 2);
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn cancel_stops_the_handler_and_nothing_is_sent_for_it() {
+    let (handle, probe) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(1, format::RAW, "slow", b"x").await;
+    eventually(|| probe.ran.load(Ordering::SeqCst) == 1).await;
+    c.send(Envelope::Cancel(Cancel { id: 1 })).await;
+    eventually(|| probe.dropped.load(Ordering::SeqCst) == 1).await;
+    // Letting a handler finish now cannot produce an answer for id 1.
+    probe.gate.add_permits(1);
+    // CANCEL of an unknown id is ignored.
+    c.send(Envelope::Cancel(Cancel { id: 77 })).await;
+    c.ping_pong(1).await;
+    assert!(
+        c.recv_within(Duration::from_millis(100)).await.is_err(),
+        "something was sent for the cancelled request"
+    );
+    // The id may be used again and is answered normally.
+    c.request(1, format::RAW, "echo", b"again").await;
+    assert_eq!(
+        response(c.recv().await),
+        (1, format::RAW, b"again".to_vec())
+    );
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn malformed_request_with_readable_id_is_error_1_and_the_connection_stays() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    // REQUEST id 7 with a reserved flag bit (0x02), otherwise well formed.
+    let payload = [0, 0, 0, 7, 0x02, 0, 4, b'e', b'c', b'h', b'o', 0];
+    c.send_raw(&frame(0x01, &payload)).await;
+    let (id, code, message) = error(c.recv().await);
+    assert_eq!((id, code), (7, ErrorCode::MALFORMED));
+    assert!(message.contains("reserved"), "{message}");
+    // REQUEST id 8 whose method is not UTF-8.
+    let payload = [0, 0, 0, 8, 0, 0, 1, 0xff, 0];
+    c.send_raw(&frame(0x01, &payload)).await;
+    assert_eq!(error(c.recv().await).0, 8);
+    // A bad metadata key.
+    let payload = [0, 0, 0, 9, 0, 0, 1, b'm', 1, 1, b'K', 0, 0];
+    c.send_raw(&frame(0x01, &payload)).await;
+    assert_eq!(error(c.recv().await).0, 9);
+    c.ping_pong(3).await;
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn malformed_frame_without_readable_id_closes_with_error_0() {
+    for (frame_type, payload) in [
+        (0x01u8, vec![0u8, 0, 0]),                  // REQUEST too short for an id
+        (0x01, vec![0, 0, 0, 0, 0, 0, 1, b'm', 0]), // REQUEST id 0
+        (0x05, vec![1, 2, 3]),                      // PING not 8 bytes
+        (0x03, vec![0, 0, 0]),                      // NOTIFY with an empty topic
+        (0x09, vec![0, 1]),                         // CONTINUATION without a message
+    ] {
+        let (handle, _) = server().await;
+        let mut c = RawClient::connect(handle.local_addr()).await;
+        c.send_raw(&frame(frame_type, &payload)).await;
+        let (id, code, _) = error(c.recv().await);
+        assert_eq!(
+            (id, code),
+            (0, ErrorCode::MALFORMED),
+            "type {frame_type:#04x}"
+        );
+        c.expect_closed().await;
+        stop(handle).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_crc_is_error_0_code_1_then_close() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    let mut bytes = hex("4d 43 01 05 00 08 00 00 00 00 00 00 00 01 37 5c");
+    bytes[15] ^= 0xff;
+    c.send_raw(&bytes).await;
+    let (id, code, _) = error(c.recv().await);
+    assert_eq!((id, code), (0, ErrorCode::MALFORMED));
+    c.expect_closed().await;
+    eventually(|| handle.stats().protocol_errors == 1).await;
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn bad_magic_and_version_close_too() {
+    let (handle, _) = server().await;
+    for bytes in [b"XX\x01\x05".to_vec(), b"MC\x02\x05".to_vec()] {
+        let mut c = RawClient::connect(handle.local_addr()).await;
+        c.send_raw(&bytes).await;
+        let (id, code, _) = error(c.recv().await);
+        assert_eq!((id, code), (0, ErrorCode::MALFORMED));
+        c.expect_closed().await;
+    }
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn duplicate_in_flight_id_closes_the_connection() {
+    let (handle, probe) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(1, format::RAW, "slow", b"x").await;
+    eventually(|| probe.ran.load(Ordering::SeqCst) == 1).await;
+    c.request(1, format::RAW, "echo", b"y").await;
+    let (id, code, _) = error(c.recv().await);
+    assert_eq!((id, code), (0, ErrorCode::MALFORMED));
+    c.expect_closed().await;
+    // The abandoned handler was stopped.
+    eventually(|| probe.dropped.load(Ordering::SeqCst) == 1).await;
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn response_from_a_client_is_a_role_error() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.send(Envelope::Response(Response {
+        id: 1,
+        flags: Flags::NONE,
+        format: 0,
+        meta: Metadata::EMPTY,
+        body: b"",
+    }))
+    .await;
+    let (id, code, _) = error(c.recv().await);
+    assert_eq!((id, code), (0, ErrorCode::MALFORMED));
+    c.expect_closed().await;
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn ping_is_answered_with_the_same_bytes() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.send_raw(&hex("4d 43 01 05 00 08 00 00 00 00 00 00 00 01 37 5c"))
+        .await;
+    match c.recv().await {
+        Some(OwnedEnvelope::Pong(p)) => assert_eq!(p.nonce, 1u64.to_be_bytes()),
+        other => panic!("expected PONG, got {other:?}"),
+    }
+    c.ping_pong(0xdead_beef_0000_0001).await;
+    // Unknown frame types are skipped.
+    c.send_raw(&frame(0x0a, b"future")).await;
+    c.ping_pong(2).await;
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn subscriptions_exact_and_prefix_one_copy_per_connection() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    let mut other = RawClient::connect(handle.local_addr()).await;
+    // The topic is the body's bytes whatever the format byte.
+    c.request(1, format::JSON, "$subscribe", b"orders.created")
+        .await;
+    assert_eq!(response(c.recv().await), (1, format::JSON, Vec::new()));
+    c.request(2, format::RAW, "$subscribe", b"orders.*").await;
+    assert_eq!(response(c.recv().await), (2, format::RAW, Vec::new()));
+    other
+        .request(1, format::RAW, "$subscribe", b"users.*")
+        .await;
+    assert_eq!(response(other.recv().await).0, 1);
+
+    let published = handle
+        .publish(
+            "orders.created",
+            FormatId::JSON,
+            Bytes::from_static(b"{\"n\":1}"),
+        )
+        .unwrap();
+    assert_eq!((published.delivered, published.dropped), (1, 0));
+    match c.recv().await {
+        Some(OwnedEnvelope::Notify(n)) => {
+            assert_eq!(n.topic, "orders.created");
+            assert_eq!(n.format, format::JSON);
+            assert_eq!(n.body, b"{\"n\":1}");
+        }
+        other => panic!("expected NOTIFY, got {other:?}"),
+    }
+    // No second copy: the next message is the PONG.
+    c.ping_pong(1).await;
+
+    assert_eq!(
+        handle
+            .publish("orders.deleted", FormatId::RAW, &b"d"[..])
+            .unwrap()
+            .delivered,
+        1
+    );
+    assert!(
+        matches!(c.recv().await, Some(OwnedEnvelope::Notify(n)) if n.topic == "orders.deleted")
+    );
+    assert_eq!(
+        handle
+            .publish("orders", FormatId::RAW, &b""[..])
+            .unwrap()
+            .delivered,
+        0
+    );
+    assert_eq!(
+        handle
+            .publish("users.x", FormatId::RAW, &b"u"[..])
+            .unwrap()
+            .delivered,
+        1
+    );
+    assert!(matches!(other.recv().await, Some(OwnedEnvelope::Notify(n)) if n.topic == "users.x"));
+
+    // Unsubscribing the prefix leaves the exact subscription.
+    c.request(3, format::RAW, "$unsubscribe", b"orders.*").await;
+    assert_eq!(response(c.recv().await).0, 3);
+    assert_eq!(
+        handle
+            .publish("orders.deleted", FormatId::RAW, &b""[..])
+            .unwrap()
+            .delivered,
+        0
+    );
+    assert_eq!(
+        handle
+            .publish("orders.created", FormatId::RAW, &b""[..])
+            .unwrap()
+            .delivered,
+        1
+    );
+    assert!(matches!(c.recv().await, Some(OwnedEnvelope::Notify(_))));
+
+    // Typed publish.
+    c.request(4, format::RAW, "$subscribe", b"*").await;
+    assert_eq!(response(c.recv().await).0, 4);
+    handle.publish_typed("sum", &Json, &[1, 2]).unwrap();
+    assert!(matches!(c.recv().await, Some(OwnedEnvelope::Notify(n)) if n.body == b"[1,2]"));
+
+    // An empty topic is refused with the request's id; the connection stays.
+    c.request(5, format::RAW, "$subscribe", b"").await;
+    assert_eq!(error(c.recv().await).0, 5);
+    assert!(handle.publish("", FormatId::RAW, &b""[..]).is_err());
+    // Closing the connection removes its subscriptions.
+    drop(c);
+    eventually(|| {
+        handle
+            .publish("orders.created", FormatId::RAW, &b""[..])
+            .is_ok_and(|p| p.delivered == 0)
+    })
+    .await;
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_loses_notifications_and_is_finally_disconnected() {
+    let (handle, _) = server_with(|b| {
+        b.write_queue_limit(1024)
+            .write_stall_timeout(Duration::from_millis(300))
+    })
+    .await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(1, format::RAW, "$subscribe", b"firehose").await;
+    assert_eq!(response(c.recv().await).0, 1);
+    // The client reads nothing more. The publisher never waits: once the socket buffers
+    // and the queue are full, NOTIFY frames are dropped for this subscriber.
+    let body = Bytes::from(vec![0u8; 60_000]);
+    let mut dropped = 0;
+    for _ in 0..20_000 {
+        dropped += handle
+            .publish("firehose", FormatId::RAW, body.clone())
+            .unwrap()
+            .dropped;
+        if dropped > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        dropped > 0,
+        "publishing never dropped for a client that does not read"
+    );
+    assert!(handle.stats().published_dropped > 0);
+    // The stalled writer closes the connection, which removes the subscription.
+    eventually(|| handle.stats().open_connections == 0).await;
+    assert_eq!(
+        handle
+            .publish("firehose", FormatId::RAW, body)
+            .unwrap()
+            .delivered,
+        0
+    );
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn four_mib_request_and_response_through_continuation() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    let body: Vec<u8> = (0..4 * 1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    c.request(1, format::RAW, "echo", &body).await;
+    let before = c.frames;
+    let (id, fmt, got) = response(c.recv().await);
+    assert_eq!((id, fmt), (1, format::RAW));
+    assert!(got == body, "the 4 MiB body came back different");
+    assert!(
+        c.frames - before >= 64,
+        "the response was not split into CONTINUATION frames"
+    );
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn heartbeat_pings_a_silent_client_then_closes() {
+    let (handle, _) =
+        server_with(|b| b.heartbeat(Duration::from_millis(200), Duration::from_millis(200))).await;
+    // A client that answers PINGs stays.
+    let mut alive = RawClient::connect(handle.local_addr()).await;
+    let alive = tokio::spawn(async move {
+        for _ in 0..3 {
+            match alive.recv().await {
+                Some(OwnedEnvelope::Ping(p)) => {
+                    alive
+                        .send(Envelope::Pong(mcp_codec::Pong { nonce: p.nonce }))
+                        .await;
+                }
+                other => panic!("expected PING, got {other:?}"),
+            }
+        }
+        alive
+    });
+    // A silent one gets PING, then is closed.
+    let mut silent = RawClient::connect(handle.local_addr()).await;
+    let start = tokio::time::Instant::now();
+    match silent.recv().await {
+        Some(OwnedEnvelope::Ping(_)) => {}
+        other => panic!("expected PING, got {other:?}"),
+    }
+    assert!(start.elapsed() >= Duration::from_millis(150));
+    silent.expect_closed().await;
+    let mut alive = timeout(WAIT, alive).await.unwrap().unwrap();
+    alive.ping_pong(9).await;
+    eventually(|| handle.stats().heartbeat_timeouts == 1).await;
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn handler_failures_are_error_9_or_the_application_code() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(1, format::RAW, "fail", b"").await;
+    assert_eq!(
+        error(c.recv().await),
+        (1, ErrorCode(1234), "the application said no".to_owned())
+    );
+    c.request(2, format::RAW, "internal", b"").await;
+    assert_eq!(error(c.recv().await).1, ErrorCode::INTERNAL);
+    c.request(3, format::RAW, "panic", b"").await;
+    assert_eq!(error(c.recv().await).1, ErrorCode::INTERNAL);
+    c.ping_pong(1).await;
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn typed_routes_decode_and_check_the_format() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(1, format::JSON, "add", br#"{"a":2,"b":40}"#)
+        .await;
+    assert_eq!(response(c.recv().await), (1, format::JSON, b"42".to_vec()));
+    c.request(2, format::PROTOBUF, "add", b"\x08\x01").await;
+    assert_eq!(error(c.recv().await).1, ErrorCode::UNSUPPORTED_FORMAT);
+    c.request(3, format::JSON, "add", b"{not json").await;
+    assert_eq!(error(c.recv().await).1, ErrorCode::MALFORMED);
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn client_notify_goes_to_the_topic_handler_and_is_not_answered() {
+    let (handle, probe) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    let notify = |topic| {
+        Envelope::Notify(Notify {
+            flags: Flags::NONE,
+            format: format::RAW,
+            topic,
+            meta: Metadata::EMPTY,
+            body: b"payload",
+        })
+    };
+    c.send(notify("events.created")).await;
+    c.send(notify("nobody.listens")).await;
+    eventually(|| probe.notifies.load(Ordering::SeqCst) == 1).await;
+    c.ping_pong(1).await;
+    eventually(|| handle.stats().notifies_unrouted == 1).await;
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn client_goaway_closes_after_in_flight_answers() {
+    let (handle, probe) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(1, format::RAW, "slow", b"x").await;
+    c.send(Envelope::GoAway(GoAway {
+        last_id: 0,
+        code: GoAwayCode::SHUTTING_DOWN,
+        reason: "",
+    }))
+    .await;
+    c.request(2, format::RAW, "echo", b"y").await;
+    let (id, code, _) = error(c.recv().await);
+    assert_eq!((id, code), (2, ErrorCode::UNAVAILABLE));
+    probe.gate.add_permits(1);
+    assert_eq!(response(c.recv().await).0, 1);
+    c.expect_closed().await;
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_answers_in_flight_requests_then_closes() {
+    let (handle, probe) = server().await;
+    let mut clients = Vec::new();
+    for i in 0..3u32 {
+        let mut c = RawClient::connect(handle.local_addr()).await;
+        c.request(i + 1, format::RAW, "slow", &i.to_be_bytes())
+            .await;
+        clients.push(c);
+    }
+    eventually(|| probe.ran.load(Ordering::SeqCst) == 3).await;
+    let shutdown = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.shutdown(Duration::from_secs(30)).await })
+    };
+    for c in &mut clients {
+        assert!(matches!(c.recv().await, Some(OwnedEnvelope::GoAway { .. })));
+    }
+    assert!(!shutdown.is_finished());
+    probe.gate.add_permits(3);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let i = i as u32;
+        assert_eq!(
+            response(c.recv().await),
+            (i + 1, format::RAW, i.to_be_bytes().to_vec())
+        );
+        c.expect_closed().await;
+    }
+    timeout(WAIT, shutdown).await.unwrap().unwrap().unwrap();
+    assert_eq!(handle.stats().open_connections, 0);
+    assert_eq!(probe.dropped.load(Ordering::SeqCst), 0);
+}
+
+/// A frame with any type byte and payload, with a correct CRC.
+fn frame(frame_type: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; payload.len() + mcp_codec::FRAME_OVERHEAD];
+    let n = mcp_codec::Frame::with_type_byte(frame_type, payload)
+        .encode(&mut out)
+        .unwrap();
+    out.truncate(n);
+    out
+}
