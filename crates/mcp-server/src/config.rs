@@ -19,7 +19,8 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// Request body bytes held by the running handlers of one connection (64 MiB); past
     /// it, ERROR 5. A request arriving when nothing runs is always admitted, so any body up
-    /// to `max_message_len` can be served.
+    /// to `max_message_len` can be served. The bodies of client NOTIFY messages being
+    /// handled have a budget of the same size (past it they are dropped and counted).
     pub max_in_flight_bytes: usize,
     /// One-way NOTIFY messages from one client handled at once (1024); past it they are
     /// dropped and counted (nothing answers a NOTIFY, so there is no one to tell).
@@ -34,6 +35,9 @@ pub struct ServerConfig {
     /// Subscriptions one connection may hold (1024); past it, `$subscribe` is answered
     /// ERROR 5.
     pub max_subscriptions: usize,
+    /// Connections open at once (10,000). A client connecting past it gets GOAWAY with
+    /// code 2 (overloaded) and `last_id` 0, and is closed.
+    pub max_connections: usize,
     /// After this long without receiving anything from a client, the server sends PING
     /// (15 s).
     pub heartbeat_interval: Duration,
@@ -51,6 +55,7 @@ impl Default for ServerConfig {
             write_queue_limit: 1024 * 1024,
             write_stall_timeout: Duration::from_secs(5),
             max_subscriptions: 1024,
+            max_connections: 10_000,
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_timeout: Duration::from_secs(5),
         }

@@ -124,7 +124,11 @@ pub(crate) struct Conn {
     heartbeat: Heartbeat,
     done_tx: mpsc::UnboundedSender<Completion>,
     done_rx: mpsc::UnboundedReceiver<Completion>,
+    /// One permit per client NOTIFY being handled.
     notify_permits: Arc<Semaphore>,
+    /// One permit per body byte of the client NOTIFY messages being handled, so that their
+    /// memory is bounded like that of requests (`max_in_flight_bytes`).
+    notify_bytes: Arc<Semaphore>,
     /// Frames seen by the reader at the last sign of life.
     frames_seen: u64,
     /// When the shutdown grace ends, once shutdown started.
@@ -160,7 +164,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         ),
         done_tx,
         done_rx,
-        notify_permits: Arc::new(Semaphore::new(config.max_notify_in_flight)),
+        notify_permits: Arc::new(Semaphore::new(
+            config.max_notify_in_flight.min(Semaphore::MAX_PERMITS),
+        )),
+        notify_bytes: Arc::new(Semaphore::new(notify_byte_budget(
+            config.max_in_flight_bytes,
+        ))),
         frames_seen: 0,
         grace: None,
         reading: true,
@@ -448,6 +457,14 @@ impl Conn {
             stats.notifies_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        // A body larger than the whole budget takes all of it, so that it can still be
+        // handled when nothing else is.
+        let budget = notify_byte_budget(self.shared.config.max_in_flight_bytes);
+        let bytes = u32::try_from(push.body().len().min(budget)).unwrap_or(u32::MAX);
+        let Ok(bytes) = self.notify_bytes.clone().try_acquire_many_owned(bytes) else {
+            stats.notifies_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         let ctx = NotifyContext {
             topic: push.topic().into(),
             format: FormatId::new(push.format()),
@@ -460,7 +477,7 @@ impl Conn {
         };
         let body = push.into_body();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, bytes);
             handler.notify(ctx, body).await;
         });
     }
@@ -548,6 +565,12 @@ impl Conn {
             }
         }
     }
+}
+
+/// The byte budget of client NOTIFY bodies: `max_in_flight_bytes`, within what one
+/// semaphore acquisition can take.
+fn notify_byte_budget(max_in_flight_bytes: usize) -> usize {
+    max_in_flight_bytes.clamp(1, u32::MAX as usize)
 }
 
 fn send_reply(writer: &WireWriter, id: u32, format: u8, reply: &Reply) {

@@ -27,6 +27,7 @@ use crate::subscribe::{Notification, Published, Registry};
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
+    pub(crate) refused: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) heartbeat_timeouts: AtomicU64,
@@ -80,8 +81,10 @@ impl Drop for OpenGuard {
 pub struct ServerStats {
     /// Connections open now.
     pub open_connections: usize,
-    /// Connections accepted since the start.
+    /// Connections accepted since the start (refused ones included).
     pub accepted_connections: u64,
+    /// Connections refused with GOAWAY because `max_connections` were open.
+    pub refused_connections: u64,
     /// Requests whose handler was started.
     pub requests: u64,
     /// Connections closed because the client broke the protocol.
@@ -202,6 +205,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Connections open at once (default 10,000); see [`ServerConfig::max_connections`].
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.config.max_connections = connections;
+        self
+    }
+
     /// Write stall timeout (default 5 s).
     pub fn write_stall_timeout(mut self, timeout: Duration) -> Self {
         self.config.write_stall_timeout = timeout;
@@ -249,6 +258,25 @@ impl ServerBuilder {
     }
 }
 
+/// Tells a client past the connection limit to go away (GOAWAY code 2, `last_id` 0: no
+/// request was taken), then closes. Best effort, bounded by the write stall timeout.
+async fn refuse(mut stream: tokio::net::TcpStream, stall: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let mut frame = Vec::new();
+    let goaway = Envelope::GoAway(mcp_codec::GoAway {
+        last_id: 0,
+        code: mcp_codec::GoAwayCode::OVERLOADED,
+        reason: "too many connections",
+    });
+    if goaway.encode_to_vec(&mut frame).is_ok() {
+        let _ = tokio::time::timeout(stall, async {
+            stream.write_all(&frame).await?;
+            stream.shutdown().await
+        })
+        .await;
+    }
+}
+
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
@@ -260,6 +288,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    if *shared.open.borrow() >= shared.config.max_connections {
+                        shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(refuse(stream, shared.config.write_stall_timeout));
+                        continue;
+                    }
                     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
                     let guard = OpenGuard::new(shared.clone());
                     let shared = shared.clone();
@@ -383,6 +416,7 @@ impl ServerHandle {
         ServerStats {
             open_connections: *shared.open.borrow(),
             accepted_connections: stats.accepted.load(Ordering::Relaxed),
+            refused_connections: stats.refused.load(Ordering::Relaxed),
             requests: stats.requests.load(Ordering::Relaxed),
             protocol_errors: stats.protocol_errors.load(Ordering::Relaxed),
             heartbeat_timeouts: stats.heartbeat_timeouts.load(Ordering::Relaxed),

@@ -811,3 +811,26 @@ fn frame(frame_type: u8, payload: &[u8]) -> Vec<u8> {
     out.truncate(n);
     out
 }
+
+#[tokio::test]
+async fn clients_past_the_connection_limit_get_goaway_overloaded() {
+    let (handle, _) = server_with(|b| b.max_connections(1)).await;
+    let mut first = RawClient::connect(handle.local_addr()).await;
+    first.ping_pong(1).await;
+    let mut second = RawClient::connect(handle.local_addr()).await;
+    match second.recv().await {
+        Some(OwnedEnvelope::GoAway { last_id, code, .. }) => {
+            assert_eq!((last_id, code), (0, GoAwayCode::OVERLOADED));
+        }
+        other => panic!("expected GOAWAY, got {other:?}"),
+    }
+    second.expect_closed().await;
+    first.ping_pong(2).await;
+    assert_eq!(handle.stats().refused_connections, 1);
+    // Once the first leaves, a new client is served.
+    drop(first);
+    eventually(|| handle.stats().open_connections == 0).await;
+    let mut third = RawClient::connect(handle.local_addr()).await;
+    third.ping_pong(3).await;
+    stop(handle).await;
+}
