@@ -346,6 +346,18 @@ async fn too_large_request_is_error_7_and_the_connection_stays_usable() {
     c2.request(3, format::RAW, "echo", &[1u8; 11]).await;
     assert_eq!(error(c2.recv().await).1, ErrorCode::TOO_LARGE);
     c2.ping_pong(1).await;
+    // A NOTIFY past the limit cannot be refused by id: ERROR id 0 code 7, then close.
+    c2.send(Envelope::Notify(Notify {
+        flags: Flags::NONE,
+        format: format::RAW,
+        topic: "events.created",
+        meta: Metadata::EMPTY,
+        body: &[0u8; 11],
+    }))
+    .await;
+    let (id, code, _) = error(c2.recv().await);
+    assert_eq!((id, code), (0, ErrorCode::TOO_LARGE));
+    c2.expect_closed().await;
     stop(small).await;
     c.request(4, format::RAW, "echo", b"still here").await;
     assert_eq!(
