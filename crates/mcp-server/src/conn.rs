@@ -20,6 +20,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::Status;
 use crate::handler::{NotifyContext, Reply, RequestContext};
@@ -362,12 +363,13 @@ impl Conn {
         };
         self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
         let id = request.id();
+        let method: Arc<str> = request.method().into();
         let format = request.format();
         let body_len = request.body().len();
         let cancel = CancellationToken::new();
         let ctx = RequestContext {
             id,
-            method: request.method().into(),
+            method: method.clone(),
             format: FormatId::new(format),
             meta: request
                 .meta()
@@ -389,26 +391,30 @@ impl Conn {
         let writer = self.writer.clone();
         let body = request.into_body();
         let task_cancel = cancel.clone();
-        let task = tokio::spawn(async move {
-            let call = handler.call(ctx, body);
-            let result = match deadline {
-                None => call.await,
-                Some(deadline) => match tokio::time::timeout_at(deadline, call).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        task_cancel.cancel();
-                        Err(Status::new(
-                            ErrorCode::DEADLINE_EXCEEDED,
-                            "the deadline passed while the request was handled",
-                        ))
-                    }
-                },
-            };
-            // Answers wait while the client's queue is full, so that a client that does
-            // not read cannot make the server buffer without bound.
-            let _ = writer.ready().await;
-            guard.send(result);
-        });
+        let span = tracing::debug_span!("request", conn = self.id, id, method = &*method);
+        let task = tokio::spawn(
+            async move {
+                let call = handler.call(ctx, body);
+                let result = match deadline {
+                    None => call.await,
+                    Some(deadline) => match tokio::time::timeout_at(deadline, call).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            task_cancel.cancel();
+                            Err(Status::new(
+                                ErrorCode::DEADLINE_EXCEEDED,
+                                "the deadline passed while the request was handled",
+                            ))
+                        }
+                    },
+                };
+                // Answers wait while the client's queue is full, so that a client that does
+                // not read cannot make the server buffer without bound.
+                let _ = writer.ready().await;
+                guard.send(result);
+            }
+            .instrument(span),
+        );
         // The completion is only read by this task's loop, after `start` has recorded it.
         self.state
             .start(id, body_len, generation, task.abort_handle(), cancel);

@@ -99,6 +99,14 @@ fn routes(builder: ServerBuilder, probe: &Probe) -> ServerBuilder {
             Json,
             |_ctx, add: Add| async move { Ok(add.a + add.b) },
         )
+        .route_raw("meta", |ctx, _body| async move {
+            // Echoes the trace context back as response metadata.
+            let trace = ctx.traceparent().unwrap_or("none").to_owned();
+            Ok(Reply::new(Bytes::from(ctx.method().to_owned())).with_meta("traceparent", trace))
+        })
+        .route_raw("badmeta", |_ctx, _body| async {
+            Ok(Reply::empty().with_meta("Not A Key", "x"))
+        })
         .route_notify_fn("events.*", move |ctx, body| {
             let notified = notified.clone();
             async move {
@@ -844,5 +852,27 @@ async fn clients_past_the_connection_limit_get_goaway_overloaded() {
     eventually(|| handle.stats().open_connections == 0).await;
     let mut third = RawClient::connect(handle.local_addr()).await;
     third.ping_pong(3).await;
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn metadata_reaches_the_handler_and_the_answer() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    let trace = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    c.request_with_meta(1, format::RAW, "meta", &[("traceparent", trace)], b"")
+        .await;
+    match c.recv().await {
+        Some(OwnedEnvelope::Response(r)) => {
+            assert_eq!(r.body, b"meta");
+            assert_eq!(r.meta, vec![("traceparent".to_owned(), trace.to_vec())]);
+        }
+        other => panic!("expected RESPONSE, got {other:?}"),
+    }
+    // An answer whose metadata cannot be encoded is the server's failure: ERROR 9.
+    c.request(2, format::RAW, "badmeta", b"").await;
+    let (id, code, _) = error(c.recv().await);
+    assert_eq!((id, code), (2, ErrorCode::INTERNAL));
+    c.ping_pong(1).await;
     stop(handle).await;
 }
