@@ -77,7 +77,7 @@ pub use trace::{TraceContext, TraceParseError};
 
 // What applications need from the layers below, so that this crate is their only
 // dependency.
-pub use bytes::Bytes;
+pub use bytes::{Bytes, BytesMut};
 pub use futures_core::Stream;
 pub use mcp_codec::ErrorCode;
 #[cfg(feature = "json")]
