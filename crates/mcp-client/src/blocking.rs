@@ -173,10 +173,12 @@ impl<F: Format> Client<F> {
         })
     }
 
-    /// See [`crate::Client::close`]; returns how many calls were abandoned.
+    /// See [`crate::Client::close`]; returns how many calls were abandoned. Inside an
+    /// async runtime, where it cannot block, it closes at once
+    /// ([`crate::Client::close_now`]) and returns 0.
     pub fn close(&self) -> usize {
         if not_in_async().is_err() {
-            // Cannot block here; refuse new calls at least, the rest ends with the runtime.
+            self.inner.close_now();
             return 0;
         }
         self.rt.get().block_on(self.inner.close())

@@ -146,6 +146,14 @@ impl Backend {
         }
     }
 
+    pub(crate) fn close_now(&self) {
+        match self {
+            Backend::Pool(pool) => pool.close(),
+            #[cfg(all(test, feature = "json"))]
+            Backend::Fake(_) => {}
+        }
+    }
+
     pub(crate) fn connections(&self) -> ConnectionCounts {
         match self {
             Backend::Pool(pool) => {

@@ -320,6 +320,16 @@ impl<F: Format> Client<F> {
         abandoned
     }
 
+    /// Closes without waiting: new calls are refused, calls in flight fail, connections
+    /// close; the background tasks end on their own shortly after. For `Drop`-like paths
+    /// that cannot await.
+    pub fn close_now(&self) {
+        let shared = &self.shared;
+        shared.closing.store(true, Ordering::Release);
+        shared.limiter.close();
+        shared.backend.close_now();
+    }
+
     /// Whether [`Client::close`] was called on this client or a clone.
     pub fn is_closed(&self) -> bool {
         self.shared.closing.load(Ordering::Acquire)
@@ -471,7 +481,10 @@ impl<F: Format> Client<F> {
                             // Time ran out because the total budget did, not the attempt's
                             // own: say so, keeping where it happened.
                             match e.timeout_phase() {
-                                Some(phase) if attempt_deadline == deadline => {
+                                Some(phase)
+                                    if attempt_deadline == deadline
+                                        && Instant::now() >= deadline =>
+                                {
                                     let processed = if e.maybe_processed() {
                                         Processed::Maybe
                                     } else {

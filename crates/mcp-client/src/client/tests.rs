@@ -471,3 +471,33 @@ async fn unavailable_is_retried_on_another_connection() {
     let other: Vec<bool> = fake.seen().iter().map(|s| s.other_connection).collect();
     assert_eq!(other, [false, true]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_early_timeout_keeps_its_phase_when_the_budget_is_the_attempts_bound() {
+    // The total budget (1 s) is shorter than an attempt's (2 s), so the attempt's deadline
+    // is the call's; a connect timeout well before it is still a connect timeout.
+    let fake = Scripted::new(|_, _| Step::Fail(Error::timeout(Phase::Connect, Processed::No)));
+    let client = client(fake, |b| {
+        b.timeout(Duration::from_secs(1))
+            .retry(RetryConfig::disabled())
+    });
+    let err = client
+        .call::<_, Value>("x", &json!(1))
+        .await
+        .expect_err("connect timeout");
+    assert_eq!(err.timeout_phase(), Some(Phase::Connect));
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_now_refuses_at_once() {
+    let fake = Scripted::new(|_, _| Step::Echo);
+    let client = client(fake, |b| b);
+    client.close_now();
+    assert!(client.is_closed());
+    let err = client
+        .call::<_, Value>("x", &json!(1))
+        .await
+        .expect_err("closed");
+    assert!(err.is_closed());
+    assert_eq!(client.metrics().errors.get(ErrorKind::Closed), 1);
+}
