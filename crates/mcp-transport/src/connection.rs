@@ -1063,6 +1063,10 @@ async fn drive(
                     }
                     Some(sent) => sleep.as_mut().reset(sent + heartbeat.timeout),
                     None if now >= last_rx + heartbeat.interval => {
+                        // Count the timeout from when the PING was due, not from when
+                        // this task got to run, so that death is declared within
+                        // interval + timeout of the last frame.
+                        let now = last_rx + heartbeat.interval;
                         nonce = nonce.wrapping_add(1);
                         let _ = shared.writer.send(Envelope::Ping(Ping { nonce: nonce.to_be_bytes() }));
                         shared.counters.pings_sent.fetch_add(1, Ordering::Relaxed);

@@ -79,7 +79,7 @@ pub use error::{ErrorKind, Phase, PoolExhausted, Processed, TransportError, Wire
 pub use message::{
     CallOptions, Inbound, InboundRequest, InboundResponse, Meta, MetaIter, Push, RemoteError, Reply,
 };
-pub use pool::{EndpointState, Pool, PoolStats};
+pub use pool::{EndpointState, Pool, PoolStats, TaskProbe};
 pub use subscription::{SUBSCRIBE_METHOD, Subscription, UNSUBSCRIBE_METHOD, topic_matches};
 pub use wire::{FrameReader, WireWriter, WriterExit, WriterStats};
 

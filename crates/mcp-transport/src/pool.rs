@@ -102,6 +102,19 @@ pub struct PoolStats {
     pub tasks: usize,
 }
 
+/// Counts a pool's live background tasks (see [`Pool::task_probe`]).
+#[derive(Debug, Clone)]
+pub struct TaskProbe {
+    token: std::sync::Weak<()>,
+}
+
+impl TaskProbe {
+    /// Live background tasks, plus 1 while the pool's shared state is still allocated.
+    pub fn alive(&self) -> usize {
+        self.token.strong_count()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Retired {
     late_answers: u64,
@@ -310,6 +323,15 @@ impl Pool {
         self.shared.close("closed by its owner");
     }
 
+    /// A probe that counts the pool's live background tasks without keeping the pool
+    /// alive: after the last handle is dropped, [`TaskProbe::alive`] reaches 0 once every
+    /// task has ended and the pool's memory is freed.
+    pub fn task_probe(&self) -> TaskProbe {
+        TaskProbe {
+            token: Arc::downgrade(&self.shared.token),
+        }
+    }
+
     /// Waits until every background task has ended (after [`Pool::close`]), at most
     /// `timeout`; returns whether they all did.
     pub async fn join(&self, timeout: Duration) -> bool {
@@ -419,9 +441,15 @@ impl PoolShared {
             return false;
         }
         let open = Self::open_count(state);
+        // Waiters justify a new connection only when no open one has room: a waiter that
+        // is about to take a free place must not cause a spurious connect.
+        let room = state
+            .conns
+            .iter()
+            .any(|c| c.is_open() && c.in_flight() < c.max_in_flight());
         open < self.config.max_connections
             && (open < self.config.min_connections
-                || state.waiters > 0
+                || (state.waiters > 0 && !room)
                 || (open == 0 && self.router.has_subscribers()))
     }
 

@@ -1,0 +1,1068 @@
+//! The named tests of issue 4, section 6 (`tNN_...` = test NN), over real loopback sockets
+//! against the scriptable peers of `mcp-test-support`, plus virtual-time tests
+//! (`tokio::time::pause`) for backoff and heartbeat.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mcp_codec::{Envelope, ErrorCode, OwnedEnvelope, format};
+use mcp_test_support::{
+    Blackhole, EchoServer, Received, STEP, TestListener, delay_body, encode, error, goaway, notify,
+    response,
+};
+use mcp_transport::{
+    BackoffConfig, Backpressure, CallOptions, Connection, ConnectionConfig, ConnectionStatus,
+    EndpointState, ErrorKind, HeartbeatConfig, Meta, Phase, Pool, PoolConfig, PoolExhausted,
+    Processed, PushOverflow, Reply, TransportError,
+};
+use tokio::time::Instant;
+
+async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, f)
+        .await
+        .expect("finished in time")
+}
+
+fn conn_config() -> ConnectionConfig {
+    ConnectionConfig {
+        connect_timeout: Duration::from_secs(2),
+        ..ConnectionConfig::default()
+    }
+}
+
+fn pool_config() -> PoolConfig {
+    PoolConfig {
+        connection: conn_config(),
+        backoff: BackoffConfig {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            ..BackoffConfig::default()
+        },
+        maintenance_interval: Duration::from_millis(50),
+        ..PoolConfig::default()
+    }
+}
+
+fn body(reply: Result<Reply, TransportError>) -> Bytes {
+    match reply.expect("call succeeds") {
+        Reply::Response(r) => r.into_body(),
+        Reply::Error(e) => panic!("unexpected remote error {e}"),
+    }
+}
+
+async fn call(conn: &Connection, method: &str, body: &[u8]) -> Result<Reply, TransportError> {
+    conn.call(
+        method,
+        format::RAW,
+        &Meta::new(),
+        body,
+        CallOptions::default(),
+    )
+    .await
+}
+
+async fn pcall(pool: &Pool, method: &str, body: &[u8]) -> Result<Reply, TransportError> {
+    pool.call(
+        method,
+        format::RAW,
+        &Meta::new(),
+        body,
+        CallOptions::default(),
+    )
+    .await
+}
+
+/// 1. Half a frame, then close: the pending call fails "connection closed", no hang, and
+/// the pool reconnects.
+#[tokio::test]
+async fn t01_half_frame_then_close_fails_pending_and_reconnects() {
+    let listener = TestListener::bind().await;
+    let pool = Pool::new(listener.addr().to_string(), pool_config());
+    let call1 = tokio::spawn({
+        let pool = pool.clone();
+        async move { pcall(&pool, "echo", b"one").await }
+    });
+    let mut peer = listener.accept().await;
+    let req = peer.recv_request().await;
+    let frame = response(req.id, b"one");
+    peer.send_raw(&frame[..frame.len() / 2]).await;
+    drop(peer);
+    let err = within(call1).await.unwrap().expect_err("the call fails");
+    assert_eq!(err.kind(), &ErrorKind::ConnectionClosed, "{err}");
+    assert!(err.to_string().contains("closed"), "{err}");
+    assert_eq!(err.processed(), Processed::Maybe);
+
+    // A new call gets a new connection.
+    let call2 = tokio::spawn({
+        let pool = pool.clone();
+        async move { pcall(&pool, "echo", b"two").await }
+    });
+    let mut peer = listener.accept().await;
+    let req = peer.recv_request().await;
+    peer.respond(req.id, b"two").await;
+    assert_eq!(body(within(call2).await.unwrap()), &b"two"[..]);
+    assert!(pool.stats().reconnects >= 1);
+}
+
+/// 2. A read timeout mid-frame: the connection is dropped (no complete frame arrives, so
+/// the heartbeat declares it dead), and no later call ever gets the stale answer.
+#[tokio::test]
+async fn t02_read_timeout_mid_frame_drops_connection_no_stale_answer() {
+    let listener = TestListener::bind().await;
+    let mut config = pool_config();
+    config.connection.heartbeat = HeartbeatConfig {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(100),
+    };
+    let pool = Pool::new(listener.addr().to_string(), config);
+    let call1 = tokio::spawn({
+        let pool = pool.clone();
+        async move { pcall(&pool, "echo", b"stale").await }
+    });
+    let mut peer1 = listener.accept().await;
+    peer1.answer_pings = false;
+    let req1 = peer1.recv_request().await;
+    let stale = response(req1.id, b"stale");
+    peer1.send_raw(&stale[..5]).await;
+    let err = within(call1).await.unwrap().expect_err("dropped mid-frame");
+    assert_eq!(err.kind(), &ErrorKind::ConnectionClosed, "{err}");
+    assert!(err.to_string().contains("heartbeat"), "{err}");
+
+    let call2 = tokio::spawn({
+        let pool = pool.clone();
+        async move { pcall(&pool, "echo", b"fresh").await }
+    });
+    let mut peer2 = listener.accept().await;
+    let req2 = peer2.recv_request().await;
+    // The old peer finishes its stale frame, then answers the new id too: the old socket
+    // is gone, so neither can reach the new call.
+    let _ = peer1.try_send_raw(&stale[5..]).await;
+    let _ = peer1.try_send_raw(&response(req2.id, b"stale")).await;
+    peer2.respond(req2.id, b"fresh").await;
+    assert_eq!(body(within(call2).await.unwrap()), &b"fresh"[..]);
+}
+
+/// 3. A silent peer on an idle connection: the heartbeat declares it dead within
+/// interval + timeout (virtual time), and fails its pending calls at once.
+#[tokio::test]
+async fn t03_silent_peer_heartbeat_declares_dead() {
+    let listener = TestListener::bind().await;
+    let heartbeat = HeartbeatConfig::default();
+    let conn = Connection::connect(listener.addr(), conn_config())
+        .await
+        .unwrap();
+    let _peer = listener.accept().await;
+    tokio::time::pause();
+    let start = Instant::now();
+    let pending = tokio::spawn({
+        let conn = conn.clone();
+        async move { call(&conn, "never", b"").await }
+    });
+    let reason = conn.closed().await;
+    let elapsed = start.elapsed();
+    // tokio's timers have a 1 ms resolution and round up.
+    let slack = Duration::from_millis(5);
+    assert!(
+        elapsed >= heartbeat.interval && elapsed <= heartbeat.interval + heartbeat.timeout + slack,
+        "dead after {elapsed:?}"
+    );
+    assert!(reason.to_string().contains("heartbeat"), "{reason}");
+    assert_eq!(conn.stats().pings_sent, 1);
+    let err = pending.await.unwrap().expect_err("pending call fails");
+    assert_eq!(err.kind(), &ErrorKind::ConnectionClosed);
+    assert_eq!(err.processed(), Processed::Maybe);
+}
+
+/// Heartbeat, the other way: a peer that answers PING keeps an idle connection alive.
+#[tokio::test]
+async fn heartbeat_answered_keeps_connection_alive() {
+    let listener = TestListener::bind().await;
+    let mut config = conn_config();
+    // Shorter than the peer helper's own step timeout, which runs in virtual time too.
+    config.heartbeat = HeartbeatConfig {
+        interval: Duration::from_secs(2),
+        timeout: Duration::from_secs(1),
+    };
+    let conn = Connection::connect(listener.addr(), config).await.unwrap();
+    let mut peer = listener.accept().await;
+    tokio::time::pause();
+    for _ in 0..3 {
+        peer.recv_ping().await;
+    }
+    assert!(conn.is_open());
+    assert_eq!(conn.stats().pings_sent, 3);
+}
+
+/// 4. RST during a request: the error says "may have been processed".
+#[tokio::test]
+async fn t04_rst_during_request_may_have_been_processed() {
+    let listener = TestListener::bind().await;
+    let conn = Connection::connect(listener.addr(), conn_config())
+        .await
+        .unwrap();
+    let mut peer = listener.accept().await;
+    let pending = tokio::spawn({
+        let conn = conn.clone();
+        async move { call(&conn, "echo", b"x").await }
+    });
+    peer.recv_request().await;
+    peer.reset();
+    let err = within(pending).await.unwrap().expect_err("reset");
+    assert_eq!(err.processed(), Processed::Maybe, "{err}");
+    assert!(!err.is_not_processed());
+    assert_eq!(err.phase(), Phase::Response);
+    assert_eq!(err.kind(), &ErrorKind::ConnectionClosed);
+}
+
+/// 5. Server down at start: the backoff is exponential, jittered and capped, and the try
+/// limit is honoured (virtual time).
+#[tokio::test]
+async fn t05_server_down_backoff_exponential_jittered_capped_try_limit() {
+    let addr = {
+        let listener = TestListener::bind().await;
+        listener.addr()
+    };
+    let config = PoolConfig {
+        backoff: BackoffConfig::default(),
+        ..pool_config()
+    };
+    tokio::time::pause();
+    let pool = Pool::new(addr.to_string(), config);
+    let mut state = pool.watch_state();
+    let caller = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            pool.call(
+                "echo",
+                0,
+                &Meta::new(),
+                b"",
+                CallOptions::timeout(Duration::from_secs(3600)),
+            )
+            .await
+        }
+    });
+    let mut delays = Vec::new();
+    loop {
+        // Virtual time: the delays run up to 30 s each.
+        tokio::time::timeout(Duration::from_secs(3600), state.changed())
+            .await
+            .expect("state changes")
+            .unwrap();
+        let now = state.borrow_and_update().clone();
+        match now {
+            EndpointState::Reconnecting {
+                attempt,
+                next_delay,
+                ..
+            } => {
+                assert_eq!(attempt as usize, delays.len() + 2);
+                delays.push(next_delay);
+            }
+            EndpointState::Down { .. } => break,
+            _ => {}
+        }
+    }
+    let err = within(caller).await.unwrap().expect_err("endpoint down");
+    assert_eq!(
+        err.kind(),
+        &ErrorKind::PoolExhausted(PoolExhausted::EndpointDown),
+        "{err}"
+    );
+    assert!(err.is_not_processed());
+    // 10 tries: 9 delays, each within its exponential, capped bound.
+    assert_eq!(delays.len(), 9, "{delays:?}");
+    for (i, delay) in delays.iter().enumerate() {
+        let bound = Duration::from_secs((1u64 << i).min(30));
+        assert!(*delay <= bound, "delay {i} = {delay:?} > {bound:?}");
+    }
+    assert!(
+        delays
+            .iter()
+            .enumerate()
+            .any(|(i, d)| *d != Duration::from_secs((1u64 << i).min(30))),
+        "jittered"
+    );
+    assert_eq!(pool.stats().connect_failures, 10);
+    // The limit holds: no further tries without new demand.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(pool.stats().connect_failures, 10);
+}
+
+/// 6. The server restarts on the same address: the client reconnects and its
+/// subscriptions come back.
+#[tokio::test]
+async fn t06_server_restart_reconnects_and_resubscribes() {
+    let server = EchoServer::start().await;
+    let addr = server.addr();
+    let pool = Pool::new(addr.to_string(), pool_config());
+    let mut sub = within(pool.subscribe("orders.*")).await.unwrap();
+    assert_eq!(server.push("orders.created", b"1"), 1);
+    let push = within(sub.recv()).await.unwrap();
+    assert_eq!(push.topic(), "orders.created");
+    assert_eq!(push.body(), &b"1"[..]);
+
+    server.shutdown().await;
+    let server = {
+        let mut tries = 0;
+        loop {
+            match EchoServer::start_on(addr).await {
+                Ok(server) => break server,
+                Err(err) if tries < 100 => {
+                    tries += 1;
+                    let _ = err;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(err) => panic!("cannot rebind {addr}: {err}"),
+            }
+        }
+    };
+    within(async {
+        while server.subscriptions().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(server.subscriptions(), vec!["orders.*".to_owned()]);
+    assert_eq!(server.push("orders.shipped", b"2"), 1);
+    let push = within(sub.recv()).await.unwrap();
+    assert_eq!(push.topic(), "orders.shipped");
+    assert_eq!(push.body(), &b"2"[..]);
+    assert!(pool.stats().reconnects >= 1);
+    assert!(matches!(pool.state(), EndpointState::Connected { .. }));
+}
+
+/// 7. A connect to a blackholed address fails at the connect timeout. The address is a
+/// loopback listener whose accept queue is full, so the kernel drops further SYNs.
+#[tokio::test]
+async fn t07_blackholed_address_fails_at_connect_timeout() {
+    let hole = Blackhole::new().await;
+    let timeout = Duration::from_millis(300);
+    let config = ConnectionConfig {
+        connect_timeout: timeout,
+        ..ConnectionConfig::default()
+    };
+    let start = Instant::now();
+    let err = within(Connection::connect(hole.addr(), config))
+        .await
+        .expect_err("blackholed");
+    let elapsed = start.elapsed();
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(err.phase(), Phase::Connect);
+    assert!(err.is_not_processed());
+    assert!(elapsed >= timeout && elapsed < timeout * 5, "{elapsed:?}");
+}
+
+/// 8. Every frame sliced into 1-byte reads decodes identically (over a socket; the codec
+/// level is covered in `codec_slicing` below).
+#[tokio::test]
+async fn t08_one_byte_reads_decode_identically() {
+    let listener = TestListener::bind().await;
+    let conn = Connection::connect(listener.addr(), conn_config())
+        .await
+        .unwrap();
+    let mut peer = listener.accept().await;
+    let mut sub = within(async {
+        let sub = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.subscribe("t", CallOptions::default()).await }
+        });
+        let req = peer.recv_request().await;
+        peer.respond(req.id, b"").await;
+        sub.await.unwrap().unwrap()
+    })
+    .await;
+    let pending = tokio::spawn({
+        let conn = conn.clone();
+        async move { call(&conn, "echo", b"").await }
+    });
+    let req = peer.recv_request().await;
+    let meta_body: Vec<u8> = (0..=255).collect();
+    let mut bytes = notify("t", &meta_body);
+    bytes.extend(response(req.id, b"sliced answer"));
+    for byte in bytes {
+        peer.send_raw(&[byte]).await;
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(body(within(pending).await.unwrap()), &b"sliced answer"[..]);
+    let push = within(sub.recv()).await.unwrap();
+    assert_eq!(push.body(), &meta_body[..]);
+}
+
+/// 9. Several frames and a push in one read are all delivered, in order.
+#[tokio::test]
+async fn t09_several_frames_and_push_in_one_read() {
+    let listener = TestListener::bind().await;
+    let conn = Connection::connect(listener.addr(), conn_config())
+        .await
+        .unwrap();
+    let mut peer = listener.accept().await;
+    let sub = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.subscribe("news.*", CallOptions::default()).await }
+    });
+    let req = peer.recv_request().await;
+    peer.respond(req.id, b"").await;
+    let mut sub = within(sub).await.unwrap().unwrap();
+
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let conn = conn.clone();
+            tokio::spawn(async move { call(&conn, "echo", format!("c{i}").as_bytes()).await })
+        })
+        .collect();
+    let mut reqs = Vec::new();
+    for _ in 0..3 {
+        reqs.push(peer.recv_request().await);
+    }
+    // One write: three answers (out of order) with two pushes between them.
+    let mut batch = Vec::new();
+    batch.extend(response(reqs[2].id, &reqs[2].body));
+    batch.extend(notify("news.a", b"p1"));
+    batch.extend(response(reqs[0].id, &reqs[0].body));
+    batch.extend(notify("news.b", b"p2"));
+    batch.extend(response(reqs[1].id, &reqs[1].body));
+    peer.send_raw(&batch).await;
+    for (i, c) in calls.into_iter().enumerate() {
+        assert_eq!(body(within(c).await.unwrap()), format!("c{i}").as_bytes());
+    }
+    assert_eq!(within(sub.recv()).await.unwrap().body(), &b"p1"[..]);
+    assert_eq!(within(sub.recv()).await.unwrap().body(), &b"p2"[..]);
+}
+
+/// 10. A length past the maximum message size is refused before allocating, and the
+/// connection closes (with ERROR id 0 code 7 to the peer).
+#[tokio::test]
+async fn t10_length_past_max_message_size_refused() {
+    let listener = TestListener::bind().await;
+    let mut config = conn_config();
+    config.wire.max_message_len = 100_000;
+    let conn = Connection::connect(listener.addr(), config).await.unwrap();
+    let mut peer = listener.accept().await;
+    let pending = tokio::spawn({
+        let conn = conn.clone();
+        async move { call(&conn, "echo", b"").await }
+    });
+    let req = peer.recv_request().await;
+    // 64 KiB + 64 KiB: the second frame takes the body past 100,000 bytes.
+    let big = vec![7u8; 130_000];
+    peer.send_raw(&response(req.id, &big)).await;
+    let err = within(pending).await.unwrap().expect_err("too large");
+    assert_eq!(err.kind(), &ErrorKind::Protocol, "{err}");
+    assert!(err.to_string().contains("exceeds"), "{err}");
+    match peer.recv().await {
+        Received::Envelope(OwnedEnvelope::Error { id, code, .. }) => {
+            assert_eq!((id, code), (0, ErrorCode::TOO_LARGE));
+        }
+        other => panic!("expected ERROR 0/7, got {other:?}"),
+    }
+    assert!(peer.expect_closed(STEP).await);
+    assert!(conn.is_closed());
+}
+
+/// 11. Bad magic, version or CRC: protocol error, connection dropped (ERROR id 0 code 1
+/// first), no panic.
+#[tokio::test]
+async fn t11_bad_magic_version_crc_protocol_error() {
+    let good = response(1, b"x");
+    let mut bad_magic = good.clone();
+    bad_magic[0] = b'X';
+    let mut bad_version = good.clone();
+    bad_version[2] = 9;
+    let mut bad_crc = good.clone();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0xff;
+    for (name, bytes) in [
+        ("magic", bad_magic),
+        ("version", bad_version),
+        ("crc", bad_crc),
+        ("garbage", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+    ] {
+        let listener = TestListener::bind().await;
+        let conn = Connection::connect(listener.addr(), conn_config())
+            .await
+            .unwrap();
+        let mut peer = listener.accept().await;
+        let pending = tokio::spawn({
+            let conn = conn.clone();
+            async move { call(&conn, "echo", b"x").await }
+        });
+        peer.recv_request().await;
+        peer.send_raw(&bytes).await;
+        let err = within(pending).await.unwrap().expect_err(name);
+        assert_eq!(err.kind(), &ErrorKind::Protocol, "{name}: {err}");
+        match peer.recv().await {
+            Received::Envelope(OwnedEnvelope::Error { id, code, .. }) => {
+                assert_eq!((id, code), (0, ErrorCode::MALFORMED), "{name}");
+            }
+            other => panic!("{name}: expected ERROR 0/1, got {other:?}"),
+        }
+        assert!(peer.expect_closed(STEP).await, "{name}");
+    }
+}
+
+/// 12. An answer for an unknown or already-answered id never completes another caller.
+#[tokio::test]
+async fn t12_unknown_or_answered_id_never_completes_another_caller() {
+    let listener = TestListener::bind().await;
+    let conn = Connection::connect(listener.addr(), conn_config())
+        .await
+        .unwrap();
+    let mut peer = listener.accept().await;
+    let a = tokio::spawn({
+        let conn = conn.clone();
+        async move { call(&conn, "echo", b"a").await }
+    });
+    let ra = peer.recv_request().await;
+    let b = tokio::spawn({
+        let conn = conn.clone();
+        async move { call(&conn, "echo", b"b").await }
+    });
+    let rb = peer.recv_request().await;
+    let mut batch = response(rb.id.wrapping_add(1000), b"unknown");
+    batch.extend(response(ra.id, b"a"));
+    batch.extend(response(ra.id, b"duplicate"));
+    batch.extend(error(ra.id, 9, "late duplicate"));
+    peer.send_raw(&batch).await;
+    assert_eq!(body(within(a).await.unwrap()), &b"a"[..]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !b.is_finished(),
+        "b must not be completed by another id's answer"
+    );
+    peer.respond(rb.id, b"b").await;
+    assert_eq!(body(within(b).await.unwrap()), &b"b"[..]);
+    let stats = conn.stats();
+    assert_eq!(stats.unknown_answers, 3);
+    assert_eq!(stats.in_flight, 0);
+}
+
+/// 13. A push flood with a slow subscriber keeps memory bounded and heartbeats (and
+/// responses) flowing.
+#[tokio::test]
+async fn t13_push_flood_slow_subscriber_bounded() {
+    for policy in [PushOverflow::DropNewest, PushOverflow::DropOldest] {
+        let listener = TestListener::bind().await;
+        let mut config = conn_config();
+        config.push_queue = 8;
+        config.push_overflow = policy;
+        let conn = Connection::connect(listener.addr(), config).await.unwrap();
+        let mut peer = listener.accept().await;
+        let sub = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.subscribe("flood", CallOptions::default()).await }
+        });
+        let req = peer.recv_request().await;
+        peer.respond(req.id, b"").await;
+        let mut sub = within(sub).await.unwrap().unwrap();
+
+        const N: u32 = 5000;
+        let mut flood = Vec::new();
+        for i in 0..N {
+            flood.extend(notify("flood", &i.to_be_bytes()));
+        }
+        // A PING after the flood: the client must answer it although nobody reads pushes.
+        flood.extend(encode(Envelope::Ping(mcp_codec::Ping { nonce: [9; 8] })));
+        peer.send_raw(&flood).await;
+        loop {
+            match peer.recv().await {
+                Received::Envelope(OwnedEnvelope::Pong(p)) => {
+                    assert_eq!(p.nonce, [9; 8]);
+                    break;
+                }
+                Received::Envelope(_) => {}
+                Received::Closed => panic!("closed"),
+            }
+        }
+        // Responses flow too.
+        let pending = tokio::spawn({
+            let conn = conn.clone();
+            async move { call(&conn, "echo", b"still here").await }
+        });
+        let req = peer.recv_request().await;
+        peer.respond(req.id, &req.body).await;
+        assert_eq!(body(within(pending).await.unwrap()), &b"still here"[..]);
+
+        assert_eq!(sub.queued(), 8, "bounded by the queue length");
+        let stats = conn.stats();
+        assert_eq!(stats.pushes_received, u64::from(N));
+        let mut got = Vec::new();
+        while let Some(push) = sub.try_recv() {
+            got.push(u32::from_be_bytes(push.body()[..4].try_into().unwrap()));
+        }
+        let expected: Vec<u32> = match policy {
+            PushOverflow::DropNewest => (0..8).collect(),
+            PushOverflow::DropOldest => (N - 8..N).collect(),
+        };
+        assert_eq!(got, expected, "{policy:?}");
+        assert!(conn.is_open());
+    }
+}
+
+/// 14. A timeout shorter than the peer's delay: Timeout, CANCEL sent, the late answer
+/// discarded (and counted), and the id is not reused.
+#[tokio::test]
+async fn t14_timeout_cancel_sent_late_answer_discarded() {
+    let listener = TestListener::bind().await;
+    let conn = Connection::connect(listener.addr(), conn_config())
+        .await
+        .unwrap();
+    let mut peer = listener.accept().await;
+    let slow = tokio::spawn({
+        let conn = conn.clone();
+        async move {
+            conn.call(
+                "echo",
+                0,
+                &Meta::new(),
+                b"slow",
+                CallOptions::timeout(Duration::from_millis(100)),
+            )
+            .await
+        }
+    });
+    let req = peer.recv_request().await;
+    let cancelled = peer.recv_cancel().await;
+    assert_eq!(cancelled, req.id);
+    let err = within(slow).await.unwrap().expect_err("timeout");
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(err.phase(), Phase::Response);
+    assert_eq!(err.processed(), Processed::Maybe);
+    assert_eq!(conn.stats().abandoned, 1);
+
+    peer.respond(req.id, b"late").await;
+    let next = tokio::spawn({
+        let conn = conn.clone();
+        async move { call(&conn, "echo", b"next").await }
+    });
+    let req2 = peer.recv_request().await;
+    assert_ne!(req2.id, req.id);
+    peer.respond(req2.id, b"next").await;
+    assert_eq!(body(within(next).await.unwrap()), &b"next"[..]);
+    let stats = conn.stats();
+    assert_eq!(stats.late_answers, 1);
+    assert_eq!(stats.abandoned, 0);
+    assert_eq!(stats.cancels_sent, 1);
+}
+
+/// 15. Pool exhausted: the wait is bounded, the error says why, and no connection or
+/// place leaks after cancellations.
+#[tokio::test]
+async fn t15_pool_exhausted_wait_bounded_no_leak() {
+    let server = EchoServer::start().await;
+    let mut config = pool_config();
+    config.max_connections = 1;
+    config.connection.max_in_flight = 2;
+    let pool = Pool::new(server.addr().to_string(), config.clone());
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pcall(&pool, "never", b"").await })
+        })
+        .collect();
+    within(async {
+        while pool.stats().in_flight < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let start = Instant::now();
+    let err = pool
+        .call(
+            "echo",
+            0,
+            &Meta::new(),
+            b"",
+            CallOptions::timeout(Duration::from_millis(200)),
+        )
+        .await
+        .expect_err("exhausted");
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(err.phase(), Phase::Pool);
+    assert!(err.is_not_processed());
+    assert!(err.to_string().contains("maximum in flight"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+
+    // Many waiters give up; the hogs are cancelled.
+    let waiters: Vec<_> = (0..50)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.call(
+                    "echo",
+                    0,
+                    &Meta::new(),
+                    b"",
+                    CallOptions::timeout(Duration::from_millis(50)),
+                )
+                .await
+            })
+        })
+        .collect();
+    for w in waiters {
+        assert!(within(w).await.unwrap().unwrap_err().is_timeout());
+    }
+    for hog in hogs {
+        hog.abort();
+        let _ = hog.await;
+    }
+    within(async {
+        while server
+            .state()
+            .cancels
+            .load(std::sync::atomic::Ordering::SeqCst)
+            < 2
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let stats = pool.stats();
+    assert_eq!((stats.in_flight, stats.waiting, stats.open), (0, 0, 1));
+    assert_eq!(body(within(pcall(&pool, "echo", b"ok")).await), &b"ok"[..]);
+    assert_eq!(
+        server
+            .state()
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+
+    // With the reject policy the caller is told at once.
+    config.connection.backpressure = Backpressure::Reject;
+    let pool = Pool::new(server.addr().to_string(), config);
+    pool.ready(CallOptions::default()).await.unwrap();
+    let _hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pcall(&pool, "never", b"").await })
+        })
+        .collect();
+    within(async {
+        while pool.stats().in_flight < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let err = pcall(&pool, "echo", b"").await.expect_err("rejected");
+    assert_eq!(err.kind(), &ErrorKind::Overloaded);
+    assert!(err.is_not_processed());
+}
+
+/// 16. A call future dropped mid-write leaves no half frame on the wire: messages are
+/// queued whole, so the peer decodes everything that follows.
+#[tokio::test]
+async fn t16_dropped_call_mid_write_no_half_frame() {
+    let listener = TestListener::bind().await;
+    let conn = Connection::connect(listener.addr(), conn_config())
+        .await
+        .unwrap();
+    let mut peer = listener.accept().await;
+    let big = vec![0x5a; 4 * 1024 * 1024];
+    // The peer is not reading: the 4 MiB cannot all be written before the drop.
+    let dropped = conn
+        .call(
+            "echo",
+            0,
+            &Meta::new(),
+            &big,
+            CallOptions::timeout(Duration::from_millis(1)),
+        )
+        .await;
+    assert!(dropped.unwrap_err().is_timeout());
+    let small = tokio::spawn({
+        let conn = conn.clone();
+        async move { call(&conn, "echo", b"after").await }
+    });
+    let first = peer.recv_request().await;
+    assert_eq!(first.body.len(), big.len());
+    assert!(first.body.iter().all(|b| *b == 0x5a));
+    let cancel = peer.recv_cancel().await;
+    assert_eq!(cancel, first.id);
+    let second = peer.recv_request().await;
+    assert_eq!(second.body, b"after");
+    peer.respond(second.id, b"after").await;
+    assert_eq!(body(within(small).await.unwrap()), &b"after"[..]);
+}
+
+/// 17. Dropping or closing the client closes every socket and ends every background task.
+#[tokio::test]
+async fn t17_drop_or_close_ends_sockets_and_tasks() {
+    let server = EchoServer::start().await;
+    let open = |s: &EchoServer| s.state().open.load(std::sync::atomic::Ordering::SeqCst);
+    for close in [true, false] {
+        let mut config = pool_config();
+        config.min_connections = 2;
+        config.max_connections = 2;
+        let pool = Pool::new(server.addr().to_string(), config);
+        let probe = pool.task_probe();
+        let mut sub = within(pool.subscribe("x")).await.unwrap();
+        within(async {
+            while pool.stats().open < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert_eq!(body(within(pcall(&pool, "echo", b"hi")).await), &b"hi"[..]);
+        assert_eq!(pool.stats().tasks, 3, "connector and two drivers");
+        assert_eq!(open(&server), 2);
+        if close {
+            let pending = tokio::spawn({
+                let pool = pool.clone();
+                async move { pcall(&pool, "never", b"").await }
+            });
+            within(async {
+                while pool.stats().in_flight < 1 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+            pool.close();
+            assert!(pool.join(STEP).await, "tasks end after close");
+            let err = within(pending).await.unwrap().unwrap_err();
+            assert_eq!(err.kind(), &ErrorKind::Shutdown);
+        }
+        drop(pool);
+        assert_eq!(within(sub.recv()).await, None, "subscription stream ends");
+        within(async {
+            while probe.alive() > 0 || open(&server) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// 18. GOAWAY mid-load: requests up to `last_id` are answered, later ones fail as not
+/// processed (retryable elsewhere), the connection closes when its answers are in, and
+/// new work goes to a new connection.
+#[tokio::test]
+async fn t18_goaway_mid_load() {
+    let listener = TestListener::bind().await;
+    let mut config = pool_config();
+    config.max_connections = 1;
+    let pool = Pool::new(listener.addr().to_string(), config);
+    let calls: Vec<_> = (0..10u8)
+        .map(|i| {
+            let pool = pool.clone();
+            tokio::spawn(async move { (i, pcall(&pool, "echo", &[i]).await) })
+        })
+        .collect();
+    let mut peer = listener.accept().await;
+    let mut reqs = Vec::new();
+    for _ in 0..10 {
+        reqs.push(peer.recv_request().await);
+    }
+    let ids: Vec<u32> = reqs.iter().map(|r| r.id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids increase in send order"
+    );
+    let last_id = reqs[4].id;
+    peer.send_raw(&goaway(last_id, 0, "restarting")).await;
+    for r in &reqs[..5] {
+        peer.respond(r.id, &r.body).await;
+    }
+    let mut answered = 0;
+    let mut refused = 0;
+    for c in calls {
+        let (i, result) = within(c).await.unwrap();
+        let req = reqs.iter().find(|r| r.body == [i]).unwrap();
+        if req.id <= last_id {
+            assert_eq!(body(result), &[i][..]);
+            answered += 1;
+        } else {
+            let err = result.unwrap_err();
+            assert!(matches!(err.kind(), ErrorKind::GoAway { .. }), "{err}");
+            assert!(err.is_not_processed() && err.is_retryable_elsewhere());
+            refused += 1;
+        }
+    }
+    assert_eq!((answered, refused), (5, 5));
+    // The drained connection closes by itself.
+    assert!(peer.expect_closed(STEP).await);
+    // New work goes to a new connection.
+    let next = tokio::spawn({
+        let pool = pool.clone();
+        async move { pcall(&pool, "echo", b"new").await }
+    });
+    let mut peer2 = listener.accept().await;
+    let req = peer2.recv_request().await;
+    peer2.respond(req.id, b"new").await;
+    assert_eq!(body(within(next).await.unwrap()), &b"new"[..]);
+}
+
+/// 19. 10,000 concurrent calls over 2 connections: every caller gets exactly one outcome,
+/// its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t19_ten_thousand_concurrent_calls_over_two_connections() {
+    let server = EchoServer::start().await;
+    let mut config = pool_config();
+    config.min_connections = 2;
+    config.max_connections = 2;
+    config.connection.max_in_flight = 1024;
+    config.default_timeout = Duration::from_secs(30);
+    let pool = Pool::new(server.addr().to_string(), config);
+    pool.ready(CallOptions::default()).await.unwrap();
+    let tasks: Vec<_> = (0..10_000u32)
+        .map(|i| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let tag = i.to_be_bytes();
+                let outcome = match i % 10 {
+                    // Never answered: a timeout.
+                    0 => {
+                        pool.call(
+                            "never",
+                            0,
+                            &Meta::new(),
+                            &tag,
+                            CallOptions::timeout(Duration::from_millis(300)),
+                        )
+                        .await
+                    }
+                    // Answered late and out of order.
+                    1 => pcall(&pool, "delay", &delay_body(u64::from(i % 7) * 5, &tag)).await,
+                    2 => pcall(&pool, "error", &tag).await,
+                    _ => pcall(&pool, "echo", &tag).await,
+                };
+                (i, outcome)
+            })
+        })
+        .collect();
+    let results = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    })
+    .await
+    .expect("all outcomes arrive");
+    assert_eq!(results.len(), 10_000);
+    let (mut timeouts, mut errors, mut ok) = (0, 0, 0);
+    for (i, outcome) in results {
+        let tag = i.to_be_bytes();
+        match (i % 10, outcome) {
+            (0, Err(err)) if err.is_timeout() => timeouts += 1,
+            (1, Ok(Reply::Response(r))) => {
+                assert_eq!(&r.body()[8..], &tag[..]);
+                ok += 1;
+            }
+            (2, Ok(Reply::Error(e))) => {
+                assert_eq!(e.code, ErrorCode(1000));
+                errors += 1;
+            }
+            (3.., Ok(Reply::Response(r))) => {
+                assert_eq!(r.body(), &tag[..]);
+                ok += 1;
+            }
+            (kind, other) => panic!("call {i} (kind {kind}): unexpected {other:?}"),
+        }
+    }
+    assert_eq!((timeouts, errors, ok), (1000, 1000, 8000));
+    let stats = pool.stats();
+    assert_eq!(stats.in_flight, 0);
+    assert_eq!(stats.unknown_answers, 0);
+    assert_eq!(
+        server
+            .state()
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+}
+
+/// 20. A 4 MiB body round-trips through CONTINUATION frames (both directions).
+#[tokio::test]
+async fn t20_four_mib_round_trip() {
+    let server = EchoServer::start().await;
+    let pool = Pool::new(server.addr().to_string(), pool_config());
+    let big: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let reply = within(pcall(&pool, "echo", &big)).await;
+    assert_eq!(body(reply), &big[..]);
+}
+
+/// ERROR 6 is "not processed, retry elsewhere", and the connection stops taking work.
+#[tokio::test]
+async fn error_6_is_not_processed() {
+    let listener = TestListener::bind().await;
+    let conn = Connection::connect(listener.addr(), conn_config())
+        .await
+        .unwrap();
+    let mut peer = listener.accept().await;
+    let pending = tokio::spawn({
+        let conn = conn.clone();
+        async move { call(&conn, "echo", b"").await }
+    });
+    let req = peer.recv_request().await;
+    peer.send_raw(&error(req.id, 6, "shutting down")).await;
+    let err = within(pending).await.unwrap().unwrap_err();
+    assert!(
+        err.is_not_processed() && err.is_retryable_elsewhere(),
+        "{err}"
+    );
+    assert!(matches!(
+        conn.status(),
+        ConnectionStatus::Draining { .. } | ConnectionStatus::Closed { .. }
+    ));
+}
+
+/// A client receiving REQUEST is a protocol error (role-aware validation).
+#[tokio::test]
+async fn request_to_client_is_protocol_error() {
+    let listener = TestListener::bind().await;
+    let conn = Connection::connect(listener.addr(), conn_config())
+        .await
+        .unwrap();
+    let mut peer = listener.accept().await;
+    peer.send_envelope(Envelope::Request(mcp_codec::Request {
+        id: 1,
+        flags: mcp_codec::Flags::NONE,
+        format: 0,
+        method: "oops",
+        meta: mcp_codec::Metadata::EMPTY,
+        body: b"",
+    }))
+    .await;
+    let reason = within(conn.closed()).await;
+    assert_eq!(reason.kind(), &ErrorKind::Protocol, "{reason}");
+    assert!(peer.expect_closed(STEP).await);
+}
+
+/// Metadata round-trips, zero-copy on the way in.
+#[tokio::test]
+async fn metadata_round_trip() {
+    let server = EchoServer::start().await;
+    let conn = Connection::connect(server.addr(), conn_config())
+        .await
+        .unwrap();
+    let meta = Meta::new()
+        .with(
+            "traceparent",
+            &b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"[..],
+        )
+        .with("deadline", 5000u32.to_be_bytes().to_vec());
+    assert_eq!(meta.deadline_ms(), Some(5000));
+    let reply = conn
+        .call("echo", format::JSON, &meta, b"{}", CallOptions::default())
+        .await
+        .unwrap();
+    let Reply::Response(r) = reply else {
+        panic!("response expected")
+    };
+    assert_eq!(r.format(), format::JSON);
+    assert_eq!(r.body(), &b"{}"[..]);
+    let bad = Meta::new().with("Bad Key", &b""[..]);
+    let err = call_meta(&conn, &bad).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::InvalidRequest);
+    assert!(err.is_not_processed());
+    let _ = Arc::new(());
+}
+
+async fn call_meta(conn: &Connection, meta: &Meta) -> Result<Reply, TransportError> {
+    conn.call("echo", 0, meta, b"", CallOptions::default())
+        .await
+}
