@@ -264,3 +264,243 @@ impl<'a> Encoder<Envelope<'a>> for McpCodec {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mcp_codec::{Flags, GoAway, GoAwayCode, Metadata, Notify, Ping, Pong, Response, format};
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn stream() -> Vec<u8> {
+        let meta = [("traceparent", &b"00-abc"[..]), ("k", &b"v"[..])];
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        let mut codec = McpCodec::new(Role::Client);
+        let mut out = BytesMut::new();
+        let envelopes = [
+            Envelope::Response(Response {
+                id: 1,
+                flags: Flags::NONE,
+                format: format::JSON,
+                meta: Metadata::from_pairs(&meta),
+                body: b"{}",
+            }),
+            Envelope::Ping(Ping { nonce: [1; 8] }),
+            Envelope::Notify(Notify {
+                flags: Flags::NONE,
+                format: format::RAW,
+                topic: "orders.created",
+                meta: Metadata::EMPTY,
+                body: b"push",
+            }),
+            Envelope::Response(Response {
+                id: 2,
+                flags: Flags::NONE,
+                format: format::RAW,
+                meta: Metadata::from_pairs(&meta),
+                body: &big,
+            }),
+            Envelope::Error(mcp_codec::ErrorFrame {
+                id: 3,
+                code: mcp_codec::ErrorCode(1000),
+                message: "nope",
+            }),
+            Envelope::Pong(Pong { nonce: [2; 8] }),
+            Envelope::GoAway(GoAway {
+                last_id: 3,
+                code: GoAwayCode::SHUTTING_DOWN,
+                reason: "bye",
+            }),
+        ];
+        for envelope in envelopes {
+            codec.encode(envelope, &mut out).unwrap();
+        }
+        out.to_vec()
+    }
+
+    fn decode_in_chunks(bytes: &[u8], chunk: usize) -> Vec<String> {
+        let mut codec = McpCodec::new(Role::Client);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            while let Some(message) = codec.decode(&mut buf).unwrap() {
+                out.push(format!("{message:?}"));
+            }
+        }
+        assert!(codec.decode_eof(&mut buf).unwrap().is_none());
+        out
+    }
+
+    /// Test 8 at the codec level: 1-byte reads decode exactly like one big read.
+    #[test]
+    fn t08_codec_one_byte_slices_decode_identically() {
+        let bytes = stream();
+        let whole = decode_in_chunks(&bytes, bytes.len());
+        assert_eq!(whole.len(), 7);
+        assert_eq!(decode_in_chunks(&bytes, 1), whole);
+        assert_eq!(decode_in_chunks(&bytes, 7), whole);
+        assert_eq!(decode_in_chunks(&bytes, 65_543), whole);
+    }
+
+    /// Test 9 at the codec level: frames of one read come out in order, the push between
+    /// the answers included.
+    #[test]
+    fn t09_codec_frames_of_one_read_in_order() {
+        let whole = decode_in_chunks(&stream(), usize::MAX);
+        let kinds: Vec<&str> = whole
+            .iter()
+            .map(|m| m.split(['(', ' ']).next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "Response", "Ping", "Notify", "Response", "Error", "Pong", "GoAway"
+            ]
+        );
+    }
+
+    /// Single-frame bodies and metadata are slices of the read buffer, not copies.
+    #[test]
+    fn single_frame_body_is_zero_copy() {
+        let bytes = stream();
+        let mut buf = BytesMut::from(&bytes[..]);
+        let start = buf.as_ptr() as usize;
+        let end = start + buf.len();
+        let mut codec = McpCodec::new(Role::Client);
+        let Some(Inbound::Response(r)) = codec.decode(&mut buf).unwrap() else {
+            panic!("response first");
+        };
+        let body = r.body().as_ptr() as usize;
+        assert!(
+            body >= start && body < end,
+            "body points into the read buffer"
+        );
+        assert_eq!(r.meta().get("traceparent"), Some(&b"00-abc"[..]));
+        assert_eq!(r.meta().get("k"), Some(&b"v"[..]));
+        assert_eq!(r.meta().len(), 2);
+    }
+
+    /// Test 10 at the codec level: a message past the limit is refused at the frame that
+    /// crosses it, with at most one frame buffered, and the code is TOO_LARGE.
+    #[test]
+    fn t10_codec_message_past_limit_refused_at_crossing_frame() {
+        let config = WireConfig {
+            max_message_len: 100_000,
+            ..WireConfig::new(Role::Client)
+        };
+        let mut codec = McpCodec::with_config(&config);
+        let big = vec![1u8; 300_000];
+        let mut out = BytesMut::new();
+        McpCodec::new(Role::Server)
+            .encode(
+                Envelope::Response(Response {
+                    id: 1,
+                    flags: Flags::NONE,
+                    format: 0,
+                    meta: Metadata::EMPTY,
+                    body: &big,
+                }),
+                &mut out,
+            )
+            .unwrap();
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        let err = loop {
+            let next = (fed + 4096).min(out.len());
+            buf.extend_from_slice(&out[fed..next]);
+            fed = next;
+            match codec.decode(&mut buf) {
+                Ok(None) => assert!(buf.len() <= mcp_codec::MAX_FRAME_LEN),
+                Ok(Some(m)) => panic!("unexpected {m:?}"),
+                Err(err) => break err,
+            }
+        };
+        assert_eq!(err.error_code(), Some(mcp_codec::ErrorCode::TOO_LARGE));
+        // Refused at the second frame: the third was never needed.
+        assert!(fed <= 2 * mcp_codec::MAX_FRAME_LEN + 4096, "fed {fed}");
+    }
+
+    /// Test 11 at the codec level: random bytes never panic; each error is fatal with a
+    /// code to send.
+    #[test]
+    fn t11_codec_garbage_never_panics() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let valid = stream();
+        for round in 0..2000 {
+            let mut bytes = if round % 2 == 0 {
+                let len = rng.random_range(0..300);
+                (0..len).map(|_| rng.random()).collect::<Vec<u8>>()
+            } else {
+                let mut v = valid[..rng.random_range(0..valid.len())].to_vec();
+                for _ in 0..rng.random_range(1..4) {
+                    if !v.is_empty() {
+                        let i = rng.random_range(0..v.len());
+                        v[i] ^= rng.random_range(1..=255u8);
+                    }
+                }
+                v
+            };
+            if round % 3 == 0 {
+                bytes.splice(0..0, b"MC\x01".iter().copied());
+            }
+            for role in [Role::Client, Role::Server] {
+                let mut codec = McpCodec::new(role);
+                let mut buf = BytesMut::from(&bytes[..]);
+                loop {
+                    match codec.decode(&mut buf) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(err) => {
+                            assert!(err.is_protocol(), "{err}");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Role-aware validation: a client never receives REQUEST or CANCEL, a server never
+    /// receives RESPONSE.
+    #[test]
+    fn role_refusals() {
+        let mut out = BytesMut::new();
+        let mut enc = McpCodec::new(Role::Client);
+        enc.encode(Envelope::Cancel(mcp_codec::Cancel { id: 4 }), &mut out)
+            .unwrap();
+        let err = McpCodec::new(Role::Client)
+            .decode(&mut out.clone())
+            .unwrap_err();
+        assert!(matches!(err, WireError::UnexpectedForRole { .. }), "{err}");
+        assert!(matches!(
+            McpCodec::new(Role::Server).decode(&mut out),
+            Ok(Some(Inbound::Cancel(4)))
+        ));
+        let mut out = BytesMut::new();
+        enc.encode(
+            Envelope::Response(Response {
+                id: 1,
+                flags: Flags::NONE,
+                format: 0,
+                meta: Metadata::EMPTY,
+                body: b"",
+            }),
+            &mut out,
+        )
+        .unwrap();
+        let err = McpCodec::new(Role::Server).decode(&mut out).unwrap_err();
+        assert_eq!(err.error_code(), Some(mcp_codec::ErrorCode::MALFORMED));
+    }
+
+    /// A stream that ends inside a frame is an error, not a clean end.
+    #[test]
+    fn eof_mid_frame() {
+        let bytes = stream();
+        let mut buf = BytesMut::from(&bytes[..10]);
+        let err = McpCodec::new(Role::Client)
+            .decode_eof(&mut buf)
+            .unwrap_err();
+        assert!(matches!(err, WireError::ClosedMidFrame { buffered: 10 }));
+    }
+}

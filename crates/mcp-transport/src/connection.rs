@@ -1139,3 +1139,39 @@ impl Drop for PendingCall {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(next_id: u32) -> ConnState {
+        ConnState {
+            next_id,
+            pending: HashMap::new(),
+            abandoned: HashSet::new(),
+            life: Life::Open,
+            close_requested: false,
+            close_reason: None,
+            last_active: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn ids_increase_wrap_and_skip_zero_in_flight_and_abandoned() {
+        let mut s = state(u32::MAX - 1);
+        s.pending.insert(u32::MAX, Waiter::Detached);
+        s.abandoned.insert(1);
+        assert_eq!(s.alloc_id(), u32::MAX - 1);
+        // u32::MAX is in flight, 0 is reserved, 1 may still get a late answer.
+        assert_eq!(s.alloc_id(), 2);
+        assert_eq!(s.alloc_id(), 3);
+    }
+
+    #[test]
+    fn ids_start_at_one() {
+        let mut s = state(1);
+        assert_eq!((s.alloc_id(), s.alloc_id()), (1, 2));
+        let mut s = state(0);
+        assert_eq!(s.alloc_id(), 1);
+    }
+}

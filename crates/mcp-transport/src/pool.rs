@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::config::{Backpressure, PoolConfig};
 use crate::connection::{
-    Connection, ConnectionStats, InFlightPermit, PoolSignal, connect_tcp, subscribe_call,
+    Connection, ConnectionStats, ConnectionStatus, InFlightPermit, PoolSignal, connect_tcp,
+    subscribe_call,
 };
 use crate::error::{ErrorKind, Phase, PoolExhausted, Processed, TransportError};
 use crate::message::{CallOptions, Meta, Reply};
@@ -671,6 +672,10 @@ impl PoolShared {
 async fn connector(shared: Arc<PoolShared>, token: Arc<()>) {
     let mut backoff = Backoff::new(shared.config.backoff);
     let mut ever_connected = false;
+    // The last connection made, to tell a real success from a server that accepts and
+    // closes at once (a connection limit, GOAWAY on accept), which must back off too
+    // instead of reconnecting in a hot loop.
+    let mut recent: Option<(Instant, Connection)> = None;
     loop {
         // Wait until a connection is wanted, doing housekeeping meanwhile.
         loop {
@@ -694,6 +699,25 @@ async fn connector(shared: Arc<PoolShared>, token: Arc<()>) {
             tokio::select! {
                 _ = &mut wake => {}
                 _ = tokio::time::sleep(shared.config.maintenance_interval) => {}
+            }
+        }
+
+        if let Some((at, conn)) = recent.take() {
+            if !conn.is_open() && at.elapsed() < shared.config.backoff.initial {
+                let reason = match conn.status() {
+                    ConnectionStatus::Closed { reason } => reason.to_string(),
+                    ConnectionStatus::Draining { reason } => reason,
+                    _ => String::from("closed"),
+                };
+                let err = TransportError::new(
+                    ErrorKind::ConnectionClosed,
+                    Phase::Connect,
+                    Processed::No,
+                    format!("the connection ended right after it was made: {reason}"),
+                );
+                if shared.connect_failed(&mut backoff, err) {
+                    continue;
+                }
             }
         }
 
@@ -742,6 +766,7 @@ async fn connector(shared: Arc<PoolShared>, token: Arc<()>) {
         }) {
             Ok(conn) => {
                 state.next_serial += 1;
+                recent = Some((Instant::now(), conn.clone()));
                 state.conns.push(conn);
                 state.failures = 0;
                 state.last_error = None;
@@ -755,23 +780,33 @@ async fn connector(shared: Arc<PoolShared>, token: Arc<()>) {
                 tracing::debug!(endpoint = %shared.endpoint, "connected");
             }
             Err(err) => {
+                drop(state);
                 shared.connect_failures.fetch_add(1, Ordering::Relaxed);
-                backoff.failed();
-                state.failures = backoff.failures();
-                state.last_error = Some(err.clone());
-                if backoff.exhausted() {
-                    tracing::debug!(endpoint = %shared.endpoint, %err, "endpoint down");
-                    state.down = Some(err.clone());
-                    state.down_gen += 1;
-                    drop(state);
-                    shared
-                        .status
-                        .send_replace(EndpointState::Down { reason: err });
-                } else {
-                    drop(state);
-                }
+                shared.connect_failed(&mut backoff, err);
             }
         }
         shared.signal.changed();
+    }
+}
+
+impl PoolShared {
+    /// Records a failed try; returns whether the series ended at the try limit (the
+    /// endpoint is then down and the waiting callers are told).
+    fn connect_failed(&self, backoff: &mut Backoff, err: TransportError) -> bool {
+        backoff.failed();
+        let mut state = lock(&self.state);
+        state.failures = backoff.failures();
+        state.last_error = Some(err.clone());
+        if !backoff.exhausted() {
+            return false;
+        }
+        tracing::debug!(endpoint = %self.endpoint, %err, "endpoint down");
+        state.down = Some(err.clone());
+        state.down_gen += 1;
+        drop(state);
+        self.status
+            .send_replace(EndpointState::Down { reason: err });
+        self.signal.changed();
+        true
     }
 }

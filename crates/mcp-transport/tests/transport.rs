@@ -1066,3 +1066,39 @@ async fn call_meta(conn: &Connection, meta: &Meta) -> Result<Reply, TransportErr
     conn.call("echo", 0, meta, b"", CallOptions::default())
         .await
 }
+
+/// A server that accepts and closes at once is backed off from (the connection counts as
+/// a failed try), not reconnected to in a hot loop.
+#[tokio::test]
+async fn accept_then_close_backs_off() {
+    let listener = TestListener::bind().await;
+    let mut config = pool_config();
+    config.backoff.initial = Duration::from_millis(100);
+    config.backoff.max = Duration::from_secs(1);
+    let pool = Pool::new(listener.addr().to_string(), config);
+    let until = Instant::now() + Duration::from_secs(1);
+    let callers = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let mut calls = 0;
+            while Instant::now() < until {
+                let _ = pool
+                    .call("echo", 0, &Meta::new(), b"", CallOptions::deadline(until))
+                    .await;
+                calls += 1;
+            }
+            calls
+        }
+    });
+    let mut accepted = 0;
+    while let Some(peer) = listener
+        .try_accept(until.saturating_duration_since(Instant::now()))
+        .await
+    {
+        accepted += 1;
+        drop(peer);
+    }
+    let calls = within(callers).await.unwrap();
+    assert!(calls >= 1);
+    assert!((2..20).contains(&accepted), "{accepted} connections in 1 s");
+}
