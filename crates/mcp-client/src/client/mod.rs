@@ -530,7 +530,10 @@ fn outgoing_meta(
             meta.push(key.clone(), value.clone());
         }
     }
-    meta.push(TRACEPARENT, Bytes::from(context.to_traceparent()));
+    meta.push(
+        TRACEPARENT,
+        Bytes::copy_from_slice(&context.traceparent_bytes()),
+    );
     if let Some(state) = context.tracestate() {
         meta.push(TRACESTATE, Bytes::copy_from_slice(state.as_bytes()));
     }

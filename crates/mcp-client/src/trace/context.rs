@@ -1,6 +1,7 @@
 //! The W3C Trace Context `traceparent` value: parsing and formatting, strictly per the spec
 //! (<https://www.w3.org/TR/trace-context/#traceparent-header>).
 
+use std::cell::Cell;
 use std::fmt;
 
 /// The flags this client understands and passes on: `sampled` (level 1) and `random`
@@ -157,20 +158,27 @@ impl TraceContext {
 
     /// The `traceparent` value, version 00: 55 ASCII characters.
     pub fn to_traceparent(&self) -> String {
-        self.to_string()
+        String::from_utf8_lossy(&self.traceparent_bytes()).into_owned()
+    }
+
+    /// The `traceparent` value as bytes, written without the formatting machinery: every
+    /// call sends one.
+    pub(crate) fn traceparent_bytes(&self) -> [u8; LEN] {
+        let mut out = [b'-'; LEN];
+        out[0] = b'0';
+        out[1] = b'0';
+        write_hex(&mut out[3..35], &self.trace_id);
+        write_hex(&mut out[36..52], &self.span_id);
+        write_hex(&mut out[53..55], &[self.flags & KNOWN_FLAGS]);
+        out
     }
 }
 
 /// Formats as the `traceparent` value (version 00).
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags & KNOWN_FLAGS
-        )
+        // Only ASCII is written, so this never fails.
+        f.write_str(std::str::from_utf8(&self.traceparent_bytes()).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -191,9 +199,32 @@ impl std::str::FromStr for TraceContext {
     }
 }
 
+thread_local! {
+    /// A per-thread SplitMix64 state, seeded once from the operating system's generator.
+    /// Trace and span ids must be unpredictable enough not to collide, not secret, and a
+    /// cryptographic generator per call is measurable on the call path.
+    static ID_STATE: Cell<u64> = Cell::new(rand::random());
+}
+
+/// The next SplitMix64 output of this thread.
+fn next_u64() -> u64 {
+    ID_STATE.with(|state| {
+        let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(next);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
 fn nonzero_random<const N: usize>() -> [u8; N] {
     loop {
-        let bytes: [u8; N] = rand::random();
+        let mut bytes = [0u8; N];
+        for chunk in bytes.chunks_mut(8) {
+            let word = next_u64().to_be_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
         if bytes != [0; N] {
             return bytes;
         }
@@ -215,12 +246,18 @@ fn hex_byte(two: &[u8]) -> Result<u8, TraceParseError> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `bytes` as lowercase hex into `out`, which is twice as long.
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX_DIGITS[usize::from(b >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(b & 0x0f)];
     }
-    s
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    write_hex(&mut out, bytes);
+    String::from_utf8_lossy(&out).into_owned()
 }
