@@ -9,6 +9,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// `now + span`, or a point so far away that it never comes when the sum overflows (a
+/// timeout of `Duration::MAX` means "no timeout", not a panic).
+pub(crate) fn later(now: Instant, span: Duration) -> Instant {
+    now.checked_add(span)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 /// Two counters per bucket: what they count is up to the user (requests and retries for the
 /// budget, calls and failures for the breaker).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

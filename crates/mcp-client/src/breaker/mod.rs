@@ -324,7 +324,7 @@ impl Breaker {
 
     fn open(&self, state: &mut State, window: &mut Window, now: Instant) {
         *state = State::Open {
-            until: now + self.config.cool_down,
+            until: crate::window::later(now, self.config.cool_down),
         };
         window.clear();
         self.opened.fetch_add(1, Ordering::Relaxed);

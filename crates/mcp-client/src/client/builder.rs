@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::limit::{LimitConfig, Limiter};
 use crate::metrics::Recorder;
 use crate::retry::{Retry, RetryConfig};
+use crate::window::later;
 
 /// Builds a [`Client`]. Start from [`Client::builder`].
 ///
@@ -172,7 +173,7 @@ impl<F: Format> ClientBuilder<F> {
         // Only the pool connects; scripted test backends have nothing to open.
         #[allow(irrefutable_let_patterns)]
         if let super::Backend::Pool(pool) = &client.shared.backend {
-            let deadline = Instant::now() + client.shared.timing.timeout;
+            let deadline = later(Instant::now(), client.shared.timing.timeout);
             pool.ready(mcp_transport::CallOptions::deadline(deadline))
                 .await
                 .map_err(Error::from_transport)?;

@@ -41,6 +41,7 @@ use crate::limit::{Limiter, Slot};
 use crate::metrics::{MetricsSnapshot, Recorder};
 use crate::retry::Retry;
 use crate::trace::{self, TraceContext};
+use crate::window::later;
 
 /// The client's timing settings.
 #[derive(Clone, Debug)]
@@ -248,7 +249,10 @@ impl<F: Format> Client<F> {
             .format
             .encode_to_bytes(msg, &mut BytesMut::new())
             .map_err(|e| self.local_failure(Error::encode(e)))?;
-        let deadline = Instant::now() + options.timeout.unwrap_or(self.shared.timing.timeout);
+        let deadline = later(
+            Instant::now(),
+            options.timeout.unwrap_or(self.shared.timing.timeout),
+        );
         let context = context_of(&options);
         let meta = outgoing_meta(&options, &context, None);
         let result = self
@@ -271,7 +275,7 @@ impl<F: Format> Client<F> {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(self.local_failure(Error::closed()));
         }
-        let deadline = Instant::now() + self.shared.timing.timeout;
+        let deadline = later(Instant::now(), self.shared.timing.timeout);
         let pushes = self
             .shared
             .backend
@@ -287,7 +291,7 @@ impl<F: Format> Client<F> {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(self.local_failure(Error::closed()));
         }
-        let deadline = Instant::now() + self.shared.timing.timeout;
+        let deadline = later(Instant::now(), self.shared.timing.timeout);
         let pushes = self
             .shared
             .backend
@@ -376,7 +380,7 @@ impl<F: Format> Client<F> {
             return Err(self.local_failure(Error::closed()));
         }
         let start = Instant::now();
-        let deadline = start + options.timeout.unwrap_or(shared.timing.timeout);
+        let deadline = later(start, options.timeout.unwrap_or(shared.timing.timeout));
         shared.recorder.started();
         let context = context_of(options);
         let span = trace::call_span(method, &context);
@@ -457,7 +461,7 @@ impl<F: Format> Client<F> {
                     let body = body.clone();
                     async move {
                         let now = Instant::now();
-                        let attempt_deadline = (now + attempt_timeout).min(deadline);
+                        let attempt_deadline = later(now, attempt_timeout).min(deadline);
                         let permit = shared.breaker.acquire(now)?;
                         let meta = outgoing_meta(
                             options,

@@ -501,3 +501,19 @@ async fn close_now_refuses_at_once() {
     assert!(err.is_closed());
     assert_eq!(client.metrics().errors.get(ErrorKind::Closed), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn huge_timeouts_mean_no_timeout_not_a_panic() {
+    let fake = Scripted::new(|_, _| Step::Echo);
+    let client = client(fake, |b| {
+        b.timeout(Duration::MAX)
+            .attempt_timeout(Duration::MAX)
+            .breaker(BreakerConfig::default().cool_down(Duration::MAX))
+            .retry(RetryConfig::default().backoff([Duration::MAX]))
+    });
+    let v: Value = client
+        .call_with("x", &json!(1), CallOptions::new().timeout(Duration::MAX))
+        .await
+        .expect("echo");
+    assert_eq!(v, json!(1));
+}

@@ -136,7 +136,7 @@ impl Retry {
         };
         // A retry that would start after the deadline could only time out; a retry that
         // starts right at it has no time for an answer either.
-        if now + delay >= deadline {
+        if crate::window::later(now, delay) >= deadline {
             return Err(GiveUp::NoTime);
         }
         if !self.budget.try_withdraw(now) {
