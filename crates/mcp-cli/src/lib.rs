@@ -3,7 +3,11 @@
 //!
 //! - [`loadgen`]: the closed/open-loop load generator behind `mcp bench`.
 //! - [`decode`]: the frame printer behind `mcp decode`.
+//! - [`ping`]: PING/PONG round trips behind `mcp ping`.
+//! - [`service`]: the demo service behind `mcp serve` and `mcp demo`.
 #![warn(missing_docs)]
 
 pub mod decode;
 pub mod loadgen;
+pub mod ping;
+pub mod service;

@@ -1,14 +1,24 @@
 //! `mcp`: the command-line tool of mcp-rs.
 //!
-//! Every failure is one clear line on stderr and a non-zero exit code.
+//! Every failure is one clear line on stderr and a non-zero exit code: 1 for a failed
+//! operation, 2 for a usage error.
 
-use std::io::Read as _;
+use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use mcp_client::{CallOptions, Client, LimitConfig, RawRequest};
+use mcp_format::{FormatId, Json, Protobuf};
+use mcp_proto::examples::v1::UserUpdate;
+use serde::{Deserialize, Serialize};
 
-use mcp_cli::decode;
+use mcp_cli::loadgen::{self, LoadConfig, LoadReport, Progress};
+use mcp_cli::{decode, ping, service};
 
 /// Client, server and tools for MCP, the binary microservice protocol (not the Model
 /// Context Protocol).
@@ -21,18 +31,186 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the demo service: echo, user.get, user.update, and a `ticker` topic.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        addr: SocketAddr,
+        /// How often `ticker` pushes.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        tick: Duration,
+    },
+    /// Call METHOD on the server at ADDR and print the answer.
+    Call {
+        /// The server, host:port.
+        addr: String,
+        /// The method, e.g. `echo` or `user.get`.
+        method: String,
+        /// A JSON body (sent in format 1, JSON).
+        #[arg(long, conflicts_with_all = ["raw", "hex"])]
+        json: Option<String>,
+        /// A body sent as these bytes (format 0, raw, unless --format says otherwise).
+        #[arg(long, conflicts_with = "hex")]
+        raw: Option<String>,
+        /// A body given in hex (format 0, raw, unless --format says otherwise).
+        #[arg(long)]
+        hex: Option<String>,
+        /// The format byte: raw, json, protobuf, or a number 0..=255.
+        #[arg(long, value_parser = parse_format)]
+        format: Option<FormatId>,
+        /// Metadata entries, key=value (repeatable).
+        #[arg(long = "meta", value_parser = parse_meta)]
+        meta: Vec<(String, String)>,
+        /// The call's total budget.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Send PINGs to ADDR and print round-trip times.
+    Ping {
+        /// The server, host:port.
+        addr: String,
+        /// How many PINGs.
+        #[arg(short = 'c', long, default_value_t = 4)]
+        count: u32,
+        /// Time between PINGs.
+        #[arg(short = 'i', long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// How long to wait for each PONG.
+        #[arg(short = 'W', long, default_value = "2s", value_parser = parse_duration)]
+        wait: Duration,
+    },
+    /// Load-test the `echo` method of ADDR (or of an embedded server with --embedded).
+    Bench(BenchArgs),
     /// Print the frames of a capture (binary or hex; a file, or stdin when omitted).
     Decode {
         /// The capture; stdin when omitted.
         file: Option<PathBuf>,
     },
+    /// Start a server in this process, call it in JSON and Protobuf, receive pushes, and
+    /// run a short benchmark.
+    Demo {
+        /// How long the benchmark part runs.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        duration: Duration,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// The server, host:port (omit with --embedded).
+    #[arg(required_unless_present = "embedded")]
+    addr: Option<String>,
+    /// Start the server in this process on a free loopback port.
+    #[arg(long)]
+    embedded: bool,
+    /// Calls in flight at once (closed loop) or workers (open loop).
+    #[arg(short, long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long to measure.
+    #[arg(short, long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Open loop: calls per second in total; latency counts from each call's due time.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Body size in bytes.
+    #[arg(short, long, default_value_t = 64)]
+    size: usize,
+    /// Connections the client may open.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Warm-up before measuring.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    warmup: Duration,
+    /// The tokio runtime; current-thread is the default with --embedded (repeatable
+    /// timings on small machines), multi-thread otherwise.
+    #[arg(long, value_enum)]
+    runtime: Option<RuntimeKind>,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeKind {
+    CurrentThread,
+    MultiThread,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try 500ms, 5s, 1m)"))
+}
+
+fn parse_format(s: &str) -> Result<FormatId, String> {
+    Ok(match s {
+        "raw" => FormatId::RAW,
+        "json" => FormatId::JSON,
+        "protobuf" | "proto" => FormatId::PROTOBUF,
+        n => FormatId::new(
+            n.parse()
+                .map_err(|_| format!("{n:?} is not raw, json, protobuf or a number 0..=255"))?,
+        ),
+    })
+}
+
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not key=value"))?;
+    mcp_codec::validate_key(k.as_bytes()).map_err(|e| format!("metadata key {k:?}: {e}"))?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Decode { file } => run_decode(file),
+    let runtime = match &cli.command {
+        Command::Bench(args) => args.runtime.unwrap_or(if args.embedded {
+            RuntimeKind::CurrentThread
+        } else {
+            RuntimeKind::MultiThread
+        }),
+        // The demo measures in-process: one thread gives repeatable figures.
+        Command::Demo { .. } => RuntimeKind::CurrentThread,
+        _ => RuntimeKind::MultiThread,
     };
+    let built = match runtime {
+        RuntimeKind::CurrentThread => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        RuntimeKind::MultiThread => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let rt = match built {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcp: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Serve { addr, tick } => serve(addr, tick).await,
+            Command::Call {
+                addr,
+                method,
+                json,
+                raw,
+                hex,
+                format,
+                meta,
+                timeout,
+            } => call(addr, method, json, raw, hex, format, meta, timeout).await,
+            Command::Ping {
+                addr,
+                count,
+                interval,
+                wait,
+            } => run_ping(addr, count, interval, wait).await,
+            Command::Bench(args) => bench(args).await,
+            Command::Decode { file } => run_decode(file),
+            Command::Demo { duration } => demo(duration).await,
+        }
+    });
     match result {
         Ok(code) => code,
         Err(message) => {
@@ -42,7 +220,272 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_decode(file: Option<PathBuf>) -> Result<ExitCode, String> {
+type CmdResult = Result<ExitCode, String>;
+
+async fn serve(addr: SocketAddr, tick: Duration) -> CmdResult {
+    let server = service::start(addr, tick)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "mcp: serving on {} (echo, user.get, user.update; topic {} every {}); Ctrl-C stops",
+        server.local_addr(),
+        service::TICKER,
+        humantime::format_duration(tick)
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
+    println!("mcp: shutting down (GOAWAY, answering requests in flight)");
+    server
+        .shutdown(Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn call(
+    addr: String,
+    method: String,
+    json: Option<String>,
+    raw: Option<String>,
+    hex: Option<String>,
+    format: Option<FormatId>,
+    meta: Vec<(String, String)>,
+    timeout: Duration,
+) -> CmdResult {
+    let (body, default_format) = match (json, raw, hex) {
+        (Some(text), _, _) => {
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| format!("--json is not valid JSON: {e}"))?;
+            (Bytes::from(value.to_string()), FormatId::JSON)
+        }
+        (_, Some(text), _) => (Bytes::from(text), FormatId::RAW),
+        (_, _, Some(text)) => {
+            let bytes = decode::parse_input(text.as_bytes())?;
+            (Bytes::from(bytes), FormatId::RAW)
+        }
+        _ => (Bytes::new(), FormatId::RAW),
+    };
+    let client = Client::builder(addr.clone())
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut options = CallOptions::new().timeout(timeout);
+    for (k, v) in meta {
+        options = options.meta(k, v);
+    }
+    let request =
+        RawRequest::new(method, format.unwrap_or(default_format), body).with_options(options);
+    let result = client.call_raw(request).await;
+    client.close().await;
+    let response = result.map_err(|e| e.to_string())?;
+    let body = response.body();
+    match response.format() {
+        FormatId::JSON => match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(value) => println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            ),
+            Err(_) => println!("{}", String::from_utf8_lossy(body)),
+        },
+        FormatId::RAW if std::str::from_utf8(body).is_ok() => {
+            println!("{}", String::from_utf8_lossy(body))
+        }
+        other => println!(
+            "({} bytes, format {other}) {}",
+            body.len(),
+            body.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_ping(addr: String, count: u32, interval: Duration, wait: Duration) -> CmdResult {
+    let target = tokio::net::lookup_host(&addr)
+        .await
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to no address"))?;
+    println!("PING {addr} ({target}): {count} PINGs");
+    let stats = ping::run(target, count, interval, wait, |seq, rtt| match rtt {
+        Some(us) => println!("PONG from {target}: seq={seq} time={:.1} us", us),
+        None => println!(
+            "no PONG for seq={seq} within {}",
+            humantime::format_duration(wait)
+        ),
+    })
+    .await?;
+    println!(
+        "--- {addr} ping statistics ---\n{} sent, {} answered, {} lost",
+        stats.sent,
+        stats.rtts_us.len(),
+        stats.lost()
+    );
+    if let Some((min, avg, max, mdev)) = stats.summary() {
+        println!("rtt min/avg/max/mdev = {min:.1}/{avg:.1}/{max:.1}/{mdev:.1} us");
+    }
+    Ok(if stats.lost() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs the load generator against `echo` through a client.
+async fn load(client: Client, config: &LoadConfig, size: usize, live: bool) -> LoadReport {
+    let body = Bytes::from(vec![0x5a; size]);
+    let progress = Arc::new(Progress::default());
+    let total = config.warmup + config.duration;
+    let printer = tokio::spawn(print_progress(Arc::clone(&progress), total, live));
+    let report = loadgen::run(config, Arc::clone(&progress), move || {
+        let client = client.clone();
+        let request = RawRequest::new("echo", FormatId::RAW, body.clone());
+        async move {
+            match client.call_raw(request).await {
+                Ok(response) if response.body().len() == size => Ok(()),
+                Ok(_) => Err("wrong echo".to_string()),
+                Err(e) => Err(e.kind().to_string()),
+            }
+        }
+    })
+    .await;
+    printer.abort();
+    if live {
+        eprintln!();
+    }
+    report
+}
+
+/// A progress bar on stderr, redrawn in place on a terminal, a line a second otherwise.
+async fn print_progress(progress: Arc<Progress>, total: Duration, tty: bool) {
+    let start = tokio::time::Instant::now();
+    let mut last = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let elapsed = start.elapsed().min(total);
+        let done = progress.ok();
+        let rate = done - last;
+        last = done;
+        let width = 30;
+        let filled = ((elapsed.as_secs_f64() / total.as_secs_f64()) * width as f64) as usize;
+        let bar = format!(
+            "{}{}",
+            "#".repeat(filled.min(width)),
+            ".".repeat(width - filled.min(width))
+        );
+        let line = format!(
+            "[{bar}] {:>4.1}/{:.1} s  {done} ok  {} errors  {rate} req/s",
+            elapsed.as_secs_f64(),
+            total.as_secs_f64(),
+            progress.errors()
+        );
+        if tty {
+            eprint!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn print_report(report: &LoadReport, with_histogram: bool) {
+    println!(
+        "throughput: {:.0} requests/s ({} ok in {:.2} s)",
+        report.requests_per_second(),
+        report.ok,
+        report.elapsed.as_secs_f64()
+    );
+    println!(
+        "latency: p50 {:.1} us  p90 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  max {:.1} us",
+        report.percentile_us(50.0),
+        report.percentile_us(90.0),
+        report.percentile_us(99.0),
+        report.percentile_us(99.9),
+        report.latency_ns.max() as f64 / 1_000.0
+    );
+    if report.errors.is_empty() {
+        println!("errors: none");
+    } else {
+        let list: Vec<String> = report
+            .errors
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        println!("errors: {}", list.join(", "));
+    }
+    if with_histogram {
+        print!("{}", loadgen::render_histogram(report, 40));
+    }
+}
+
+async fn bench(args: BenchArgs) -> CmdResult {
+    let mut server = None;
+    let addr = match (&args.addr, args.embedded) {
+        (_, true) => {
+            let handle = service::start(([127, 0, 0, 1], 0).into(), Duration::from_secs(1))
+                .await
+                .map_err(|e| e.to_string())?;
+            let addr = handle.local_addr().to_string();
+            server = Some(handle);
+            addr
+        }
+        (Some(addr), false) => addr.clone(),
+        (None, false) => return Err("give ADDR or --embedded".to_string()),
+    };
+    let client = Client::builder(addr.clone())
+        .max_connections(args.connections.max(1))
+        .limit(LimitConfig::new(args.concurrency.max(1)))
+        .connect()
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let config = LoadConfig {
+        concurrency: args.concurrency.max(1),
+        duration: args.duration,
+        rate: args.rate,
+        warmup: args.warmup,
+    };
+    eprintln!(
+        "bench: {} echo, {} B bodies, {} {}, {} connection(s), {}",
+        addr,
+        args.size,
+        config.concurrency,
+        match config.rate {
+            Some(r) => format!("workers at {r} calls/s (open loop)"),
+            None => "in flight (closed loop)".to_string(),
+        },
+        args.connections.max(1),
+        humantime::format_duration(args.duration),
+    );
+    let report = load(
+        client.clone(),
+        &config,
+        args.size,
+        std::io::stderr().is_terminal(),
+    )
+    .await;
+    client.close().await;
+    if let Some(server) = server {
+        let _ = server.shutdown(Duration::from_secs(1)).await;
+    }
+    print_report(&report, false);
+    if args.json {
+        println!("{}", report.to_json());
+    }
+    Ok(if report.ok > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run_decode(file: Option<PathBuf>) -> CmdResult {
     let input = match &file {
         Some(path) => {
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
@@ -64,7 +507,141 @@ fn run_decode(file: Option<PathBuf>) -> Result<ExitCode, String> {
             summary.problems,
             summary.frames + summary.problems
         );
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Echo {
+    msg: String,
+    n: u32,
+}
+
+async fn demo(duration: Duration) -> CmdResult {
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("demo: {what}: {e}");
+    let server = service::start(([127, 0, 0, 1], 0).into(), Duration::from_millis(500))
+        .await
+        .map_err(|e| fail("cannot start the server", &e))?;
+    let addr = server.local_addr();
+    println!("1. server listening on {addr} (in this process)");
+
+    let client = Client::builder(addr.to_string())
+        .connect()
+        .await
+        .map_err(|e| fail("cannot connect", &e))?;
+    println!("2. client connected");
+
+    let echo: Echo = client
+        .call(
+            "echo",
+            &Echo {
+                msg: "hello, mcp".into(),
+                n: 42,
+            },
+        )
+        .await
+        .map_err(|e| fail("echo", &e))?;
+    println!("3. JSON     echo        -> {echo:?}");
+
+    let ada = UserUpdate::sample();
+    let stored: UserUpdate = client
+        .call("user.update", &ada)
+        .await
+        .map_err(|e| fail("user.update (JSON)", &e))?;
+    println!("   JSON     user.update -> {stored:?}");
+
+    let proto = client.with_format(Protobuf);
+    let grace = UserUpdate {
+        user_id: "u-1906".into(),
+        name: "Grace Hopper".into(),
+        age: Some(85),
+    };
+    let _: UserUpdate = proto
+        .call("user.update", &grace)
+        .await
+        .map_err(|e| fail("user.update (Protobuf)", &e))?;
+    let query = UserUpdate {
+        user_id: "u-1906".into(),
+        ..Default::default()
+    };
+    let got: UserUpdate = proto
+        .call("user.get", &query)
+        .await
+        .map_err(|e| fail("user.get (Protobuf)", &e))?;
+    println!("4. Protobuf user.get    -> {got:?}");
+
+    let missing = UserUpdate {
+        user_id: "u-0".into(),
+        ..Default::default()
+    };
+    match proto.call::<_, UserUpdate>("user.get", &missing).await {
+        Err(e) if e.remote().is_some() => {
+            println!("   Protobuf user.get    -> application error, as expected: {e}")
+        }
+        other => {
+            return Err(format!(
+                "demo: user.get of an unknown user answered {other:?}"
+            ));
+        }
+    }
+
+    let mut ticks = client
+        .with_format(Json)
+        .subscribe::<serde_json::Value>(service::TICKER)
+        .await
+        .map_err(|e| fail("subscribe", &e))?;
+    for i in 0..3 {
+        match tokio::time::timeout(Duration::from_secs(5), ticks.next()).await {
+            Ok(Some(Ok(tick))) => println!("5. push {} on {:?}: {tick}", i + 1, service::TICKER),
+            Ok(Some(Err(e))) => return Err(fail("push", &e)),
+            Ok(None) => return Err("demo: the subscription ended".to_string()),
+            Err(_) => return Err("demo: no push within 5 s".to_string()),
+        }
+    }
+    drop(ticks);
+
+    println!(
+        "6. benchmark: echo, 64 B bodies, 64 calls in flight on one connection, {}",
+        humantime::format_duration(duration)
+    );
+    let bench_client = Client::builder(addr.to_string())
+        .max_connections(1)
+        .connect()
+        .await
+        .map_err(|e| fail("cannot connect", &e))?;
+    let config = LoadConfig {
+        concurrency: 64,
+        duration,
+        rate: None,
+        warmup: Duration::from_millis(300),
+    };
+    let report = load(
+        bench_client.clone(),
+        &config,
+        64,
+        std::io::stderr().is_terminal(),
+    )
+    .await;
+    bench_client.close().await;
+    print_report(&report, true);
+
+    let metrics = client.metrics();
+    println!(
+        "7. client metrics: {} calls, {} succeeded, {} retries, breaker {:?}",
+        metrics.calls, metrics.succeeded, metrics.retries, metrics.breaker
+    );
+    client.close().await;
+    server
+        .shutdown(Duration::from_secs(2))
+        .await
+        .map_err(|e| fail("shutdown", &e))?;
+    println!("8. server shut down cleanly (GOAWAY)");
+    if report.ok == 0 || report.error_count() > 0 {
+        return Err(format!(
+            "demo: the benchmark had {} errors",
+            report.error_count()
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

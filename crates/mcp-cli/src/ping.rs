@@ -1,0 +1,120 @@
+//! `mcp ping`: PING/PONG round trips straight over the codec.
+//!
+//! It speaks the wire protocol directly (no client, no pool) so that the round trip it
+//! measures is the network and the peer's PONG path, nothing else.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mcp_codec::{Decoded, Envelope, FrameDecoder, Ping};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+
+/// Round-trip statistics of a ping run.
+#[derive(Debug, Clone, Default)]
+pub struct PingStats {
+    /// PINGs sent.
+    pub sent: u32,
+    /// Round trips in microseconds, in order, for the PINGs answered.
+    pub rtts_us: Vec<f64>,
+}
+
+impl PingStats {
+    /// PINGs not answered in time.
+    pub fn lost(&self) -> u32 {
+        self.sent - self.rtts_us.len() as u32
+    }
+
+    /// min, mean, max and mean deviation of the round trips, in microseconds.
+    pub fn summary(&self) -> Option<(f64, f64, f64, f64)> {
+        if self.rtts_us.is_empty() {
+            return None;
+        }
+        let n = self.rtts_us.len() as f64;
+        let min = self.rtts_us.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.rtts_us.iter().copied().fold(0.0, f64::max);
+        let mean = self.rtts_us.iter().sum::<f64>() / n;
+        let mdev = self.rtts_us.iter().map(|r| (r - mean).abs()).sum::<f64>() / n;
+        Some((min, mean, max, mdev))
+    }
+}
+
+/// Sends `count` PINGs to `addr`, `interval` apart, each waiting up to `wait` for its PONG;
+/// `on_reply(seq, rtt_us)` is called for each answer (`None` for a lost one).
+pub async fn run(
+    addr: SocketAddr,
+    count: u32,
+    interval: Duration,
+    wait: Duration,
+    mut on_reply: impl FnMut(u32, Option<f64>),
+) -> Result<PingStats, String> {
+    let mut stream = timeout(Duration::from_secs(1), TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("cannot connect to {addr}: timed out after 1 s"))?
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+    let mut stats = PingStats::default();
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut decoder = FrameDecoder::new();
+    for seq in 1..=count {
+        if seq > 1 {
+            tokio::time::sleep(interval).await;
+        }
+        let nonce = (u64::from(seq) | 0x6d63_7000_0000_0000).to_be_bytes();
+        let mut frame = [0u8; 16];
+        let len = Ping { nonce }
+            .encode(&mut frame)
+            .map_err(|e| format!("cannot encode PING: {e}"))?;
+        let sent = Instant::now();
+        stream
+            .write_all(&frame[..len])
+            .await
+            .map_err(|e| format!("connection lost: {e}"))?;
+        stats.sent += 1;
+        let answer = timeout(wait, async {
+            loop {
+                // Take every whole frame; only our PONG ends the wait, anything else
+                // (a heartbeat PING of the server, a stale PONG) is skipped.
+                loop {
+                    match decoder.decode(&rbuf) {
+                        Ok(Decoded::Frame { frame, len }) => {
+                            let ours = matches!(
+                                Envelope::parse(frame),
+                                Ok(Envelope::Pong(p)) if p.nonce == nonce
+                            );
+                            let _ = rbuf.split_to(len);
+                            if ours {
+                                return Ok(());
+                            }
+                        }
+                        Ok(Decoded::NeedMore { .. }) => break,
+                        Ok(Decoded::Skip { len }) => {
+                            let _ = rbuf.split_to(len);
+                        }
+                        Err(e) => return Err(format!("the server sent a damaged frame: {e}")),
+                    }
+                }
+                match stream.read_buf(&mut rbuf).await {
+                    Ok(0) => return Err("the server closed the connection".to_string()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("connection lost: {e}")),
+                }
+            }
+        })
+        .await;
+        match answer {
+            Ok(Ok(())) => {
+                let rtt = sent.elapsed().as_secs_f64() * 1e6;
+                stats.rtts_us.push(rtt);
+                on_reply(seq, Some(rtt));
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => on_reply(seq, None),
+        }
+    }
+    Ok(stats)
+}
