@@ -45,8 +45,8 @@
 //! - `json` (default): JSON bodies through serde ([`Json`]); the default format.
 //! - `protobuf` (default): Protobuf bodies through prost ([`Protobuf`]).
 //! - `blocking` (default): [`blocking::Client`], for programs without async.
-//! - `tower`: `tower_service::Service<RawRequest>` for [`Client`], with `poll_ready` driven by
-//!   the concurrency limit.
+//! - `tower` (default): `tower_service::Service<RawRequest>` for [`Client`], with `poll_ready`
+//!   driven by the concurrency limit.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 

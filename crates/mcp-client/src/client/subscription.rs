@@ -16,7 +16,7 @@ use crate::error::Error;
 ///
 /// Each item is a `Result`: a push whose body does not decode is an `Err` item
 /// ([`Error::decode_error`]) and the stream goes on. The stream ends only when the client is
-/// closed. It survives reconnects: after a connection is lost the client subscribes again
+/// closed (or every handle of it dropped: the stream does not keep the connections alive). It survives reconnects: after a connection is lost the client subscribes again
 /// on the next one by itself (pushes published while no connection was up are not
 /// delivered: delivery is at most once per connection, PROTOCOL.md section 6). Dropping
 /// the stream unsubscribes (`$unsubscribe` is sent once no local subscriber of the topic is
