@@ -11,8 +11,9 @@
 //! can complete or abandon it, and all removals happen under one lock.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use mcp_codec::{
     Ping, Pong, Request, format,
 };
 use tokio::net::{TcpSocket, TcpStream, ToSocketAddrs, lookup_host};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{Backpressure, ConnectionConfig, Role};
@@ -106,6 +107,79 @@ impl PoolSignal {
     }
 }
 
+/// A hasher for request ids: one multiplication. The ids are chosen by this side (the
+/// peer can only look ids up, never insert them), so a keyed hash buys nothing here and
+/// SipHash would cost more than the rest of the table operation.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+type IdSet = HashSet<u32, BuildHasherDefault<IdHasher>>;
+
+/// The in-flight window: a counter taken and given back with atomics on the hot path; a
+/// `Notify` only for callers that wait.
+#[derive(Debug)]
+struct Slots {
+    used: AtomicUsize,
+    max: usize,
+    waiters: AtomicUsize,
+    freed: tokio::sync::Notify,
+    closed: AtomicBool,
+    signal: Option<Arc<PoolSignal>>,
+}
+
+impl Slots {
+    fn try_take(self: &Arc<Self>) -> Option<InFlightPermit> {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            if used >= self.max {
+                return None;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(InFlightPermit {
+                        slots: self.clone(),
+                    });
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.freed.notify_waiters();
+    }
+}
+
+/// Answers of one read waiting to be handed out, and reusable buffers for that.
+#[derive(Debug, Default)]
+struct Completions {
+    answers: Vec<(u32, Outcome)>,
+    ready: Vec<(oneshot::Sender<Outcome>, Outcome)>,
+}
+
 #[derive(Debug)]
 enum Waiter {
     Caller(oneshot::Sender<Outcome>),
@@ -123,14 +197,17 @@ enum Life {
 #[derive(Debug)]
 struct ConnState {
     next_id: u32,
-    pending: HashMap<u32, Waiter>,
+    pending: IdMap<Waiter>,
     /// Ids given up on (CANCEL sent, or refused by GOAWAY) whose answer may still come;
     /// never reused while here. An id leaves when its late answer arrives.
-    abandoned: HashSet<u32>,
+    abandoned: IdSet,
     life: Life,
     close_requested: bool,
     close_reason: Option<TransportError>,
     last_active: Instant,
+    opened_at: Instant,
+    /// When the connection stopped taking requests (draining or closed).
+    ended_at: Option<Instant>,
 }
 
 impl ConnState {
@@ -140,7 +217,10 @@ impl ConnState {
         loop {
             let id = self.next_id;
             self.next_id = self.next_id.wrapping_add(1).max(1);
-            if id != 0 && !self.pending.contains_key(&id) && !self.abandoned.contains(&id) {
+            if id != 0
+                && !self.pending.contains_key(&id)
+                && (self.abandoned.is_empty() || !self.abandoned.contains(&id))
+            {
                 return id;
             }
         }
@@ -180,7 +260,7 @@ pub(crate) struct ConnShared {
     config: ConnectionConfig,
     writer: WireWriter,
     state: Mutex<ConnState>,
-    permits: Arc<Semaphore>,
+    slots: Arc<Slots>,
     /// Wakes the driver: a close was requested, or a draining connection ran dry.
     control: tokio::sync::Notify,
     status: watch::Sender<ConnectionStatus>,
@@ -218,17 +298,20 @@ pub(crate) struct PendingCall {
     done: bool,
 }
 
-/// A place in a connection's in-flight window.
+/// A place in a connection's in-flight window, given back on drop.
 #[derive(Debug)]
 pub(crate) struct InFlightPermit {
-    permit: Option<OwnedSemaphorePermit>,
-    signal: Option<Arc<PoolSignal>>,
+    slots: Arc<Slots>,
 }
 
 impl Drop for InFlightPermit {
     fn drop(&mut self) {
-        drop(self.permit.take());
-        if let Some(signal) = &self.signal {
+        let slots = &self.slots;
+        slots.used.fetch_sub(1, Ordering::AcqRel);
+        if slots.waiters.load(Ordering::Acquire) > 0 {
+            slots.freed.notify_one();
+        }
+        if let Some(signal) = &slots.signal {
             signal.capacity_freed();
         }
     }
@@ -322,17 +405,26 @@ impl Connection {
         let shared = Arc::new(ConnShared {
             serial,
             peer,
-            permits: Arc::new(Semaphore::new(config.max_in_flight)),
+            slots: Arc::new(Slots {
+                used: AtomicUsize::new(0),
+                max: config.max_in_flight,
+                waiters: AtomicUsize::new(0),
+                freed: tokio::sync::Notify::new(),
+                closed: AtomicBool::new(false),
+                signal: signal.clone(),
+            }),
             config,
             writer,
             state: Mutex::new(ConnState {
                 next_id: 1,
-                pending: HashMap::new(),
-                abandoned: HashSet::new(),
+                pending: IdMap::default(),
+                abandoned: IdSet::default(),
                 life: Life::Open,
                 close_requested: false,
                 close_reason: None,
                 last_active: Instant::now(),
+                opened_at: Instant::now(),
+                ended_at: None,
             }),
             control: tokio::sync::Notify::new(),
             status,
@@ -495,6 +587,14 @@ impl Connection {
         lock(&self.shared.state).last_active
     }
 
+    /// How long the connection took requests: from connect until it started draining or
+    /// closed (or until now).
+    pub(crate) fn useful_life(&self) -> Duration {
+        let state = lock(&self.shared.state);
+        let end = state.ended_at.unwrap_or_else(Instant::now);
+        end.saturating_duration_since(state.opened_at)
+    }
+
     /// A place in the in-flight window, if one is free now.
     pub(crate) fn try_acquire(&self) -> Option<InFlightPermit> {
         self.shared.try_acquire().ok().flatten()
@@ -575,18 +675,10 @@ impl ConnShared {
     }
 
     fn try_acquire(&self) -> Result<Option<InFlightPermit>, TransportError> {
-        match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => Ok(Some(self.wrap(permit))),
-            Err(TryAcquireError::NoPermits) => Ok(None),
-            Err(TryAcquireError::Closed) => Err(self.closed_error(Phase::Queue, Processed::No)),
+        if self.slots.closed.load(Ordering::Acquire) {
+            return Err(self.closed_error(Phase::Queue, Processed::No));
         }
-    }
-
-    fn wrap(&self, permit: OwnedSemaphorePermit) -> InFlightPermit {
-        InFlightPermit {
-            permit: Some(permit),
-            signal: self.signal.clone(),
-        }
+        Ok(self.slots.try_take())
     }
 
     async fn acquire(&self, deadline: Option<Instant>) -> Result<InFlightPermit, TransportError> {
@@ -604,23 +696,33 @@ impl ConnShared {
                 ),
             ));
         }
-        let acquire = self.permits.clone().acquire_owned();
-        let acquired = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, acquire).await {
-                Ok(acquired) => acquired,
-                Err(_) => {
-                    return Err(TransportError::timeout(
-                        Phase::Queue,
-                        Processed::No,
-                        "timed out waiting for a place in the in-flight window",
-                    ));
+        struct Waiting<'a>(&'a Slots);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.waiters.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.slots.waiters.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.slots);
+        loop {
+            let freed = self.slots.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(permit) = self.try_acquire()? {
+                return Ok(permit);
+            }
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                        return Err(TransportError::timeout(
+                            Phase::Queue,
+                            Processed::No,
+                            "timed out waiting for a place in the in-flight window",
+                        ));
+                    }
                 }
-            },
-            None => acquire.await,
-        };
-        match acquired {
-            Ok(permit) => Ok(self.wrap(permit)),
-            Err(_) => Err(self.closed_error(Phase::Queue, Processed::No)),
+                None => freed.await,
+            }
         }
     }
 
@@ -759,6 +861,7 @@ impl ConnShared {
         }
         if state.abandoned.len() >= self.config.max_abandoned_ids && state.life == Life::Open {
             state.life = Life::Draining { goaway: None };
+            state.ended_at.get_or_insert_with(Instant::now);
             self.status.send_replace(ConnectionStatus::Draining {
                 reason: format!(
                     "{} ids given up on without an answer; replacing the connection",
@@ -789,6 +892,7 @@ impl ConnShared {
             return;
         }
         state.life = Life::Draining { goaway };
+        state.ended_at.get_or_insert_with(Instant::now);
         self.status.send_replace(ConnectionStatus::Draining {
             reason: reason.to_owned(),
         });
@@ -820,28 +924,60 @@ impl ConnShared {
     }
 
     fn complete(&self, id: u32, outcome: Outcome) {
-        let waiter = {
+        let mut batch = Completions::default();
+        batch.answers.push((id, outcome));
+        self.complete_all(&mut batch);
+    }
+
+    /// Hands out every answer of one read under a single lock of the pending table.
+    fn complete_all(&self, batch: &mut Completions) {
+        if batch.answers.is_empty() {
+            return;
+        }
+        {
             let mut state = lock(&self.state);
-            match state.pending.remove(&id) {
-                Some(waiter) => {
-                    state.last_active = Instant::now();
-                    self.after_removal(&state);
-                    Some(waiter)
-                }
-                None => {
-                    let counter = if state.abandoned.remove(&id) {
-                        &self.counters.late_answers
-                    } else {
-                        &self.counters.unknown_answers
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    None
+            for (id, outcome) in batch.answers.drain(..) {
+                match state.pending.remove(&id) {
+                    Some(Waiter::Caller(tx)) => batch.ready.push((tx, outcome)),
+                    Some(Waiter::Detached) => {}
+                    None => {
+                        let counter = if state.abandoned.remove(&id) {
+                            &self.counters.late_answers
+                        } else {
+                            &self.counters.unknown_answers
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
-        };
-        if let Some(Waiter::Caller(tx)) = waiter {
+            self.after_removal(&state);
+        }
+        for (tx, outcome) in batch.ready.drain(..) {
             // The caller may have dropped its future a moment ago: then nobody wants it.
             let _ = tx.send(outcome);
+        }
+    }
+
+    /// Queues answers to hand out together; anything else first hands out what is queued,
+    /// so that the order of the stream is kept.
+    fn dispatch(&self, message: Inbound, batch: &mut Completions) -> Result<(), TransportError> {
+        match message {
+            Inbound::Response(response) => {
+                batch
+                    .answers
+                    .push((response.id, Ok(Reply::Response(response))));
+                Ok(())
+            }
+            Inbound::Error { id, code, message } if id != 0 && code != ErrorCode::UNAVAILABLE => {
+                batch
+                    .answers
+                    .push((id, Ok(Reply::Error(RemoteError { code, message }))));
+                Ok(())
+            }
+            other => {
+                self.complete_all(batch);
+                self.on_inbound(other)
+            }
         }
     }
 
@@ -850,6 +986,7 @@ impl ConnShared {
         if state.life == Life::Open {
             state.life = Life::Draining { goaway: Some(code) };
         }
+        state.ended_at.get_or_insert_with(Instant::now);
         self.status.send_replace(ConnectionStatus::Draining {
             reason: format!("GOAWAY {} from the server: {reason}", code.0),
         });
@@ -947,10 +1084,11 @@ impl ConnShared {
         let waiters: Vec<Waiter> = {
             let mut state = lock(&self.state);
             state.life = Life::Closed;
+            state.ended_at.get_or_insert_with(Instant::now);
             state.close_reason = Some(reason.clone());
             state.pending.drain().map(|(_, w)| w).collect()
         };
-        self.permits.close();
+        self.slots.close();
         let err = reason.with(Phase::Response, Processed::Maybe);
         for waiter in waiters {
             if let Waiter::Caller(tx) = waiter {
@@ -1006,6 +1144,7 @@ async fn drive(
     let writer_exit = shared.writer.closed();
     tokio::pin!(writer_exit);
     let mut writer_done = false;
+    let mut batch = Completions::default();
 
     let (reason, flush) = loop {
         tokio::select! {
@@ -1023,29 +1162,46 @@ async fn drive(
                 };
                 break (reason, false);
             }
-            message = reader.next() => match message {
-                Ok(Some(message)) => {
-                    last_rx = Instant::now();
-                    frames_at_rx = reader.frames();
-                    ping_at = None;
-                    if let Err(reason) = shared.on_inbound(message) {
-                        break (reason, false);
+            first = reader.next() => {
+                // Everything this read brought is handled before waiting again: one pass
+                // through `select!`, one lock of the pending table, one clock read.
+                let mut next = first;
+                let stop = loop {
+                    match next {
+                        Ok(Some(message)) => {
+                            if let Err(reason) = shared.dispatch(message, &mut batch) {
+                                break Some((reason, false));
+                            }
+                        }
+                        Ok(None) => {
+                            break Some((closed("the server closed the connection"), false));
+                        }
+                        Err(err) => {
+                            if let Some(code) = err.error_code() {
+                                // Best effort, then close (PROTOCOL.md section 1).
+                                let _ = shared.writer.send(Envelope::Error(ErrorFrame {
+                                    id: 0,
+                                    code,
+                                    message: "protocol error",
+                                }));
+                            }
+                            let flush = err.is_protocol();
+                            break Some((wire_failure(&err), flush));
+                        }
                     }
+                    next = match reader.try_next() {
+                        Ok(None) => break None,
+                        other => other,
+                    };
+                };
+                shared.complete_all(&mut batch);
+                last_rx = Instant::now();
+                frames_at_rx = reader.frames();
+                ping_at = None;
+                if let Some(stop) = stop {
+                    break stop;
                 }
-                Ok(None) => break (closed("the server closed the connection"), false),
-                Err(err) => {
-                    if let Some(code) = err.error_code() {
-                        // Best effort, then close (PROTOCOL.md section 1).
-                        let _ = shared.writer.send(Envelope::Error(ErrorFrame {
-                            id: 0,
-                            code,
-                            message: "protocol error",
-                        }));
-                    }
-                    let flush = err.is_protocol();
-                    break (wire_failure(&err), flush);
-                }
-            },
+            }
             _ = &mut sleep => {
                 let now = Instant::now();
                 if reader.frames() != frames_at_rx {
@@ -1147,12 +1303,14 @@ mod tests {
     fn state(next_id: u32) -> ConnState {
         ConnState {
             next_id,
-            pending: HashMap::new(),
-            abandoned: HashSet::new(),
+            pending: IdMap::default(),
+            abandoned: IdSet::default(),
             life: Life::Open,
             close_requested: false,
             close_reason: None,
             last_active: Instant::now(),
+            opened_at: Instant::now(),
+            ended_at: None,
         }
     }
 

@@ -136,6 +136,8 @@ struct PoolState {
     failures: u32,
     last_error: Option<TransportError>,
     closed: bool,
+    /// Set by a caller after a series ended at the limit: the connector starts afresh.
+    new_series: bool,
     /// The connection carrying the subscriptions (pushes come on one connection only).
     sub_conn: Option<u64>,
     next_serial: u64,
@@ -210,6 +212,7 @@ impl Pool {
                 failures: 0,
                 last_error: None,
                 closed: false,
+                new_series: false,
                 sub_conn: None,
                 next_serial: 1,
                 retired: Retired::default(),
@@ -524,6 +527,7 @@ impl PoolShared {
                     // A call after a series that ended at the limit starts a new series.
                     if state.down.take().is_some() {
                         state.failures = 0;
+                        state.new_series = true;
                     }
                     state.down_gen
                 });
@@ -675,7 +679,7 @@ async fn connector(shared: Arc<PoolShared>, token: Arc<()>) {
     // The last connection made, to tell a real success from a server that accepts and
     // closes at once (a connection limit, GOAWAY on accept), which must back off too
     // instead of reconnecting in a hot loop.
-    let mut recent: Option<(Instant, Connection)> = None;
+    let mut recent: Option<Connection> = None;
     loop {
         // Wait until a connection is wanted, doing housekeeping meanwhile.
         loop {
@@ -684,13 +688,15 @@ async fn connector(shared: Arc<PoolShared>, token: Arc<()>) {
             wake.as_mut().enable();
             shared.maintain();
             {
-                let state = lock(&shared.state);
+                let mut state = lock(&shared.state);
                 if state.closed {
                     return;
                 }
-                if state.down.is_none() && state.failures == 0 && backoff.failures() > 0 {
+                if state.new_series {
                     // A caller started a new series after the last one ended.
+                    state.new_series = false;
                     backoff.reset();
+                    recent = None;
                 }
                 if shared.want_connect(&state) {
                     break;
@@ -702,8 +708,11 @@ async fn connector(shared: Arc<PoolShared>, token: Arc<()>) {
             }
         }
 
-        if let Some((at, conn)) = recent.take() {
-            if !conn.is_open() && at.elapsed() < shared.config.backoff.initial {
+        if let Some(conn) = recent.take() {
+            if conn.is_open() || conn.useful_life() >= shared.config.backoff.initial {
+                // A real success: the next failure starts a new series.
+                backoff.reset();
+            } else {
                 let reason = match conn.status() {
                     ConnectionStatus::Closed { reason } => reason.to_string(),
                     ConnectionStatus::Draining { reason } => reason,
@@ -766,11 +775,10 @@ async fn connector(shared: Arc<PoolShared>, token: Arc<()>) {
         }) {
             Ok(conn) => {
                 state.next_serial += 1;
-                recent = Some((Instant::now(), conn.clone()));
+                recent = Some(conn.clone());
                 state.conns.push(conn);
                 state.failures = 0;
                 state.last_error = None;
-                backoff.reset();
                 shared.connects.fetch_add(1, Ordering::Relaxed);
                 if ever_connected {
                     shared.reconnects.fetch_add(1, Ordering::Relaxed);

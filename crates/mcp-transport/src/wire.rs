@@ -9,6 +9,7 @@
 //!   the task swaps the buffer out and writes everything queued since its last write in one
 //!   go. A write that makes no progress for the stall timeout ends the stream.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -144,6 +145,8 @@ struct WriterShared {
     /// Wakes senders waiting in [`WireWriter::ready`].
     space: Notify,
     exit: watch::Sender<Option<WriterExit>>,
+    /// Bytes queued, readable without the lock (callers check it before every request).
+    queued: AtomicUsize,
     max_message_len: usize,
     limit: usize,
 }
@@ -188,6 +191,7 @@ fn abort(shared: &WriterShared) {
     let mut state = lock(shared);
     state.aborted = true;
     state.buf.clear();
+    shared.queued.store(0, Ordering::Release);
     drop(state);
     shared.wake.notify_one();
     shared.abort.notify_one();
@@ -212,6 +216,7 @@ impl WireWriter {
             abort: Notify::new(),
             space: Notify::new(),
             exit,
+            queued: AtomicUsize::new(0),
             max_message_len: config.max_message_len,
             limit: config.write_queue_limit,
         });
@@ -235,6 +240,7 @@ impl WireWriter {
         let was_empty = state.buf.is_empty();
         encode_envelope(envelope, &mut state.buf, self.shared.max_message_len)?;
         state.stats.queued += 1;
+        self.shared.queued.store(state.buf.len(), Ordering::Release);
         drop(state);
         if was_empty {
             // The task drains everything it finds, so it only needs waking when the queue
@@ -265,12 +271,12 @@ impl WireWriter {
 
     /// Whether a message queued now would wait for queue space.
     pub fn is_full(&self) -> bool {
-        lock(&self.shared).buf.len() >= self.shared.limit
+        self.shared.queued.load(Ordering::Acquire) >= self.shared.limit
     }
 
     /// Bytes queued and not yet handed to the socket.
     pub fn queued_bytes(&self) -> usize {
-        lock(&self.shared).buf.len()
+        self.shared.queued.load(Ordering::Acquire)
     }
 
     /// Counters.
@@ -330,6 +336,7 @@ async fn run<W: AsyncWrite + Unpin>(shared: Arc<WriterShared>, mut io: W, stall:
                 Step::Exit(WriterExit::Aborted)
             } else if !state.buf.is_empty() {
                 std::mem::swap(&mut state.buf, &mut batch);
+                shared.queued.store(0, Ordering::Release);
                 state.stats.batches += 1;
                 state.stats.bytes += batch.len() as u64;
                 Step::Write
@@ -352,7 +359,10 @@ async fn run<W: AsyncWrite + Unpin>(shared: Arc<WriterShared>, mut io: W, stall:
             Step::Exit(exit) => break exit,
             Step::Write => {}
         }
-        shared.space.notify_waiters();
+        if batch.len() >= shared.limit {
+            // Senders wait in `ready` only while the queue is at its limit.
+            shared.space.notify_waiters();
+        }
         let aborted = shared.abort.notified();
         let written = tokio::select! {
             biased;
@@ -372,6 +382,7 @@ async fn run<W: AsyncWrite + Unpin>(shared: Arc<WriterShared>, mut io: W, stall:
         let mut state = lock(&shared);
         state.exited = true;
         state.buf = BytesMut::new();
+        shared.queued.store(0, Ordering::Release);
     }
     shared.exit.send_replace(Some(exit));
     shared.space.notify_waiters();
