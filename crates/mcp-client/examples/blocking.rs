@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .bind("127.0.0.1:0"),
     )?;
 
-    let client = Client::connect(server.local_addr().to_string())?;
+    let client = Client::connect(server.local_addr())?;
     let total: i64 = client.call(
         "math.sum",
         &Sum {

@@ -137,9 +137,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gateway = Gateway::new();
     let server = gateway.serve().await?;
     let master = Arc::new(Master {
-        client: Client::builder(server.local_addr().to_string())
-            .connect()
-            .await?,
+        client: Client::builder(server.local_addr()).connect().await?,
     });
 
     for round in 1..=3 {

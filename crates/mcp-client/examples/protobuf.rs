@@ -22,7 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     // A client speaking Protobuf: `call` compiles only for prost messages.
-    let client = Client::builder(server.local_addr().to_string())
+    let client = Client::builder(server.local_addr())
         .format(Protobuf)
         .connect()
         .await?;

@@ -29,7 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The other side: an MCP server with one typed route, on 127.0.0.1 and a free port.
-async fn demo_server() -> Result<String, mcp_server::Error> {
+async fn demo_server() -> Result<std::net::SocketAddr, mcp_server::Error> {
     let server = mcp_server::Server::builder()
         .route_typed("greet", mcp_client::Json, |_ctx, req: Greet| async move {
             let message = format!("Hello, {}!", req.name);
@@ -37,5 +37,5 @@ async fn demo_server() -> Result<String, mcp_server::Error> {
         })
         .bind("127.0.0.1:0")
         .await?;
-    Ok(server.local_addr().to_string())
+    Ok(server.local_addr())
 }

@@ -48,9 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    let client = Client::builder(server.local_addr().to_string())
-        .connect()
-        .await?;
+    let client = Client::builder(server.local_addr()).connect().await?;
     client
         .notify(
             "hello",

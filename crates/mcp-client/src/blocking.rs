@@ -87,8 +87,9 @@ fn not_in_async() -> Result<(), Error> {
 }
 
 impl Client {
-    /// Connects to the server at `addr` with the default settings, in JSON.
-    pub fn connect(addr: impl Into<String>) -> Result<Self, Error> {
+    /// Connects to the server at `addr` (`"host:port"` or a `SocketAddr`) with the default
+    /// settings, in JSON.
+    pub fn connect(addr: impl fmt::Display) -> Result<Self, Error> {
         Self::from_builder(crate::Client::builder(addr))
     }
 }

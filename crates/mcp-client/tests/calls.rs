@@ -287,7 +287,7 @@ fn the_blocking_client_calls_without_async() {
     // The server needs a runtime of its own, on another thread.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let server = rt.block_on(serve(user_server()));
-    let addr = server.local_addr().to_string();
+    let addr = server.local_addr();
 
     let client = mcp_client::blocking::Client::connect(addr).expect("connect");
     let back: Echo = client

@@ -141,9 +141,10 @@ impl<F: Format> std::fmt::Debug for Client<F> {
 }
 
 impl Client {
-    /// A builder for a client of the server at `addr` (`host:port`), in JSON.
-    pub fn builder(addr: impl Into<String>) -> ClientBuilder<DefaultFormat> {
-        ClientBuilder::new(addr.into())
+    /// A builder for a client of the server at `addr`: `"host:port"` (resolved at each
+    /// connect) or a `SocketAddr`. JSON unless told otherwise.
+    pub fn builder(addr: impl std::fmt::Display) -> ClientBuilder<DefaultFormat> {
+        ClientBuilder::new(addr.to_string())
     }
 }
 

@@ -34,5 +34,5 @@ pub(crate) fn client_for(server: &ServerHandle) -> ClientBuilder<Json> {
         },
         ..PoolConfig::default()
     };
-    Client::builder(server.local_addr().to_string()).pool_config(pool)
+    Client::builder(server.local_addr()).pool_config(pool)
 }
