@@ -176,6 +176,9 @@ struct Inner {
     kind: ErrorKind,
     phase: Phase,
     processed: Processed,
+    /// The call's deadline passed (also for kinds other than `Timeout`, such as a pool
+    /// still exhausted at the deadline).
+    timed_out: bool,
     message: String,
 }
 
@@ -186,12 +189,28 @@ impl TransportError {
         processed: Processed,
         message: impl Into<String>,
     ) -> Self {
+        let kind_is_timeout = kind == ErrorKind::Timeout;
         TransportError {
             inner: Arc::new(Inner {
                 kind,
                 phase,
                 processed,
+                timed_out: kind_is_timeout,
                 message: message.into(),
+            }),
+        }
+    }
+
+    /// Marks the error as reached at the call's deadline.
+    pub(crate) fn at_deadline(self) -> Self {
+        let inner = &self.inner;
+        TransportError {
+            inner: Arc::new(Inner {
+                kind: inner.kind.clone(),
+                phase: inner.phase,
+                processed: inner.processed,
+                timed_out: true,
+                message: inner.message.clone(),
             }),
         }
     }
@@ -199,12 +218,17 @@ impl TransportError {
     /// The same error seen from another phase or processed state (a connection failure is
     /// "not processed" for a request still queued and "maybe" for one already written).
     pub(crate) fn with(&self, phase: Phase, processed: Processed) -> Self {
-        TransportError::new(
+        let err = TransportError::new(
             self.inner.kind.clone(),
             phase,
             processed,
             self.inner.message.clone(),
-        )
+        );
+        if self.inner.timed_out {
+            err.at_deadline()
+        } else {
+            err
+        }
     }
 
     pub(crate) fn timeout(phase: Phase, processed: Processed, what: &str) -> Self {
@@ -250,9 +274,10 @@ impl TransportError {
         self.inner.processed == Processed::No
     }
 
-    /// Whether a deadline or timeout expired (connect timeout included).
+    /// Whether a deadline or timeout expired (connect timeout included, and a pool still
+    /// exhausted when the call's deadline came, whose [`kind`](Self::kind) says why).
     pub fn is_timeout(&self) -> bool {
-        self.inner.kind == ErrorKind::Timeout
+        self.inner.timed_out
     }
 
     /// Whether another attempt on another connection (or after reconnecting) may succeed:
@@ -281,6 +306,7 @@ impl fmt::Debug for TransportError {
             .field("kind", &self.inner.kind)
             .field("phase", &self.inner.phase)
             .field("processed", &self.inner.processed)
+            .field("timed_out", &self.inner.timed_out)
             .field("message", &self.inner.message)
             .finish()
     }

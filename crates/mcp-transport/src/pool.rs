@@ -566,17 +566,12 @@ impl PoolShared {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
                         let (kind, message) = reason;
                         return Err(TransportError::new(
-                            if kind == PoolExhausted::AllFull
-                                || kind == PoolExhausted::AllConnecting
-                            {
-                                ErrorKind::Timeout
-                            } else {
-                                ErrorKind::PoolExhausted(kind)
-                            },
+                            ErrorKind::PoolExhausted(kind),
                             Phase::Pool,
                             Processed::No,
                             format!("no connection before the deadline: {message} ({kind})"),
-                        ));
+                        )
+                        .at_deadline());
                     }
                 }
                 None => notified.await,

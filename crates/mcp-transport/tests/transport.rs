@@ -680,6 +680,10 @@ async fn t15_pool_exhausted_wait_bounded_no_leak() {
         .await
         .expect_err("exhausted");
     assert!(err.is_timeout(), "{err}");
+    assert_eq!(
+        err.kind(),
+        &ErrorKind::PoolExhausted(PoolExhausted::AllFull)
+    );
     assert_eq!(err.phase(), Phase::Pool);
     assert!(err.is_not_processed());
     assert!(err.to_string().contains("maximum in flight"), "{err}");
@@ -1101,4 +1105,36 @@ async fn accept_then_close_backs_off() {
     let calls = within(callers).await.unwrap();
     assert!(calls >= 1);
     assert!((2..20).contains(&accepted), "{accepted} connections in 1 s");
+}
+
+/// Write stall: a peer that stops reading kills the connection after the stall timeout
+/// instead of blocking its callers forever.
+#[tokio::test]
+async fn write_stall_kills_connection() {
+    let listener = TestListener::bind().await;
+    let mut config = conn_config();
+    config.wire.write_stall_timeout = Duration::from_millis(200);
+    let conn = Connection::connect(listener.addr(), config).await.unwrap();
+    let _peer = listener.accept().await; // never reads
+    let big = Arc::new(vec![1u8; 15 * 1024 * 1024]);
+    // More than the loopback socket buffers of both sides can hold.
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let conn = conn.clone();
+            let big = big.clone();
+            tokio::spawn(async move { call(&conn, "echo", &big).await })
+        })
+        .collect();
+    let mut written = 0;
+    for c in calls {
+        let err = within(c).await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::ConnectionClosed, "{err}");
+        assert!(err.to_string().contains("stalled"), "{err}");
+        // A call still waiting for queue space was never sent.
+        match err.processed() {
+            Processed::Maybe => written += 1,
+            Processed::No => assert_eq!(err.phase(), Phase::Queue, "{err}"),
+        }
+    }
+    assert!(written >= 1);
 }
