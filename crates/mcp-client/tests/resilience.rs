@@ -274,3 +274,55 @@ async fn close_gives_up_on_calls_that_outlast_the_grace_period() {
         .await
         .expect("shutdown");
 }
+
+#[tokio::test]
+async fn a_call_made_during_a_server_restart_succeeds_within_its_budget() {
+    let work = || {
+        Server::builder().route_typed(
+            "work",
+            Json,
+            |_ctx, n: u32| async move { Ok::<_, Status>(n) },
+        )
+    };
+    let first = serve(work()).await;
+    let addr = first.local_addr();
+    let client = client_for(&first).build().expect("build");
+    let n: u32 = bounded("before", client.call("work", &1))
+        .await
+        .expect("up");
+    assert_eq!(n, 1);
+
+    bounded("shutdown", first.shutdown(Duration::from_millis(100)))
+        .await
+        .expect("shutdown");
+    // Not idempotent, and the server is down when it starts: the pool reconnects within the
+    // attempt's budget (and a failed attempt would be retried, as it was certainly not
+    // processed).
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call::<_, u32>("work", &2).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second = bounded("rebind", async {
+        loop {
+            match work().bind(addr).await {
+                Ok(server) => return server,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    let n = bounded("during restart", call)
+        .await
+        .expect("task")
+        .expect("the call reaches the new server");
+    assert_eq!(n, 2);
+    let m = client.metrics();
+    assert!(m.reconnects >= 1, "{m:?}");
+    assert_eq!(m.errors.total(), 0, "{m:?}");
+
+    bounded("close", client.close()).await;
+    bounded("shutdown", second.shutdown(Duration::from_secs(1)))
+        .await
+        .expect("shutdown");
+}

@@ -47,7 +47,7 @@ pub(crate) enum Backend {
 impl fmt::Debug for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Backend::Pool(pool) => f.debug_tuple("Pool").field(pool).finish(),
+            Backend::Pool(pool) => f.debug_tuple("Pool").field(&pool.endpoint()).finish(),
             #[cfg(all(test, feature = "json"))]
             Backend::Fake(_) => f.write_str("Fake"),
         }
