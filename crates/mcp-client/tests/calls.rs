@@ -309,7 +309,29 @@ fn the_blocking_client_calls_without_async() {
         .call("user.update.pb", &user)
         .expect("protobuf");
     assert_eq!(pb.name, "BOB");
+
+    // Pushes, read without async.
+    let mut pushes = client.subscribe::<Echo>("news").expect("subscribe");
+    server
+        .publish_typed(
+            "news",
+            &Json,
+            &Echo {
+                msg: "extra".into(),
+            },
+        )
+        .expect("publish");
+    let news = pushes
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a push within the bound");
+    assert_eq!(news.msg, "extra");
+    let quiet = pushes
+        .recv_timeout(Duration::from_millis(50))
+        .expect_err("nothing more");
+    assert!(quiet.is_timeout());
+
     assert_eq!(client.close(), 0);
+    assert!(pushes.recv().is_none(), "the stream ends with the client");
     assert!(
         client
             .call::<_, Echo>("echo", &Echo { msg: "x".into() })

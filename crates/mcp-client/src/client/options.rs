@@ -21,7 +21,9 @@ use crate::trace::TraceContext;
 /// # let _ = options;
 /// ```
 ///
-/// Anything not set takes the client's setting.
+/// Anything not set takes the client's setting. The format is part of the call's types, so
+/// it is chosen on the client rather than here: `client.with_format(Protobuf).call_with(..)`
+/// makes one call in Protobuf over the same connections.
 #[derive(Clone, Debug, Default)]
 pub struct CallOptions {
     pub(crate) timeout: Option<Duration>,
