@@ -1138,3 +1138,70 @@ async fn write_stall_kills_connection() {
     }
     assert!(written >= 1);
 }
+
+/// `max_in_flight = 1`: exclusive checkout, one request per connection at a time, the pool
+/// growing to its maximum under concurrency.
+#[tokio::test]
+async fn max_in_flight_one_is_exclusive_checkout() {
+    let server = EchoServer::start().await;
+    let mut config = pool_config();
+    config.max_connections = 3;
+    config.connection.max_in_flight = 1;
+    let pool = Pool::new(server.addr().to_string(), config);
+    let calls: Vec<_> = (0..6u8)
+        .map(|i| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pcall(&pool, "delay", &delay_body(30, &[i])).await })
+        })
+        .collect();
+    let mut peak = 0;
+    while !calls.iter().all(|c| c.is_finished()) {
+        let stats = pool.stats();
+        assert!(stats.in_flight <= stats.open.max(1), "{stats:?}");
+        peak = peak.max(stats.in_flight);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for (i, c) in calls.into_iter().enumerate() {
+        assert_eq!(&body(within(c).await.unwrap())[8..], &[i as u8][..]);
+    }
+    assert!(peak >= 2, "concurrency spread over connections");
+    assert_eq!(
+        server
+            .state()
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst),
+        3
+    );
+}
+
+/// The tokio-util adapter works with `Framed`.
+#[tokio::test]
+async fn mcp_codec_with_framed() {
+    use std::pin::Pin;
+
+    use futures_core::Stream;
+    use mcp_transport::{Inbound, McpCodec, Role};
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::FramedRead;
+
+    let (mut a, b) = tokio::io::duplex(1024);
+    let mut frames = FramedRead::new(b, McpCodec::new(Role::Client));
+    let mut bytes = response(5, &vec![3u8; 100_000]);
+    bytes.extend(notify("t", b"n"));
+    tokio::spawn(async move {
+        a.write_all(&bytes).await.unwrap();
+    });
+    async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+        std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
+    }
+    match within(next(&mut frames)).await {
+        Some(Ok(Inbound::Response(r))) => {
+            assert_eq!((r.id(), r.body().len()), (5, 100_000));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(within(next(&mut frames)).await, Some(Ok(Inbound::Notify(p))) if p.topic() == "t")
+    );
+    assert!(within(next(&mut frames)).await.is_none());
+}
