@@ -85,9 +85,16 @@ impl McpCodec {
 
     /// Handles one verified frame, split off the read buffer.
     fn on_frame(&mut self, frame: Bytes) -> Result<Option<Inbound>, WireError> {
-        // The decoder verified a whole frame: at least HEADER_LEN + CRC_LEN bytes.
-        let type_byte = frame[3];
-        let view = Frame::with_type_byte(type_byte, &frame[HEADER_LEN..frame.len() - CRC_LEN]);
+        // The decoder verified a whole frame of at least HEADER_LEN + CRC_LEN bytes, so both
+        // lookups succeed; they are checked anyway so that no input can panic here.
+        let payload_end = frame.len().saturating_sub(CRC_LEN);
+        let (Some(&type_byte), Some(payload)) = (frame.get(3), frame.get(HEADER_LEN..payload_end))
+        else {
+            return Err(WireError::Codec(mcp_codec::Error::Truncated {
+                field: "frame",
+            }));
+        };
+        let view = Frame::with_type_byte(type_byte, payload);
         if let Some(frame_type) = view.frame_type() {
             if self.refused(frame_type) {
                 return Err(WireError::UnexpectedForRole {

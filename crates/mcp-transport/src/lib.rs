@@ -43,10 +43,23 @@
 //! - [`Connection`]: one connection without the pool ([`Connection::connect`],
 //!   [`Connection::call`], [`Connection::notify`], [`Connection::subscribe`],
 //!   [`Connection::drain`], [`Connection::close`], [`Connection::watch_status`]).
-//! - [`TransportError`]: [`TransportError::is_timeout`], [`TransportError::phase`]
+//! - [`TransportError`]: [`TransportError::is_timeout`] (also true for a pool still
+//!   exhausted at the deadline, whose kind is [`ErrorKind::PoolExhausted`] with the reason),
+//!   [`TransportError::phase`]
 //!   ([`Phase`]: queue, pool, connect, write, response), [`TransportError::processed`]
 //!   ([`Processed::No`] = certainly not processed, [`Processed::Maybe`]),
 //!   [`TransportError::is_retryable_elsewhere`], [`TransportError::kind`].
+//!
+//! # The path of one call
+//! `Pool::call` picks the least-loaded open connection with a free place in its in-flight
+//! window (an atomic counter), or waits for one until the deadline while the pool's single
+//! connector task connects. On the connection, under one lock, it allocates the id, encodes
+//! the REQUEST straight into the writer's buffer (split into CONTINUATION frames if large)
+//! and records a oneshot sender in the pending table; then it waits on the receiver. The
+//! writer task writes everything queued since its last write in one write. The connection's
+//! driver task decodes every frame of each read, collects the answers and hands them out
+//! under one lock; a timeout or a dropped future removes the entry itself and queues CANCEL.
+//! No task is spawned per call.
 //!
 //! # Guarantees
 //! - Every call gets exactly one outcome: a reply, an error, a timeout, connection lost
