@@ -20,7 +20,7 @@
 mod tests;
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use mcp_codec::ErrorCode;
@@ -135,6 +135,11 @@ struct Inner {
 pub(crate) struct Breaker {
     config: BreakerConfig,
     inner: Mutex<Inner>,
+    /// Whether the state is anything but closed. Read without the lock on every attempt,
+    /// so that a healthy client's attempts take no lock to be admitted; written under the
+    /// lock. An attempt admitted just as the breaker opens is harmless: outcomes of
+    /// attempts admitted in another state are not counted.
+    tripped: AtomicBool,
     opened: AtomicU64,
     rejected: AtomicU64,
 }
@@ -218,6 +223,7 @@ impl Breaker {
                 state: State::Closed,
                 window,
             }),
+            tripped: AtomicBool::new(false),
             opened: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         }
@@ -230,7 +236,7 @@ impl Breaker {
 
     /// Asks to make one attempt at `now`.
     pub(crate) fn acquire(&self, now: Instant) -> Result<Permit<'_>, Error> {
-        if !self.config.enabled {
+        if !self.config.enabled || !self.tripped.load(Ordering::Acquire) {
             return Ok(self.permit(false));
         }
         let mut inner = self.lock();
@@ -282,8 +288,12 @@ impl Breaker {
         let Inner { state, window } = &mut *inner;
         match state {
             State::Closed if !probe => {
-                let failed = u64::from(outcome == Outcome::Failure);
-                window.add(now, 1, failed);
+                let failed = outcome == Outcome::Failure;
+                window.add(now, 1, u64::from(failed));
+                // A success cannot raise the failure rate: only a failure needs the sums.
+                if !failed {
+                    return;
+                }
                 let Counts {
                     a: calls,
                     b: failures,
@@ -311,6 +321,7 @@ impl Breaker {
                             tracing::info!("circuit breaker closed");
                             *state = State::Closed;
                             window.clear();
+                            self.tripped.store(false, Ordering::Release);
                         }
                     }
                     Outcome::Ignored => {}
@@ -327,6 +338,7 @@ impl Breaker {
             until: crate::window::later(now, self.config.cool_down),
         };
         window.clear();
+        self.tripped.store(true, Ordering::Release);
         self.opened.fetch_add(1, Ordering::Relaxed);
     }
 

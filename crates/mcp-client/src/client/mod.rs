@@ -385,32 +385,18 @@ impl<F: Format> Client<F> {
         shared.recorder.started();
         let context = context_of(options);
         let span = trace::call_span(method, &context);
-        // Set once an attempt is handed to the connection: from then on the request may
-        // have been processed.
-        let sent = AtomicBool::new(false);
-
-        let result = async {
-            match tokio::time::timeout_at(
-                deadline,
-                self.attempts(
-                    method, format, body, options, &context, deadline, &sent, slot,
-                ),
-            )
-            .await
-            {
-                Ok(result) => result,
-                Err(_elapsed) => {
-                    let processed = if sent.load(Ordering::Relaxed) {
-                        Processed::Maybe
-                    } else {
-                        Processed::No
-                    };
-                    Err(Error::timeout(Phase::Total, processed).for_call(options.idempotent, 0))
-                }
-            }
-        }
-        .instrument(span)
-        .await;
+        // No timer of its own for the total budget: every wait below is bounded by
+        // `deadline` already (the limiter's queue, each attempt's deadline that the
+        // transport enforces, a backoff started only if it ends in time), and a timer per
+        // call is measurable on the hot path.
+        let calls = self.attempts(method, format, body, options, &context, deadline, slot);
+        // A disabled span (no subscriber interested) is skipped rather than entered and
+        // exited on every poll.
+        let result = if span.is_disabled() {
+            calls.await
+        } else {
+            calls.instrument(span).await
+        };
 
         let answered = match &result {
             Ok(_) => true,
@@ -437,7 +423,6 @@ impl<F: Format> Client<F> {
         options: &CallOptions,
         context: &TraceContext,
         deadline: Instant,
-        sent: &AtomicBool,
         slot: Option<Slot>,
     ) -> Result<RawResponse, Error> {
         let shared = &*self.shared;
@@ -470,7 +455,6 @@ impl<F: Format> Client<F> {
                             Some(attempt_deadline.saturating_duration_since(now)),
                         );
                         tracing::trace!(attempt = number, "sending");
-                        sent.store(true, Ordering::Relaxed);
                         let result = shared
                             .backend
                             .call(Attempt {
