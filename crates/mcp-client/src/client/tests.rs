@@ -517,3 +517,21 @@ async fn huge_timeouts_mean_no_timeout_not_a_panic() {
         .expect("echo");
     assert_eq!(v, json!(1));
 }
+
+#[test]
+fn the_public_types_can_cross_threads() {
+    fn shared<T: Clone + Send + Sync + 'static>() {}
+    fn sendable<T: Send + 'static>() {}
+    shared::<Client>();
+    shared::<Client<Raw>>();
+    sendable::<Subscription<Value, Json>>();
+    sendable::<RawSubscription>();
+    sendable::<Error>();
+    shared::<CallOptions>();
+    #[cfg(feature = "blocking")]
+    shared::<crate::blocking::Client>();
+    // The future of a call can be spawned.
+    fn spawnable<F: std::future::Future + Send>(_: F) {}
+    let client = client(Scripted::new(|_, _| Step::Echo), |b| b);
+    spawnable(client.call::<_, Value>("x", &json!(1)));
+}
