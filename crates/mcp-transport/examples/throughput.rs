@@ -38,40 +38,53 @@ async fn main() -> std::io::Result<()> {
     let body = Bytes::from(vec![0xab; body_len]);
     let duration = Duration::from_secs(secs);
 
+    // A fourth argument `raw` or `mcp` runs one side only (for profiling).
+    let only = std::env::args().nth(4);
+    let run_raw = only.as_deref() != Some("mcp");
+    let run_mcp = only.as_deref() != Some("raw");
+
     let raw_addr = serve_raw().await?;
     let raw = RawClient::connect(raw_addr).await?;
-    let raw_rate = run(in_flight, duration, {
-        let body = body.clone();
-        move || {
-            let raw = raw.clone();
+    let raw_rate = if !run_raw {
+        f64::NAN
+    } else {
+        run(in_flight, duration, {
             let body = body.clone();
-            async move { raw.call(body).await.len() }
-        }
-    })
-    .await;
+            move || {
+                let raw = raw.clone();
+                let body = body.clone();
+                async move { raw.call(body).await.len() }
+            }
+        })
+        .await
+    };
 
     let mcp_addr = serve_mcp().await?;
     let conn = Connection::connect(mcp_addr, ConnectionConfig::default())
         .await
         .map_err(std::io::Error::other)?;
-    let mcp_rate = run(in_flight, duration, {
-        let body = body.clone();
-        let conn = conn.clone();
-        move || {
-            let conn = conn.clone();
+    let mcp_rate = if !run_mcp {
+        f64::NAN
+    } else {
+        run(in_flight, duration, {
             let body = body.clone();
-            async move {
-                match conn
-                    .call("echo", 0, &Meta::new(), &body, CallOptions::default())
-                    .await
-                {
-                    Ok(mcp_transport::Reply::Response(r)) => r.body().len(),
-                    other => panic!("echo failed: {other:?}"),
+            let conn = conn.clone();
+            move || {
+                let conn = conn.clone();
+                let body = body.clone();
+                async move {
+                    match conn
+                        .call("echo", 0, &Meta::new(), &body, CallOptions::default())
+                        .await
+                    {
+                        Ok(mcp_transport::Reply::Response(r)) => r.body().len(),
+                        other => panic!("echo failed: {other:?}"),
+                    }
                 }
             }
-        }
-    })
-    .await;
+        })
+        .await
+    };
 
     let writes = conn.stats().writer.batches;
     println!("in flight {in_flight}, body {body_len} B, {secs} s each");

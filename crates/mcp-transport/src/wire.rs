@@ -319,6 +319,7 @@ impl WireWriter {
 }
 
 enum Step {
+    Yield,
     Write,
     Wait,
     Exit(WriterExit),
@@ -326,6 +327,7 @@ enum Step {
 
 async fn run<W: AsyncWrite + Unpin>(shared: Arc<WriterShared>, mut io: W, stall: Duration) {
     let mut batch = BytesMut::with_capacity(WRITE_BUF_INITIAL);
+    let mut yielded = false;
     let exit = loop {
         let notified = shared.wake.notified();
         tokio::pin!(notified);
@@ -334,6 +336,8 @@ async fn run<W: AsyncWrite + Unpin>(shared: Arc<WriterShared>, mut io: W, stall:
             let mut state = lock(&shared);
             if state.aborted {
                 Step::Exit(WriterExit::Aborted)
+            } else if !state.buf.is_empty() && !yielded {
+                Step::Yield
             } else if !state.buf.is_empty() {
                 std::mem::swap(&mut state.buf, &mut batch);
                 shared.queued.store(0, Ordering::Release);
@@ -349,6 +353,14 @@ async fn run<W: AsyncWrite + Unpin>(shared: Arc<WriterShared>, mut io: W, stall:
         match step {
             Step::Wait => {
                 notified.await;
+                continue;
+            }
+            Step::Yield => {
+                // The callers woken together with this task (by one read's answers) are
+                // about to queue their next requests: let them, and write them all at
+                // once. At low load this costs one trip through the scheduler.
+                tokio::task::yield_now().await;
+                yielded = true;
                 continue;
             }
             Step::Exit(WriterExit::Closed) => {
@@ -372,6 +384,7 @@ async fn run<W: AsyncWrite + Unpin>(shared: Arc<WriterShared>, mut io: W, stall:
         if let Err(err) = written {
             break WriterExit::Failed(Arc::new(err));
         }
+        yielded = false;
         if batch.capacity() > WRITE_BUF_KEEP {
             batch = BytesMut::with_capacity(WRITE_BUF_INITIAL);
         } else {
