@@ -336,7 +336,7 @@ async fn run<W: AsyncWrite + Unpin>(shared: Arc<WriterShared>, mut io: W, stall:
             let mut state = lock(&shared);
             if state.aborted {
                 Step::Exit(WriterExit::Aborted)
-            } else if !state.buf.is_empty() && !yielded {
+            } else if !state.buf.is_empty() && !yielded && state.buf.len() < shared.limit {
                 Step::Yield
             } else if !state.buf.is_empty() {
                 std::mem::swap(&mut state.buf, &mut batch);
@@ -358,7 +358,8 @@ async fn run<W: AsyncWrite + Unpin>(shared: Arc<WriterShared>, mut io: W, stall:
             Step::Yield => {
                 // The callers woken together with this task (by one read's answers) are
                 // about to queue their next requests: let them, and write them all at
-                // once. At low load this costs one trip through the scheduler.
+                // once. At low load this costs one trip through the scheduler. A queue
+                // at its limit is written at once: it holds enough, and senders wait.
                 tokio::task::yield_now().await;
                 yielded = true;
                 continue;
