@@ -808,3 +808,22 @@ fn default_assembler_limit_is_16_mib() {
     );
     assert_eq!(Assembler::default().unknown_frames(), 0);
 }
+
+/// docs/protocol.md, reading 3: the codec never sends a head frame with MORE and an empty
+/// body, but accepts one.
+#[test]
+fn a_head_frame_with_more_and_an_empty_body_is_accepted() {
+    let body = body_of(10);
+    let frames = hand_split(&body, 0, &[4]);
+    let Envelope::Request(head) = Envelope::parse(decode_one(&frames[0])).unwrap() else {
+        panic!("a request")
+    };
+    assert!(head.flags.more());
+    assert!(head.body.is_empty());
+    let got = reassemble(&mut Assembler::default(), &frames);
+    assert!(matches!(got, Got::Message { body: b, .. } if b == body));
+
+    // The sender side: an envelope leaving no room for a body byte is refused rather than
+    // sent with an empty head body (see `validation.rs`), and a split head always carries
+    // body bytes (see `check_layout`).
+}
