@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's workflows, in Rust so they run wherever cargo does.
 //!
 //! Commands:
-//! - `ci`: everything `.ci/run` checks (tests, clippy, fmt, docs, no-std, fuzz smoke).
+//! - `ci`: everything `.ci/run` checks (tests, clippy, fmt, docs, no-std, generated code,
+//!   fuzz smoke).
 //! - `no-std`: builds `mcp-codec` without default features, for the host and, when the
 //!   target is installed, for `thumbv7em-none-eabihf`.
 //! - `fuzz [--seconds N] [TARGET...]`: runs every fuzz target (or the named ones) for N
@@ -99,6 +100,7 @@ fn ci() -> Result {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     no_std()?;
+    codegen(true)?;
     fuzz(&["--seconds".into(), "10".into()])
 }
 
@@ -215,14 +217,7 @@ fn codegen(check: bool) -> Result {
     }
     run_env(
         "cargo",
-        &[
-            "test",
-            "-p",
-            "mcp-format",
-            "--all-features",
-            "--test",
-            "codegen",
-        ],
+        &["test", "-p", "mcp-proto", "--test", "codegen"],
         &root,
         &envs,
     )
