@@ -287,6 +287,11 @@ impl Error {
             T::PoolExhausted(PoolExhausted::EndpointDown) => {
                 Self::new(ErrorKind::Connect, processed)
             }
+            // Waiting on connections that never finish connecting says the endpoint is slow:
+            // a connect-phase timeout. Waiting on full connections is the client's own limit.
+            T::PoolExhausted(PoolExhausted::AllConnecting) => {
+                Self::timeout(Phase::Connect, processed)
+            }
             T::PoolExhausted(_) => Self::timeout(Phase::Pool, processed),
             T::ConnectionClosed | T::ConnectionError { .. } => {
                 Self::new(ErrorKind::ConnectionLost, processed)

@@ -10,7 +10,9 @@
 //!   cool-down.
 //!
 //! Failures are what says the server or the path to it is unwell: connection failures,
-//! per-attempt timeouts, protocol violations, and ERROR 5, 6 and 9. An application's ERROR,
+//! connect, write and per-attempt timeouts, protocol violations, and ERROR 5, 6 and 9.
+//! Waiting too long for the client's own capacity (its concurrency limit, or a pool whose
+//! connections are all full) is not counted at all. An application's ERROR,
 //! an unknown method or a body that does not decode are answers, so they count as successes.
 //!
 //! Same shape as the other policies: a public config, a crate-private state driven with the
@@ -161,10 +163,14 @@ impl Outcome {
         };
         let failure = match err.kind() {
             ErrorKind::Connect | ErrorKind::ConnectionLost | ErrorKind::Protocol => true,
-            // The queue and the total budget are the caller's limits, not signs about the
-            // server.
+            // The queue, the pool's connections being full and the total budget are the
+            // caller's own limits, not signs about the server: counting them would let a
+            // purely local overload open the breaker against a healthy server.
             ErrorKind::Timeout
-                if matches!(err.timeout_phase(), Some(Phase::Queue | Phase::Total)) =>
+                if matches!(
+                    err.timeout_phase(),
+                    Some(Phase::Queue | Phase::Pool | Phase::Total)
+                ) =>
             {
                 return Outcome::Ignored;
             }

@@ -155,6 +155,11 @@ fn outcomes_classify_errors() {
     assert_eq!(Outcome::of(&slow), Outcome::Failure);
     let queued: Result<(), Error> = Err(Error::timeout(Phase::Queue, Processed::No));
     assert_eq!(Outcome::of(&queued), Outcome::Ignored);
+    // A pool whose connections are all full is the client's own limit.
+    let pool_full: Result<(), Error> = Err(Error::timeout(Phase::Pool, Processed::No));
+    assert_eq!(Outcome::of(&pool_full), Outcome::Ignored);
+    let connecting: Result<(), Error> = Err(Error::timeout(Phase::Connect, Processed::No));
+    assert_eq!(Outcome::of(&connecting), Outcome::Failure);
     let open: Result<(), Error> = Err(Error::circuit_open());
     assert_eq!(Outcome::of(&open), Outcome::Ignored);
 }
