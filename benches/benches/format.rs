@@ -1,7 +1,8 @@
 //! Body encode and decode: JSON against Protobuf, for the seed's small `UserUpdate` and for the
 //! ~1 KiB `Order` (see `proto/`).
 //!
-//! Encoding reuses one buffer, as the client does, so the figures are serialization alone;
+//! Encoding reuses one buffer, so the figures are serialization alone (the client encodes
+//! each call into a buffer of its own, which adds one allocation per call);
 //! decoding reads a body already in memory, as the transport hands it over. Throughput is the
 //! body's size in the format measured, so bytes/s differ between formats for the same value:
 //! compare the times per operation.

@@ -132,9 +132,14 @@ pub enum Error {
 
 impl Error {
     /// Whether a receiver on a byte stream must treat this error as fatal for the connection
-    /// (answer `ERROR` id 0 code 1 or 7 and close).
+    /// (answer `ERROR` id 0 code 1 or 7 and close), were it to meet this error in what it
+    /// received.
     ///
-    /// Encoding errors are local mistakes of the sender and are reported as not fatal.
+    /// Only the two errors that exist solely on the sending side ([`Error::BufferTooSmall`]
+    /// and [`Error::EnvelopeTooLarge`]) are not fatal. The others can be met by a receiver as
+    /// well as by a sender (a zero id, an empty method, a bad metadata key, ...), and are
+    /// fatal for a receiver; a sender that gets one from an encoder has merely made a local
+    /// mistake, and nothing was written.
     pub fn is_fatal(&self) -> bool {
         !matches!(
             self,

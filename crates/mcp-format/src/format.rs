@@ -35,8 +35,8 @@ pub trait Format: Clone + fmt::Debug + Send + Sync + 'static {
 pub trait Encode<T: ?Sized>: Format {
     /// Appends the encoding of `value` to `buf`.
     ///
-    /// `buf` is a reusable buffer owned by the caller (a client keeps one per connection, so
-    /// steady-state calls do not allocate). The format writes straight into it: serialization
+    /// `buf` is owned by the caller and may be reused from one value to the next (its spare
+    /// capacity then saves an allocation). The format writes straight into it: serialization
     /// is the only pass over the bytes. On error, `buf` is left as it was before the call.
     fn encode(&self, value: &T, buf: &mut BytesMut) -> Result<(), EncodeError>;
 
