@@ -7,10 +7,12 @@ use crate::frame::{CRC_LEN, Decoded, Frame, FrameDecoder, HEADER_LEN};
 
 /// Accepts a byte stream in chunks of any size and yields its frames in order.
 ///
-/// It owns one growing buffer, bounded by the decoder's payload limit plus one frame's
-/// overhead (a frame longer than the limit is refused from its header, before its bytes
-/// are buffered). Consumed bytes are dropped lazily on the next [`StreamDecoder::feed`], so
-/// a returned frame can borrow the buffer without copying.
+/// It owns one growing buffer holding what was fed and not yet taken out as frames. A caller
+/// that takes every frame after each feed (as a socket reader does) holds at most one
+/// partial frame, which the payload limit bounds (a frame longer than the limit is refused
+/// from its header, before its bytes are buffered), plus the chunk it just fed. Consumed
+/// bytes are dropped lazily on the next [`StreamDecoder::feed`], so a returned frame can
+/// borrow the buffer without copying.
 ///
 /// In strict mode the first error poisons the decoder: every later call returns the same
 /// error, because a byte stream cannot be trusted after a framing error.

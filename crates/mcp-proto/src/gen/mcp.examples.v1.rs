@@ -3,8 +3,9 @@
 ///
 /// The field types follow the seed exactly (`string user_id`, `string name`, `int32 age`), so a
 /// peer generated from the seed's `.proto` reads our bytes and we read theirs. `age` is marked
-/// `optional` because the seed says it may be empty; that adds presence tracking without
-/// changing the encoding.
+/// `optional` because the seed says it may be empty. Presence changes one case on the wire:
+/// an age of `Some(0)` is written (`18 00`), where a plain `int32` leaves 0 out; and a seed
+/// peer's age 0, left out, reads here as `None`. Every other value is encoded identically.
 #[derive(::serde::Serialize, ::serde::Deserialize)]
 #[serde(default)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
