@@ -1,7 +1,8 @@
 //! `mcp`: the command-line tool of mcp-rs.
 //!
 //! Every failure is one clear line on stderr and a non-zero exit code: 1 for a failed
-//! operation, 2 for a usage error.
+//! operation, 2 for a usage error. When stdout is a pipe whose reader has gone
+//! (`mcp decode capture | head`), the program ends quietly with exit code 1.
 
 use std::io::{IsTerminal as _, Read as _, Write as _};
 use std::net::SocketAddr;
@@ -19,6 +20,36 @@ use serde::{Deserialize, Serialize};
 
 use mcp_cli::loadgen::{self, LoadConfig, LoadReport, Progress};
 use mcp_cli::{decode, ping, service};
+
+/// `println!` for results. `println!` panics when stdout is a closed pipe (`mcp ping ADDR |
+/// head -2`); this ends the program quietly instead, as Unix tools do.
+macro_rules! outln {
+    () => {
+        write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for results, with [`outln!`]'s handling of a closed stdout.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// Writes to stdout; a reader that has gone away ends the program quietly (exit code 1),
+/// any other write error with one line on stderr.
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("mcp: cannot write to stdout: {e}");
+        }
+        std::process::exit(1);
+    }
+}
 
 /// Client, server and tools for MCP, the binary microservice protocol (not the Model
 /// Context Protocol).
@@ -226,7 +257,7 @@ async fn serve(addr: SocketAddr, tick: Duration) -> CmdResult {
     let server = service::start(addr, tick)
         .await
         .map_err(|e| e.to_string())?;
-    println!(
+    outln!(
         "mcp: serving on {} (echo, user.get, user.update; topic {} every {}); Ctrl-C stops",
         server.local_addr(),
         service::TICKER,
@@ -235,7 +266,7 @@ async fn serve(addr: SocketAddr, tick: Duration) -> CmdResult {
     tokio::signal::ctrl_c()
         .await
         .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
-    println!("mcp: shutting down (GOAWAY, answering requests in flight)");
+    outln!("mcp: shutting down (GOAWAY, answering requests in flight)");
     server
         .shutdown(Duration::from_secs(5))
         .await
@@ -284,16 +315,16 @@ async fn call(
     let body = response.body();
     match response.format() {
         FormatId::JSON => match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(value) => println!(
+            Ok(value) => outln!(
                 "{}",
                 serde_json::to_string_pretty(&value).unwrap_or_default()
             ),
-            Err(_) => println!("{}", String::from_utf8_lossy(body)),
+            Err(_) => outln!("{}", String::from_utf8_lossy(body)),
         },
         FormatId::RAW if std::str::from_utf8(body).is_ok() => {
-            println!("{}", String::from_utf8_lossy(body))
+            outln!("{}", String::from_utf8_lossy(body))
         }
-        other => println!(
+        other => outln!(
             "({} bytes, format {other}) {}",
             body.len(),
             body.iter()
@@ -311,23 +342,23 @@ async fn run_ping(addr: String, count: u32, interval: Duration, wait: Duration) 
         .map_err(|e| format!("cannot resolve {addr}: {e}"))?
         .next()
         .ok_or_else(|| format!("{addr} resolves to no address"))?;
-    println!("PING {addr} ({target}): {count} PINGs");
+    outln!("PING {addr} ({target}): {count} PINGs");
     let stats = ping::run(target, count, interval, wait, |seq, rtt| match rtt {
-        Some(us) => println!("PONG from {target}: seq={seq} time={:.1} us", us),
-        None => println!(
+        Some(us) => outln!("PONG from {target}: seq={seq} time={:.1} us", us),
+        None => outln!(
             "no PONG for seq={seq} within {}",
             humantime::format_duration(wait)
         ),
     })
     .await?;
-    println!(
+    outln!(
         "--- {addr} ping statistics ---\n{} sent, {} answered, {} lost",
         stats.sent,
         stats.rtts_us.len(),
         stats.lost()
     );
     if let Some((min, avg, max, mdev)) = stats.summary() {
-        println!("rtt min/avg/max/mdev = {min:.1}/{avg:.1}/{max:.1}/{mdev:.1} us");
+        outln!("rtt min/avg/max/mdev = {min:.1}/{avg:.1}/{max:.1}/{mdev:.1} us");
     }
     Ok(if stats.lost() == 0 {
         ExitCode::SUCCESS
@@ -396,13 +427,13 @@ async fn print_progress(progress: Arc<Progress>, total: Duration, tty: bool) {
 }
 
 fn print_report(report: &LoadReport, with_histogram: bool) {
-    println!(
+    outln!(
         "throughput: {:.0} requests/s ({} ok in {:.2} s)",
         report.requests_per_second(),
         report.ok,
         report.elapsed.as_secs_f64()
     );
-    println!(
+    outln!(
         "latency: p50 {:.1} us  p90 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  max {:.1} us",
         report.percentile_us(50.0),
         report.percentile_us(90.0),
@@ -411,17 +442,17 @@ fn print_report(report: &LoadReport, with_histogram: bool) {
         report.latency_ns.max() as f64 / 1_000.0
     );
     if report.errors.is_empty() {
-        println!("errors: none");
+        outln!("errors: none");
     } else {
         let list: Vec<String> = report
             .errors
             .iter()
             .map(|(k, n)| format!("{k}: {n}"))
             .collect();
-        println!("errors: {}", list.join(", "));
+        outln!("errors: {}", list.join(", "));
     }
     if with_histogram {
-        print!("{}", loadgen::render_histogram(report, 40));
+        out!("{}", loadgen::render_histogram(report, 40));
     }
 }
 
@@ -476,7 +507,7 @@ async fn bench(args: BenchArgs) -> CmdResult {
     }
     print_report(&report, false);
     if args.json {
-        println!("{}", report.to_json());
+        outln!("{}", report.to_json());
     }
     Ok(if report.ok > 0 {
         ExitCode::SUCCESS
@@ -500,7 +531,7 @@ fn run_decode(file: Option<PathBuf>) -> CmdResult {
     };
     let bytes = decode::parse_input(&input)?;
     let summary = decode::describe(&bytes);
-    print!("{}", summary.text);
+    out!("{}", summary.text);
     if summary.problems > 0 {
         eprintln!(
             "mcp: {} damaged or malformed frame(s) among {} frame(s)",
@@ -524,13 +555,13 @@ async fn demo(duration: Duration) -> CmdResult {
         .await
         .map_err(|e| fail("cannot start the server", &e))?;
     let addr = server.local_addr();
-    println!("1. server listening on {addr} (in this process)");
+    outln!("1. server listening on {addr} (in this process)");
 
     let client = Client::builder(addr.to_string())
         .connect()
         .await
         .map_err(|e| fail("cannot connect", &e))?;
-    println!("2. client connected");
+    outln!("2. client connected");
 
     let echo: Echo = client
         .call(
@@ -542,14 +573,14 @@ async fn demo(duration: Duration) -> CmdResult {
         )
         .await
         .map_err(|e| fail("echo", &e))?;
-    println!("3. JSON     echo        -> {echo:?}");
+    outln!("3. JSON     echo        -> {echo:?}");
 
     let ada = UserUpdate::sample();
     let stored: UserUpdate = client
         .call("user.update", &ada)
         .await
         .map_err(|e| fail("user.update (JSON)", &e))?;
-    println!("   JSON     user.update -> {stored:?}");
+    outln!("   JSON     user.update -> {stored:?}");
 
     let proto = client.with_format(Protobuf);
     let grace = UserUpdate {
@@ -569,7 +600,7 @@ async fn demo(duration: Duration) -> CmdResult {
         .call("user.get", &query)
         .await
         .map_err(|e| fail("user.get (Protobuf)", &e))?;
-    println!("4. Protobuf user.get    -> {got:?}");
+    outln!("4. Protobuf user.get    -> {got:?}");
 
     let missing = UserUpdate {
         user_id: "u-0".into(),
@@ -577,7 +608,7 @@ async fn demo(duration: Duration) -> CmdResult {
     };
     match proto.call::<_, UserUpdate>("user.get", &missing).await {
         Err(e) if e.remote().is_some() => {
-            println!("   Protobuf user.get    -> application error, as expected: {e}")
+            outln!("   Protobuf user.get    -> application error, as expected: {e}")
         }
         other => {
             return Err(format!(
@@ -593,7 +624,7 @@ async fn demo(duration: Duration) -> CmdResult {
         .map_err(|e| fail("subscribe", &e))?;
     for i in 0..3 {
         match tokio::time::timeout(Duration::from_secs(5), ticks.next()).await {
-            Ok(Some(Ok(tick))) => println!("5. push {} on {:?}: {tick}", i + 1, service::TICKER),
+            Ok(Some(Ok(tick))) => outln!("5. push {} on {:?}: {tick}", i + 1, service::TICKER),
             Ok(Some(Err(e))) => return Err(fail("push", &e)),
             Ok(None) => return Err("demo: the subscription ended".to_string()),
             Err(_) => return Err("demo: no push within 5 s".to_string()),
@@ -601,7 +632,7 @@ async fn demo(duration: Duration) -> CmdResult {
     }
     drop(ticks);
 
-    println!(
+    outln!(
         "6. benchmark: echo, 64 B bodies, 64 calls in flight on one connection, {}",
         humantime::format_duration(duration)
     );
@@ -627,16 +658,19 @@ async fn demo(duration: Duration) -> CmdResult {
     print_report(&report, true);
 
     let metrics = client.metrics();
-    println!(
+    outln!(
         "7. client metrics: {} calls, {} succeeded, {} retries, breaker {:?}",
-        metrics.calls, metrics.succeeded, metrics.retries, metrics.breaker
+        metrics.calls,
+        metrics.succeeded,
+        metrics.retries,
+        metrics.breaker
     );
     client.close().await;
     server
         .shutdown(Duration::from_secs(2))
         .await
         .map_err(|e| fail("shutdown", &e))?;
-    println!("8. server shut down cleanly (GOAWAY)");
+    outln!("8. server shut down cleanly (GOAWAY)");
     if report.ok == 0 || report.error_count() > 0 {
         return Err(format!(
             "demo: the benchmark had {} errors",

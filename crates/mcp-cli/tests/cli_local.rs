@@ -1,0 +1,274 @@
+//! The `mcp` commands that need no separate server: `decode`, `demo`, `bench --embedded`,
+//! failures against an unreachable address, and usage errors.
+
+mod support;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{free_port, run, run_with_stdin};
+
+/// The test vectors of PROTOCOL.md section 8, as printed there.
+const VECTORS: &str = "\
+PING nonce 1
+4d 43 01 05 00 08 00 00 00 00 00 00 00 01 37 5c
+";
+const REQUEST_ECHO: &str = "\
+4d 43 01 01 00 18 00 00 00 01 00 01 04 65 63 68 6f 00 7b 22 6d 73 67 22 3a 22 68 69 22 7d 9a f9
+";
+const REQUEST_USER_GET: &str = "\
+4d 43 01 01 00 5a 00 00 00 07 00 02 08 75 73 65 72 2e 67 65 74 01 0b 74 72 61 63 65 70 61
+72 65 6e 74 00 37 30 30 2d 34 62 66 39 32 66 33 35 37 37 62 33 34 64 61 36 61 33 63 65 39
+32 39 64 30 65 30 65 34 37 33 36 2d 30 30 66 30 36 37 61 61 30 62 61 39 30 32 62 37 2d 30
+31 0a 03 75 31 32 c0 c4
+";
+const RESPONSE_ECHO: &str = "\
+4d 43 01 02 00 13 00 00 00 01 00 01 00 7b 22 6d 73 67 22 3a 22 68 69 22 7d fc 8a
+";
+const ERROR_NO_METHOD: &str = "\
+4d 43 01 04 00 14 00 00 00 01 00 02 6e 6f 20 73 75 63 68 20 6d 65 74 68 6f 64 36 3b
+";
+
+/// The five vectors as one hex capture (the PING line without its caption).
+fn capture_hex() -> String {
+    let ping = VECTORS.lines().nth(1).expect("the PING vector");
+    [
+        ping,
+        REQUEST_ECHO,
+        REQUEST_USER_GET,
+        RESPONSE_ECHO,
+        ERROR_NO_METHOD,
+    ]
+    .join("\n")
+}
+
+fn capture_bytes() -> Vec<u8> {
+    let digits: String = capture_hex().split_whitespace().collect();
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// A file under Cargo's scratch directory for integration tests.
+fn scratch_file(name: &str, contents: &[u8]) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("mcp-cli-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).expect("cannot write a scratch file");
+    path
+}
+
+/// What `mcp decode` must print for the five vectors.
+#[track_caller]
+fn assert_decodes_the_vectors(out: &support::Run) {
+    out.assert_code(0);
+    assert_eq!(out.stdout.matches("CRC ok").count(), 5, "{out}");
+    for needle in [
+        "@0: PING (type 0x05), payload 8 bytes, CRC ok",
+        "nonce 00 00 00 00 00 00 00 01",
+        "@16: REQUEST (type 0x01)",
+        r#"id 1 method "echo" format json"#,
+        r#"body 12 bytes: {"msg":"hi"}"#,
+        r#"id 7 method "user.get" format protobuf"#,
+        r#"meta traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01""#,
+        "body 5 bytes: 0a 03 75 31 32",
+        "RESPONSE (type 0x02), payload 19 bytes",
+        "ERROR (type 0x04), payload 20 bytes",
+        r#"id 1 code 2 (UNKNOWN_METHOD) message "no such method""#,
+    ] {
+        out.assert_stdout_has(needle);
+    }
+    assert!(out.stderr.is_empty(), "{out}");
+}
+
+#[test]
+fn decode_a_hex_file_of_the_protocol_vectors() {
+    let path = scratch_file("vectors.hex", capture_hex().as_bytes());
+    let out = run(&["decode", path.to_str().expect("a UTF-8 path")]);
+    let _ = std::fs::remove_file(&path);
+    assert_decodes_the_vectors(&out);
+}
+
+#[test]
+fn decode_hex_from_stdin() {
+    let out = run_with_stdin(&["decode"], capture_hex().as_bytes());
+    assert_decodes_the_vectors(&out);
+}
+
+#[test]
+fn decode_binary_from_stdin() {
+    let out = run_with_stdin(&["decode"], &capture_bytes());
+    assert_decodes_the_vectors(&out);
+}
+
+#[test]
+fn decode_reports_a_damaged_crc_and_carries_on() {
+    let mut bytes = capture_bytes();
+    // The echo REQUEST occupies bytes 16..48; flip the low byte of its CRC.
+    assert_eq!(&bytes[46..48], &[0x9a, 0xf9]);
+    bytes[47] ^= 0xff;
+    let out = run_with_stdin(&["decode"], &bytes);
+    // Damage is a failed operation: exit code 1 (see run_decode in main.rs).
+    out.assert_code(1);
+    out.assert_stdout_has(
+        "@16: damaged frame: CRC mismatch: frame carries 0x9a06, computed 0x9af9",
+    );
+    // The frames around the damaged one are still shown.
+    assert_eq!(out.stdout.matches("CRC ok").count(), 4, "{out}");
+    out.assert_stdout_has(r#"id 7 method "user.get""#);
+    out.one_error_line(&["1 damaged or malformed frame(s) among 5 frame(s)"]);
+}
+
+#[test]
+fn decode_reports_a_truncated_frame() {
+    let hex = REQUEST_ECHO.trim();
+    let cut = &hex[..hex.len() - 6]; // drop the last two bytes
+    let out = run_with_stdin(&["decode"], cut.as_bytes());
+    out.assert_code(1);
+    out.assert_stdout_has("@0: truncated frame");
+    out.one_error_line(&["1 damaged or malformed frame(s)"]);
+}
+
+#[test]
+fn decode_of_a_missing_file_is_one_error_line() {
+    let missing = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mcp-cli-no-such-capture");
+    let out = run(&["decode", missing.to_str().expect("a UTF-8 path")]);
+    out.assert_code(1);
+    out.one_error_line(&["cannot read", "mcp-cli-no-such-capture"]);
+}
+
+#[test]
+fn decode_of_odd_hex_is_one_error_line() {
+    let out = run_with_stdin(&["decode"], b"4d 43 0");
+    out.assert_code(1);
+    out.one_error_line(&["odd number of digits"]);
+}
+
+/// `mcp decode capture | head -1`: the reader goes away; mcp ends quietly with exit code 1
+/// instead of panicking in `println!` (exit code 101 and a backtrace).
+#[test]
+fn decode_into_a_closed_pipe_ends_quietly() {
+    let mut child = support::mcp()
+        .arg("decode")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the mcp binary");
+    // Close the reading end before mcp has anything to write: it reads stdin first.
+    drop(child.stdout.take());
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let _ = stdin.write_all(capture_hex().as_bytes());
+    drop(stdin);
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let status = support::wait_bounded(&mut child, support::LIMIT).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("mcp decode did not end")
+    });
+    let mut errors = String::new();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut errors);
+    assert_eq!(status.code(), Some(1), "{status}: {errors}");
+    assert!(errors.is_empty(), "{errors}");
+}
+
+#[test]
+fn demo_calls_in_json_and_protobuf_and_receives_pushes() {
+    let out = run(&["demo", "--duration", "1s"]);
+    out.assert_code(0);
+    let has_line = |words: &[&str]| {
+        out.stdout
+            .lines()
+            .any(|l| words.iter().all(|w| l.contains(w)))
+    };
+    assert!(has_line(&["JSON", "echo", "hello, mcp"]), "{out}");
+    assert!(has_line(&["JSON", "user.update", "Ada Lovelace"]), "{out}");
+    assert!(has_line(&["Protobuf", "user.get", "Grace Hopper"]), "{out}");
+    assert!(
+        has_line(&["Protobuf", "user.get", "application error", "1404"]),
+        "{out}"
+    );
+    let pushes = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("push") && l.contains("\"ticker\"") && l.contains("\"seq\""))
+        .count();
+    assert_eq!(pushes, 3, "{out}");
+    out.assert_stdout_has("throughput: ");
+    out.assert_stdout_has("errors: none");
+    out.assert_stdout_has("server shut down cleanly");
+    assert!(!out.stderr.contains("mcp:"), "{out}");
+}
+
+#[test]
+fn bench_embedded_prints_a_json_report_last() {
+    let out = run(&["bench", "--embedded", "--duration", "1s", "--json"]);
+    out.assert_code(0);
+    out.assert_stdout_has("errors: none");
+    let report = out.last_line_json();
+    let rps = report["requests_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no requests_per_second\n{out}"));
+    assert!(rps > 0.0, "{out}");
+    assert!(report["ok"].as_u64().unwrap_or(0) > 0, "{out}");
+    assert_eq!(report["errors"], 0, "{out}");
+    // The embedded server listens on loopback.
+    assert!(out.stderr.contains("bench: 127.0.0.1:"), "{out}");
+}
+
+#[test]
+fn call_to_a_closed_port_fails_within_its_timeout() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = run(&["call", &addr, "echo", "--json", "{}", "--timeout", "2s"]);
+    out.assert_code(1);
+    out.one_error_line(&[&addr, "Connection refused"]);
+    assert!(out.stdout.is_empty(), "{out}");
+    assert!(out.elapsed < Duration::from_secs(15), "{out}");
+}
+
+#[test]
+fn ping_to_a_closed_port_is_one_error_line() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = run(&["ping", &addr, "-c", "2", "-i", "10ms"]);
+    out.assert_code(1);
+    out.one_error_line(&[&addr, "Connection refused"]);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["call"][..],
+        &["call", "127.0.0.1:1"],
+        &["call", "127.0.0.1:1", "echo", "--json", "{}", "--raw", "x"],
+        &["call", "127.0.0.1:1", "echo", "--timeout", "soon"],
+        &["ping", "127.0.0.1:1", "-c", "many"],
+        &["bench"],
+        &["serve", "--addr", "not-an-address"],
+        &["no-such-command"],
+    ] {
+        let out = run(args);
+        out.assert_code(2);
+        assert!(out.stderr.starts_with("error: "), "{out}");
+        assert!(out.stdout.is_empty(), "{out}");
+    }
+    let out = run(&["call"]);
+    assert!(out.stderr.contains("<ADDR>"), "{out}");
+    assert!(out.stderr.contains("Usage: mcp call"), "{out}");
+}
+
+#[test]
+fn help_lists_every_command() {
+    let out = run(&["--help"]);
+    out.assert_code(0);
+    for command in ["serve", "call", "ping", "bench", "decode", "demo"] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(command)),
+            "--help lacks {command}\n{out}"
+        );
+    }
+    out.assert_stdout_has("not the Model Context Protocol");
+}

@@ -1,0 +1,244 @@
+//! `mcp serve` in a child process, driven by `mcp call`, `mcp ping` and `mcp bench` as a
+//! user would run them.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{Server, run};
+
+#[test]
+fn serve_announces_its_address() {
+    let server = Server::start(&[]);
+    assert!(
+        server
+            .banner
+            .contains(&format!("serving on {}", server.addr)),
+        "banner: {}",
+        server.banner
+    );
+    assert!(server.banner.contains("echo"), "banner: {}", server.banner);
+}
+
+#[test]
+fn call_echo_prints_the_json_back() {
+    let server = Server::start(&[]);
+    let out = run(&["call", &server.addr, "echo", "--json", r#"{"msg":"hi"}"#]);
+    out.assert_code(0);
+    let printed: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{out}"));
+    assert_eq!(printed, json!({"msg": "hi"}), "{out}");
+    assert!(out.stderr.is_empty(), "{out}");
+}
+
+#[test]
+fn call_raw_echo_prints_the_text_back() {
+    let server = Server::start(&[]);
+    let out = run(&["call", &server.addr, "echo", "--raw", "plain text"]);
+    out.assert_code(0);
+    assert_eq!(out.stdout, "plain text\n", "{out}");
+}
+
+#[test]
+fn call_user_update_then_get_in_json() {
+    let server = Server::start(&[]);
+    let ada = json!({"user_id": "u-1815", "name": "Ada Lovelace", "age": 36});
+    let out = run(&[
+        "call",
+        &server.addr,
+        "user.update",
+        "--json",
+        &ada.to_string(),
+    ]);
+    out.assert_code(0);
+    let stored: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON answer");
+    assert_eq!(stored, ada, "{out}");
+
+    let out = run(&[
+        "call",
+        &server.addr,
+        "user.get",
+        "--json",
+        r#"{"user_id":"u-1815"}"#,
+    ]);
+    out.assert_code(0);
+    let got: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON answer");
+    assert_eq!(got, ada, "{out}");
+}
+
+#[test]
+fn call_user_get_in_protobuf() {
+    let server = Server::start(&[]);
+    // UserUpdate { user_id: "u-1", name: "Ada", age: 36 } in Protobuf.
+    let ada = "0a 03 75 2d 31 12 03 41 64 61 18 24";
+    let out = run(&[
+        "call",
+        &server.addr,
+        "user.update",
+        "--hex",
+        ada,
+        "--format",
+        "protobuf",
+    ]);
+    out.assert_code(0);
+    // The answer is Protobuf too, shown as hex with its size and format.
+    out.assert_stdout_has(&format!("(12 bytes, format protobuf (2)) {ada}"));
+
+    // Query { user_id: "u-1" }.
+    let out = run(&[
+        "call",
+        &server.addr,
+        "user.get",
+        "--hex",
+        "0a 03 75 2d 31",
+        "--format",
+        "protobuf",
+    ]);
+    out.assert_code(0);
+    out.assert_stdout_has(&format!("(12 bytes, format protobuf (2)) {ada}"));
+
+    // The same user read back in JSON: both formats reach the same store.
+    let out = run(&[
+        "call",
+        &server.addr,
+        "user.get",
+        "--json",
+        r#"{"user_id":"u-1"}"#,
+    ]);
+    out.assert_code(0);
+    let got: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON answer");
+    assert_eq!(
+        got,
+        json!({"user_id": "u-1", "name": "Ada", "age": 36}),
+        "{out}"
+    );
+}
+
+#[test]
+fn call_user_get_of_an_unknown_user_is_an_application_error() {
+    let server = Server::start(&[]);
+    let out = run(&[
+        "call",
+        &server.addr,
+        "user.get",
+        "--json",
+        r#"{"user_id":"u-nobody"}"#,
+    ]);
+    out.assert_code(1);
+    out.one_error_line(&["1404", "u-nobody"]);
+    assert!(out.stdout.is_empty(), "{out}");
+}
+
+#[test]
+fn call_of_an_unknown_method_is_one_error_line() {
+    let server = Server::start(&[]);
+    let out = run(&["call", &server.addr, "no.such.method", "--json", "{}"]);
+    out.assert_code(1);
+    out.one_error_line(&["UNKNOWN_METHOD", "no such method"]);
+    assert!(out.stdout.is_empty(), "{out}");
+}
+
+#[test]
+fn call_with_bad_json_is_one_error_line() {
+    let server = Server::start(&[]);
+    let out = run(&["call", &server.addr, "echo", "--json", r#"{"msg":"#]);
+    out.assert_code(1);
+    out.one_error_line(&["--json is not valid JSON"]);
+    assert!(out.stdout.is_empty(), "{out}");
+}
+
+#[test]
+fn ping_prints_rtt_statistics() {
+    let server = Server::start(&[]);
+    let out = run(&["ping", &server.addr, "-c", "3", "-i", "10ms"]);
+    out.assert_code(0);
+    out.assert_stdout_has(&format!("PING {}", server.addr));
+    let pongs = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("PONG from"))
+        .count();
+    assert_eq!(pongs, 3, "{out}");
+    for seq in 1..=3 {
+        out.assert_stdout_has(&format!("seq={seq} time="));
+    }
+    out.assert_stdout_has("3 sent, 3 answered, 0 lost");
+    let stats = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
+        .unwrap_or_else(|| panic!("no rtt line\n{out}"));
+    let numbers: Vec<f64> = stats
+        .trim_end_matches(" us")
+        .split('/')
+        .map(|n| n.parse().unwrap_or_else(|e| panic!("{n:?}: {e}\n{out}")))
+        .collect();
+    let [min, avg, max, mdev] = numbers[..] else {
+        panic!("expected four figures\n{out}");
+    };
+    assert!(
+        0.0 < min && min <= avg && avg <= max && mdev >= 0.0,
+        "{out}"
+    );
+}
+
+#[test]
+fn bench_prints_a_json_report_last() {
+    let server = Server::start(&[]);
+    let out = run(&[
+        "bench",
+        &server.addr,
+        "--duration",
+        "1s",
+        "--concurrency",
+        "8",
+        "--json",
+    ]);
+    out.assert_code(0);
+    out.assert_stdout_has("throughput: ");
+    out.assert_stdout_has("errors: none");
+    let report = out.last_line_json();
+    let rps = report["requests_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no requests_per_second\n{out}"));
+    assert!(rps > 0.0, "{out}");
+    assert!(report["ok"].as_u64().unwrap_or(0) > 0, "{out}");
+    assert_eq!(report["errors"], 0, "{out}");
+    assert!(
+        report["latency_us"]["p50"].as_f64().unwrap_or(0.0) > 0.0,
+        "{out}"
+    );
+    // The progress line and the set-up line go to stderr, not into the report.
+    assert!(out.stderr.contains("bench: "), "{out}");
+}
+
+/// Ctrl-C (SIGINT) stops `mcp serve` cleanly with exit code 0.
+#[cfg(unix)]
+#[test]
+fn serve_stops_cleanly_on_sigint() {
+    let mut server = Server::start(&[]);
+    let kill = run_kill(server.pid());
+    assert!(kill.success(), "kill -INT failed: {kill}");
+    let status = server
+        .wait(Duration::from_secs(20))
+        .expect("mcp serve did not stop within 20 s of SIGINT");
+    assert_eq!(status.code(), Some(0), "{status}");
+    let line = server.next_line(Duration::from_secs(5));
+    assert!(
+        line.as_deref().is_some_and(|l| l.contains("shutting down")),
+        "{line:?}"
+    );
+}
+
+#[cfg(unix)]
+fn run_kill(pid: u32) -> std::process::ExitStatus {
+    let mut child = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .spawn()
+        .expect("cannot run kill");
+    support::wait_bounded(&mut child, Duration::from_secs(10)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("kill did not finish")
+    })
+}
