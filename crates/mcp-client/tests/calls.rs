@@ -256,9 +256,12 @@ async fn the_client_is_a_tower_service() {
         .limit(mcp_client::LimitConfig::new(2))
         .build()
         .expect("build");
-    std::future::poll_fn(|cx| client.poll_ready(cx))
-        .await
-        .expect("ready");
+    bounded(
+        "poll_ready",
+        std::future::poll_fn(|cx| client.poll_ready(cx)),
+    )
+    .await
+    .expect("ready");
     let answer = bounded(
         "service call",
         Service::call(
@@ -275,7 +278,11 @@ async fn the_client_is_a_tower_service() {
         "the reserved slot was released"
     );
     bounded("close", client.close()).await;
-    let closed = std::future::poll_fn(|cx| client.poll_ready(cx)).await;
+    let closed = bounded(
+        "poll_ready after close",
+        std::future::poll_fn(|cx| client.poll_ready(cx)),
+    )
+    .await;
     assert!(closed.expect_err("closed").is_closed());
     bounded("shutdown", server.shutdown(Duration::from_secs(1)))
         .await
@@ -331,7 +338,14 @@ fn the_blocking_client_calls_without_async() {
     assert!(quiet.is_timeout());
 
     assert_eq!(client.close(), 0);
-    assert!(pushes.recv().is_none(), "the stream ends with the client");
+    // Bounded: the end of the stream is an error that says closed, a hang a timeout.
+    let ended = pushes
+        .recv_timeout(Duration::from_secs(5))
+        .expect_err("the stream ends with the client");
+    assert!(
+        ended.is_closed(),
+        "the stream ends with the client: {ended}"
+    );
     assert!(
         client
             .call::<_, Echo>("echo", &Echo { msg: "x".into() })

@@ -3,11 +3,12 @@
 //! (`tokio::time::pause`) for backoff and heartbeat.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mcp_codec::{Envelope, ErrorCode, OwnedEnvelope, format};
+use mcp_codec::{Envelope, ErrorCode, FrameType, OwnedEnvelope, format};
 use mcp_test_support::{
     Blackhole, EchoServer, Received, STEP, TestListener, delay_body, encode, error, goaway, notify,
     response,
@@ -17,12 +18,20 @@ use mcp_transport::{
     EndpointState, ErrorKind, HeartbeatConfig, Meta, Phase, Pool, PoolConfig, PoolExhausted,
     Processed, PushOverflow, Reply, TransportError,
 };
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 async fn within<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(STEP, f)
         .await
         .expect("finished in time")
+}
+
+/// Connects a bare connection, bounded (on top of the connect timeout of `config`).
+async fn connect(addr: SocketAddr, config: ConnectionConfig) -> Connection {
+    within(Connection::connect(addr, config))
+        .await
+        .expect("connects")
 }
 
 fn conn_config() -> ConnectionConfig {
@@ -108,27 +117,48 @@ async fn t01_half_frame_then_close_fails_pending_and_reconnects() {
 
 /// 2. A read timeout mid-frame: the connection is dropped (no complete frame arrives, so
 /// the heartbeat declares it dead), and no later call ever gets the stale answer.
+///
+/// Ids restart on every connection, so the stale answer's id is also an id the new
+/// connection hands out: the peer of the new connection sends the stale answer before the
+/// request with that id exists, and the later call must still get its own answer while
+/// the stale one is dropped and counted.
 #[tokio::test]
 async fn t02_read_timeout_mid_frame_drops_connection_no_stale_answer() {
     let listener = TestListener::bind().await;
     let mut config = pool_config();
     config.connection.heartbeat = HeartbeatConfig {
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(100),
+        interval: Duration::from_millis(200),
+        timeout: Duration::from_millis(200),
     };
     let pool = Pool::new(listener.addr().to_string(), config);
+    // A first call answered on the old connection, so that the call that dies there has
+    // an id (2) that the new connection has not handed out yet when the stale answer comes.
+    let warm = tokio::spawn({
+        let pool = pool.clone();
+        async move { pcall(&pool, "echo", b"warm").await }
+    });
+    let mut peer1 = listener.accept().await;
+    peer1.answer_pings = false;
+    let req0 = peer1.recv_request().await;
+    peer1.respond(req0.id, b"warm").await;
+    assert_eq!(body(within(warm).await.unwrap()), &b"warm"[..]);
+
     let call1 = tokio::spawn({
         let pool = pool.clone();
         async move { pcall(&pool, "echo", b"stale").await }
     });
-    let mut peer1 = listener.accept().await;
-    peer1.answer_pings = false;
     let req1 = peer1.recv_request().await;
+    assert_ne!(req1.id, req0.id);
     let stale = response(req1.id, b"stale");
     peer1.send_raw(&stale[..5]).await;
     let err = within(call1).await.unwrap().expect_err("dropped mid-frame");
     assert_eq!(err.kind(), &ErrorKind::ConnectionClosed, "{err}");
     assert!(err.to_string().contains("heartbeat"), "{err}");
+    // The connection is really dropped: its socket is closed.
+    assert!(
+        peer1.expect_closed(STEP).await,
+        "the dead connection is closed"
+    );
 
     let call2 = tokio::spawn({
         let pool = pool.clone();
@@ -136,12 +166,46 @@ async fn t02_read_timeout_mid_frame_drops_connection_no_stale_answer() {
     });
     let mut peer2 = listener.accept().await;
     let req2 = peer2.recv_request().await;
+    assert_ne!(
+        req2.id, req1.id,
+        "the old id is not in flight on the new connection"
+    );
     // The old peer finishes its stale frame, then answers the new id too: the old socket
     // is gone, so neither can reach the new call.
     let _ = peer1.try_send_raw(&stale[5..]).await;
     let _ = peer1.try_send_raw(&response(req2.id, b"stale")).await;
+    // The new peer sends the stale answer first (its id is not in flight here, but is the
+    // next id this connection hands out), then the real one.
+    peer2.send_raw(&stale).await;
     peer2.respond(req2.id, b"fresh").await;
     assert_eq!(body(within(call2).await.unwrap()), &b"fresh"[..]);
+    let stats = pool.stats();
+    assert_eq!(
+        stats.unknown_answers, 1,
+        "the stale answer is dropped and counted"
+    );
+    assert_eq!(stats.late_answers, 0);
+
+    // The next call gets the stale answer's id; it must wait for its own answer.
+    let call3 = tokio::spawn({
+        let pool = pool.clone();
+        async move { pcall(&pool, "echo", b"third").await }
+    });
+    let req3 = peer2.recv_request().await;
+    assert_eq!(
+        req3.id, req1.id,
+        "ids restart: the stale id is handed out again"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !call3.is_finished(),
+        "the stale answer must not complete a later call with its id"
+    );
+    peer2.respond(req3.id, b"third").await;
+    assert_eq!(body(within(call3).await.unwrap()), &b"third"[..]);
+    let stats = pool.stats();
+    assert_eq!((stats.unknown_answers, stats.late_answers), (1, 0));
+    assert_eq!(stats.in_flight, 0);
 }
 
 /// 3. A silent peer on an idle connection: the heartbeat declares it dead within
@@ -150,9 +214,7 @@ async fn t02_read_timeout_mid_frame_drops_connection_no_stale_answer() {
 async fn t03_silent_peer_heartbeat_declares_dead() {
     let listener = TestListener::bind().await;
     let heartbeat = HeartbeatConfig::default();
-    let conn = Connection::connect(listener.addr(), conn_config())
-        .await
-        .unwrap();
+    let conn = connect(listener.addr(), conn_config()).await;
     let _peer = listener.accept().await;
     tokio::time::pause();
     let start = Instant::now();
@@ -160,7 +222,12 @@ async fn t03_silent_peer_heartbeat_declares_dead() {
         let conn = conn.clone();
         async move { call(&conn, "never", b"").await }
     });
-    let reason = conn.closed().await;
+    // Bounded in virtual time: the bound's timer comes after the heartbeat's, so only a
+    // connection that is never declared dead reaches it (at once, in real time).
+    let bound = heartbeat.interval + heartbeat.timeout + Duration::from_secs(5);
+    let reason = tokio::time::timeout(bound, conn.closed())
+        .await
+        .expect("the heartbeat declares the silent peer dead");
     let elapsed = start.elapsed();
     // tokio's timers have a 1 ms resolution and round up.
     let slack = Duration::from_millis(5);
@@ -170,7 +237,10 @@ async fn t03_silent_peer_heartbeat_declares_dead() {
     );
     assert!(reason.to_string().contains("heartbeat"), "{reason}");
     assert_eq!(conn.stats().pings_sent, 1);
-    let err = pending.await.unwrap().expect_err("pending call fails");
+    let err = within(pending)
+        .await
+        .unwrap()
+        .expect_err("pending call fails");
     assert_eq!(err.kind(), &ErrorKind::ConnectionClosed);
     assert_eq!(err.processed(), Processed::Maybe);
 }
@@ -185,7 +255,7 @@ async fn heartbeat_answered_keeps_connection_alive() {
         interval: Duration::from_secs(2),
         timeout: Duration::from_secs(1),
     };
-    let conn = Connection::connect(listener.addr(), config).await.unwrap();
+    let conn = connect(listener.addr(), config).await;
     let mut peer = listener.accept().await;
     tokio::time::pause();
     for _ in 0..3 {
@@ -199,9 +269,7 @@ async fn heartbeat_answered_keeps_connection_alive() {
 #[tokio::test]
 async fn t04_rst_during_request_may_have_been_processed() {
     let listener = TestListener::bind().await;
-    let conn = Connection::connect(listener.addr(), conn_config())
-        .await
-        .unwrap();
+    let conn = connect(listener.addr(), conn_config()).await;
     let mut peer = listener.accept().await;
     let pending = tokio::spawn({
         let conn = conn.clone();
@@ -304,7 +372,7 @@ async fn t06_server_restart_reconnects_and_resubscribes() {
     assert_eq!(push.topic(), "orders.created");
     assert_eq!(push.body(), &b"1"[..]);
 
-    server.shutdown().await;
+    within(server.shutdown()).await;
     let server = {
         let mut tries = 0;
         loop {
@@ -356,13 +424,13 @@ async fn t07_blackholed_address_fails_at_connect_timeout() {
 }
 
 /// 8. Every frame sliced into 1-byte reads decodes identically (over a socket; the codec
-/// level is covered in `codec_slicing` below).
+/// level is covered in `codec_slicing` below): a push, an ERROR answer, a PING (answered
+/// with PONG), a multi-frame RESPONSE (with a PING between its frames, which section 4
+/// allows) and a plain RESPONSE.
 #[tokio::test]
 async fn t08_one_byte_reads_decode_identically() {
     let listener = TestListener::bind().await;
-    let conn = Connection::connect(listener.addr(), conn_config())
-        .await
-        .unwrap();
+    let conn = connect(listener.addr(), conn_config()).await;
     let mut peer = listener.accept().await;
     let mut sub = within(async {
         let sub = tokio::spawn({
@@ -374,30 +442,78 @@ async fn t08_one_byte_reads_decode_identically() {
         sub.await.unwrap().unwrap()
     })
     .await;
-    let pending = tokio::spawn({
+    let spawn_call = |body: &'static [u8]| {
         let conn = conn.clone();
-        async move { call(&conn, "echo", b"").await }
-    });
+        tokio::spawn(async move { call(&conn, "echo", body).await })
+    };
+    let errored = spawn_call(b"error me");
+    let req_error = peer.recv_request().await;
+    let large = spawn_call(b"large");
+    let req_large = peer.recv_request().await;
+    let pending = spawn_call(b"");
     let req = peer.recv_request().await;
+
     let meta_body: Vec<u8> = (0..=255).collect();
+    // Just past one frame: a head frame and one CONTINUATION frame.
+    let big: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+    let big_frames = response(req_large.id, &big);
+    let head_len = 8 + usize::from(u16::from_be_bytes([big_frames[4], big_frames[5]]));
+    assert!(head_len < big_frames.len(), "the body spans several frames");
+    assert_eq!(
+        big_frames[head_len + 3],
+        0x09,
+        "a CONTINUATION frame follows"
+    );
+    let ping = |n: u8| encode(Envelope::Ping(mcp_codec::Ping { nonce: [n; 8] }));
+
     let mut bytes = notify("t", &meta_body);
+    bytes.extend(error(req_error.id, 1000, "sliced error"));
+    bytes.extend(ping(1));
+    bytes.extend(&big_frames[..head_len]);
+    bytes.extend(ping(2));
+    bytes.extend(&big_frames[head_len..]);
     bytes.extend(response(req.id, b"sliced answer"));
-    for byte in bytes {
-        peer.send_raw(&[byte]).await;
-        tokio::task::yield_now().await;
-    }
+    within(async {
+        for byte in bytes {
+            peer.send_raw(&[byte]).await;
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     assert_eq!(body(within(pending).await.unwrap()), &b"sliced answer"[..]);
+    match within(errored).await.unwrap() {
+        Ok(Reply::Error(e)) => {
+            assert_eq!(
+                (e.code, e.message.as_str()),
+                (ErrorCode(1000), "sliced error")
+            );
+        }
+        other => panic!("expected the remote error, got {other:?}"),
+    }
+    let large_body = body(within(large).await.unwrap());
+    assert!(
+        large_body == big[..],
+        "the multi-frame body is reassembled intact"
+    );
     let push = within(sub.recv()).await.unwrap();
     assert_eq!(push.body(), &meta_body[..]);
+    // Both PINGs answered, in order, and nothing else sent meanwhile.
+    for n in [1u8, 2] {
+        match peer.recv().await {
+            Received::Envelope(OwnedEnvelope::Pong(p)) => assert_eq!(p.nonce, [n; 8]),
+            other => panic!("expected PONG {n}, got {other:?}"),
+        }
+    }
+    let stats = conn.stats();
+    assert_eq!((stats.unknown_answers, stats.in_flight), (0, 0));
+    assert!(conn.is_open());
 }
 
 /// 9. Several frames and a push in one read are all delivered, in order.
 #[tokio::test]
 async fn t09_several_frames_and_push_in_one_read() {
     let listener = TestListener::bind().await;
-    let conn = Connection::connect(listener.addr(), conn_config())
-        .await
-        .unwrap();
+    let conn = connect(listener.addr(), conn_config()).await;
     let mut peer = listener.accept().await;
     let sub = tokio::spawn({
         let conn = conn.clone();
@@ -439,7 +555,7 @@ async fn t10_length_past_max_message_size_refused() {
     let listener = TestListener::bind().await;
     let mut config = conn_config();
     config.wire.max_message_len = 100_000;
-    let conn = Connection::connect(listener.addr(), config).await.unwrap();
+    let conn = connect(listener.addr(), config).await;
     let mut peer = listener.accept().await;
     let pending = tokio::spawn({
         let conn = conn.clone();
@@ -460,6 +576,48 @@ async fn t10_length_past_max_message_size_refused() {
     }
     assert!(peer.expect_closed(STEP).await);
     assert!(conn.is_closed());
+
+    // The boundary (section 4: "a body of exactly the maximum is allowed"), for a body in
+    // one frame and one spanning CONTINUATION frames: exactly the maximum is delivered and
+    // the connection stays open; one byte more is refused and the connection closes.
+    for max in [1_000usize, 100_000] {
+        let listener = TestListener::bind().await;
+        let mut config = conn_config();
+        config.wire.max_message_len = max;
+        let conn = connect(listener.addr(), config).await;
+        let mut peer = listener.accept().await;
+        let exact = tokio::spawn({
+            let conn = conn.clone();
+            async move { call(&conn, "echo", b"exact").await }
+        });
+        let req = peer.recv_request().await;
+        let body_max = vec![1u8; max];
+        peer.send_raw(&response(req.id, &body_max)).await;
+        let got = body(within(exact).await.unwrap());
+        assert!(
+            got.len() == max && got == body_max[..],
+            "max {max}: exactly the maximum"
+        );
+        assert!(conn.is_open(), "max {max}");
+
+        let over = tokio::spawn({
+            let conn = conn.clone();
+            async move { call(&conn, "echo", b"over").await }
+        });
+        let req = peer.recv_request().await;
+        peer.send_raw(&response(req.id, &vec![2u8; max + 1])).await;
+        let err = within(over).await.unwrap().expect_err("one byte too large");
+        assert_eq!(err.kind(), &ErrorKind::Protocol, "max {max}: {err}");
+        assert!(err.to_string().contains("exceeds"), "max {max}: {err}");
+        match peer.recv().await {
+            Received::Envelope(OwnedEnvelope::Error { id, code, .. }) => {
+                assert_eq!((id, code), (0, ErrorCode::TOO_LARGE), "max {max}");
+            }
+            other => panic!("max {max}: expected ERROR 0/7, got {other:?}"),
+        }
+        assert!(peer.expect_closed(STEP).await, "max {max}");
+        assert!(conn.is_closed(), "max {max}");
+    }
 }
 
 /// 11. Bad magic, version or CRC: protocol error, connection dropped (ERROR id 0 code 1
@@ -481,9 +639,7 @@ async fn t11_bad_magic_version_crc_protocol_error() {
         ("garbage", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
     ] {
         let listener = TestListener::bind().await;
-        let conn = Connection::connect(listener.addr(), conn_config())
-            .await
-            .unwrap();
+        let conn = connect(listener.addr(), conn_config()).await;
         let mut peer = listener.accept().await;
         let pending = tokio::spawn({
             let conn = conn.clone();
@@ -507,9 +663,7 @@ async fn t11_bad_magic_version_crc_protocol_error() {
 #[tokio::test]
 async fn t12_unknown_or_answered_id_never_completes_another_caller() {
     let listener = TestListener::bind().await;
-    let conn = Connection::connect(listener.addr(), conn_config())
-        .await
-        .unwrap();
+    let conn = connect(listener.addr(), conn_config()).await;
     let mut peer = listener.accept().await;
     let a = tokio::spawn({
         let conn = conn.clone();
@@ -548,7 +702,7 @@ async fn t13_push_flood_slow_subscriber_bounded() {
         let mut config = conn_config();
         config.push_queue = 8;
         config.push_overflow = policy;
-        let conn = Connection::connect(listener.addr(), config).await.unwrap();
+        let conn = connect(listener.addr(), config).await;
         let mut peer = listener.accept().await;
         let sub = tokio::spawn({
             let conn = conn.clone();
@@ -566,16 +720,19 @@ async fn t13_push_flood_slow_subscriber_bounded() {
         // A PING after the flood: the client must answer it although nobody reads pushes.
         flood.extend(encode(Envelope::Ping(mcp_codec::Ping { nonce: [9; 8] })));
         peer.send_raw(&flood).await;
-        loop {
-            match peer.recv().await {
-                Received::Envelope(OwnedEnvelope::Pong(p)) => {
-                    assert_eq!(p.nonce, [9; 8]);
-                    break;
+        within(async {
+            loop {
+                match peer.recv().await {
+                    Received::Envelope(OwnedEnvelope::Pong(p)) => {
+                        assert_eq!(p.nonce, [9; 8]);
+                        break;
+                    }
+                    Received::Envelope(_) => {}
+                    Received::Closed => panic!("closed"),
                 }
-                Received::Envelope(_) => {}
-                Received::Closed => panic!("closed"),
             }
-        }
+        })
+        .await;
         // Responses flow too.
         let pending = tokio::spawn({
             let conn = conn.clone();
@@ -606,9 +763,7 @@ async fn t13_push_flood_slow_subscriber_bounded() {
 #[tokio::test]
 async fn t14_timeout_cancel_sent_late_answer_discarded() {
     let listener = TestListener::bind().await;
-    let conn = Connection::connect(listener.addr(), conn_config())
-        .await
-        .unwrap();
+    let conn = connect(listener.addr(), conn_config()).await;
     let mut peer = listener.accept().await;
     let slow = tokio::spawn({
         let conn = conn.clone();
@@ -669,16 +824,15 @@ async fn t15_pool_exhausted_wait_bounded_no_leak() {
     })
     .await;
     let start = Instant::now();
-    let err = pool
-        .call(
-            "echo",
-            0,
-            &Meta::new(),
-            b"",
-            CallOptions::timeout(Duration::from_millis(200)),
-        )
-        .await
-        .expect_err("exhausted");
+    let err = within(pool.call(
+        "echo",
+        0,
+        &Meta::new(),
+        b"",
+        CallOptions::timeout(Duration::from_millis(200)),
+    ))
+    .await
+    .expect_err("exhausted");
     assert!(err.is_timeout(), "{err}");
     assert_eq!(
         err.kind(),
@@ -710,7 +864,7 @@ async fn t15_pool_exhausted_wait_bounded_no_leak() {
     }
     for hog in hogs {
         hog.abort();
-        let _ = hog.await;
+        let _ = within(hog).await;
     }
     within(async {
         while server
@@ -737,7 +891,7 @@ async fn t15_pool_exhausted_wait_bounded_no_leak() {
     // With the reject policy the caller is told at once.
     config.connection.backpressure = Backpressure::Reject;
     let pool = Pool::new(server.addr().to_string(), config);
-    pool.ready(CallOptions::default()).await.unwrap();
+    within(pool.ready(CallOptions::default())).await.unwrap();
     let _hogs: Vec<_> = (0..2)
         .map(|_| {
             let pool = pool.clone();
@@ -750,7 +904,9 @@ async fn t15_pool_exhausted_wait_bounded_no_leak() {
         }
     })
     .await;
-    let err = pcall(&pool, "echo", b"").await.expect_err("rejected");
+    let err = within(pcall(&pool, "echo", b""))
+        .await
+        .expect_err("rejected");
     assert_eq!(err.kind(), &ErrorKind::Overloaded);
     assert!(err.is_not_processed());
 }
@@ -760,21 +916,18 @@ async fn t15_pool_exhausted_wait_bounded_no_leak() {
 #[tokio::test]
 async fn t16_dropped_call_mid_write_no_half_frame() {
     let listener = TestListener::bind().await;
-    let conn = Connection::connect(listener.addr(), conn_config())
-        .await
-        .unwrap();
+    let conn = connect(listener.addr(), conn_config()).await;
     let mut peer = listener.accept().await;
     let big = vec![0x5a; 4 * 1024 * 1024];
-    // The peer is not reading: the 4 MiB cannot all be written before the drop.
-    let dropped = conn
-        .call(
-            "echo",
-            0,
-            &Meta::new(),
-            &big,
-            CallOptions::timeout(Duration::from_millis(1)),
-        )
-        .await;
+    // The peer is not reading: the 4 MiB cannot all be written before the timeout.
+    let dropped = within(conn.call(
+        "echo",
+        0,
+        &Meta::new(),
+        &big,
+        CallOptions::timeout(Duration::from_millis(1)),
+    ))
+    .await;
     assert!(dropped.unwrap_err().is_timeout());
     let small = tokio::spawn({
         let conn = conn.clone();
@@ -789,6 +942,147 @@ async fn t16_dropped_call_mid_write_no_half_frame() {
     assert_eq!(second.body, b"after");
     peer.respond(second.id, b"after").await;
     assert_eq!(body(within(small).await.unwrap()), &b"after"[..]);
+
+    // Now the future itself is dropped while its message is being written: a body far
+    // larger than what the two sockets' buffers hold, and a peer that has read only the
+    // first bytes when the future goes. Every byte on the wire is recorded and must split
+    // into whole, valid frames: the whole REQUEST (the design queues a message whole, so
+    // it is finished), then CANCEL for its id, then the next request.
+    let listener = TestListener::bind().await;
+    let conn = connect(listener.addr(), conn_config()).await;
+    let mut peer = listener.accept().await;
+    let huge = vec![0xa5; 15 * 1024 * 1024];
+    let mut wire = WireLog::default();
+    let mut chunk = vec![0u8; 64 * 1024];
+    {
+        let read_first = peer.stream().read(&mut chunk[..1024]);
+        tokio::select! {
+            result = call(&conn, "echo", &huge) => panic!("the call cannot finish: {result:?}"),
+            n = within(read_first) => {
+                let n = n.expect("read");
+                assert!(n > 0, "the client closed");
+                wire.feed(&chunk[..n]);
+            }
+        }
+    }
+    // The call future is gone; the request's first bytes are all the peer has read.
+    assert!(wire.bytes.len() <= 1024 && wire.envelopes.is_empty());
+    // And its message was still being written: the writer task cannot run while this
+    // (single-threaded) test drains what the kernel buffers hold, and that is far less
+    // than the message.
+    for _ in 0..10_000 {
+        match peer.stream().try_read(&mut chunk) {
+            Ok(0) => panic!("the client closed"),
+            Ok(n) => wire.feed(&chunk[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(err) => panic!("read: {err}"),
+        }
+    }
+    assert!(
+        wire.bytes.len() < huge.len(),
+        "the request was still being written when its future was dropped ({} bytes out)",
+        wire.bytes.len()
+    );
+    assert!(wire.envelopes.is_empty());
+    let after = tokio::spawn({
+        let conn = conn.clone();
+        async move { call(&conn, "echo", b"after").await }
+    });
+    within(async {
+        while wire.envelopes.len() < 3 {
+            let n = peer.stream().read(&mut chunk).await.expect("read");
+            assert!(
+                n > 0,
+                "the client closed after {} envelopes",
+                wire.envelopes.len()
+            );
+            wire.feed(&chunk[..n]);
+        }
+    })
+    .await;
+    assert_eq!(wire.pending(), 0, "nothing but whole frames");
+    let [
+        OwnedEnvelope::Request(dropped),
+        OwnedEnvelope::Cancel(cancel),
+        OwnedEnvelope::Request(next),
+    ] = &wire.envelopes[..]
+    else {
+        panic!("expected REQUEST, CANCEL, REQUEST, got {:?}", wire.types);
+    };
+    assert_eq!(dropped.body.len(), huge.len());
+    assert!(dropped.body.iter().all(|b| *b == 0xa5));
+    assert_eq!(cancel.id, dropped.id);
+    assert_eq!(next.body, b"after");
+    // Frame by frame: the head frame, only CONTINUATION frames up to the end of that
+    // message, then CANCEL and the next REQUEST.
+    let continuations = wire.types.len() - 3;
+    assert!(continuations >= 200, "{continuations} CONTINUATION frames");
+    assert_eq!(wire.types[0], FrameType::Request);
+    assert!(
+        wire.types[1..=continuations]
+            .iter()
+            .all(|t| *t == FrameType::Continuation),
+        "{:?}",
+        wire.types
+    );
+    assert_eq!(
+        wire.types[continuations + 1..],
+        [FrameType::Cancel, FrameType::Request]
+    );
+    peer.respond(next.id, b"after").await;
+    assert_eq!(body(within(after).await.unwrap()), &b"after"[..]);
+    let stats = conn.stats();
+    assert_eq!((stats.cancels_sent, stats.in_flight), (1, 0));
+    assert!(conn.is_open());
+}
+
+/// Every byte a peer received, split into frames (any invalid byte fails the test) and
+/// reassembled into messages as they complete.
+#[derive(Default)]
+struct WireLog {
+    bytes: Vec<u8>,
+    /// Bytes of `bytes` that form whole frames.
+    decoded: usize,
+    types: Vec<FrameType>,
+    envelopes: Vec<OwnedEnvelope>,
+    assembler: mcp_codec::Assembler,
+}
+
+impl WireLog {
+    fn feed(&mut self, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+        let mut decoder = mcp_codec::FrameDecoder::new();
+        loop {
+            let (frame, len) = match decoder.decode(&self.bytes[self.decoded..]) {
+                Ok(mcp_codec::Decoded::Frame { frame, len }) => (frame, len),
+                Ok(mcp_codec::Decoded::NeedMore { .. }) => return,
+                other => panic!(
+                    "not a whole, valid frame at byte {}: {other:?}",
+                    self.decoded
+                ),
+            };
+            self.types
+                .push(frame.frame_type().expect("a known frame type"));
+            let envelope = match self.assembler.push(frame).expect("a valid message") {
+                mcp_codec::Assembled::Envelope(env) => Some(OwnedEnvelope::from_envelope(&env)),
+                mcp_codec::Assembled::Message { head, body } => {
+                    let mut env = OwnedEnvelope::from_envelope(&head);
+                    if let OwnedEnvelope::Request(r) = &mut env {
+                        r.body = body;
+                    }
+                    Some(env)
+                }
+                _ => None,
+            };
+            self.envelopes.extend(envelope);
+            self.decoded += len;
+        }
+    }
+
+    /// Bytes received that are not (yet) a whole frame.
+    fn pending(&self) -> usize {
+        self.bytes.len() - self.decoded
+    }
 }
 
 /// 17. Dropping or closing the client closes every socket and ends every background task.
@@ -909,7 +1203,7 @@ async fn t19_ten_thousand_concurrent_calls_over_two_connections() {
     config.connection.max_in_flight = 1024;
     config.default_timeout = Duration::from_secs(30);
     let pool = Pool::new(server.addr().to_string(), config);
-    pool.ready(CallOptions::default()).await.unwrap();
+    within(pool.ready(CallOptions::default())).await.unwrap();
     let tasks: Vec<_> = (0..10_000u32)
         .map(|i| {
             let pool = pool.clone();
@@ -993,9 +1287,7 @@ async fn t20_four_mib_round_trip() {
 #[tokio::test]
 async fn error_6_is_not_processed() {
     let listener = TestListener::bind().await;
-    let conn = Connection::connect(listener.addr(), conn_config())
-        .await
-        .unwrap();
+    let conn = connect(listener.addr(), conn_config()).await;
     let mut peer = listener.accept().await;
     let pending = tokio::spawn({
         let conn = conn.clone();
@@ -1018,9 +1310,7 @@ async fn error_6_is_not_processed() {
 #[tokio::test]
 async fn request_to_client_is_protocol_error() {
     let listener = TestListener::bind().await;
-    let conn = Connection::connect(listener.addr(), conn_config())
-        .await
-        .unwrap();
+    let conn = connect(listener.addr(), conn_config()).await;
     let mut peer = listener.accept().await;
     peer.send_envelope(Envelope::Request(mcp_codec::Request {
         id: 1,
@@ -1040,9 +1330,7 @@ async fn request_to_client_is_protocol_error() {
 #[tokio::test]
 async fn metadata_round_trip() {
     let server = EchoServer::start().await;
-    let conn = Connection::connect(server.addr(), conn_config())
-        .await
-        .unwrap();
+    let conn = connect(server.addr(), conn_config()).await;
     let meta = Meta::new()
         .with(
             "traceparent",
@@ -1050,8 +1338,7 @@ async fn metadata_round_trip() {
         )
         .with("deadline", 5000u32.to_be_bytes().to_vec());
     assert_eq!(meta.deadline_ms(), Some(5000));
-    let reply = conn
-        .call("echo", format::JSON, &meta, b"{}", CallOptions::default())
+    let reply = within(conn.call("echo", format::JSON, &meta, b"{}", CallOptions::default()))
         .await
         .unwrap();
     let Reply::Response(r) = reply else {
@@ -1060,7 +1347,7 @@ async fn metadata_round_trip() {
     assert_eq!(r.format(), format::JSON);
     assert_eq!(r.body(), &b"{}"[..]);
     let bad = Meta::new().with("Bad Key", &b""[..]);
-    let err = call_meta(&conn, &bad).await.unwrap_err();
+    let err = within(call_meta(&conn, &bad)).await.unwrap_err();
     assert_eq!(err.kind(), &ErrorKind::InvalidRequest);
     assert!(err.is_not_processed());
     let _ = Arc::new(());
@@ -1114,7 +1401,7 @@ async fn write_stall_kills_connection() {
     let listener = TestListener::bind().await;
     let mut config = conn_config();
     config.wire.write_stall_timeout = Duration::from_millis(200);
-    let conn = Connection::connect(listener.addr(), config).await.unwrap();
+    let conn = connect(listener.addr(), config).await;
     let _peer = listener.accept().await; // never reads
     let big = Arc::new(vec![1u8; 15 * 1024 * 1024]);
     // More than the loopback socket buffers of both sides can hold.
@@ -1155,12 +1442,15 @@ async fn max_in_flight_one_is_exclusive_checkout() {
         })
         .collect();
     let mut peak = 0;
-    while !calls.iter().all(|c| c.is_finished()) {
-        let stats = pool.stats();
-        assert!(stats.in_flight <= stats.open.max(1), "{stats:?}");
-        peak = peak.max(stats.in_flight);
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    within(async {
+        while !calls.iter().all(|c| c.is_finished()) {
+            let stats = pool.stats();
+            assert!(stats.in_flight <= stats.open.max(1), "{stats:?}");
+            peak = peak.max(stats.in_flight);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
     for (i, c) in calls.into_iter().enumerate() {
         assert_eq!(&body(within(c).await.unwrap())[8..], &[i as u8][..]);
     }
