@@ -137,9 +137,13 @@ impl fmt::Debug for ErrorCode {
     }
 }
 
+/// `2 (UNKNOWN_METHOD)`, or the bare number for a code without a name.
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+        match self.name() {
+            Some(name) => write!(f, "{} ({name})", self.0),
+            None => write!(f, "{}", self.0),
+        }
     }
 }
 

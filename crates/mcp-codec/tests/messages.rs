@@ -827,3 +827,12 @@ fn a_head_frame_with_more_and_an_empty_body_is_accepted() {
     // sent with an empty head body (see `validation.rs`), and a split head always carries
     // body bytes (see `check_layout`).
 }
+
+/// Error codes read well in one-line messages: the number, then the name when it has one.
+#[test]
+fn error_codes_display_their_number_and_name() {
+    use mcp_codec::ErrorCode;
+    assert_eq!(ErrorCode::UNKNOWN_METHOD.to_string(), "2 (UNKNOWN_METHOD)");
+    assert_eq!(ErrorCode(1404).to_string(), "1404");
+    assert_eq!(format!("{:?}", ErrorCode::TOO_LARGE), "7(TOO_LARGE)");
+}
