@@ -77,3 +77,51 @@ async fn ten_thousand_concurrent_calls_from_a_hundred_tasks() {
         .await
         .expect("shutdown");
 }
+
+/// Large bodies both ways, many at once, on one connection: both sides' write queues fill
+/// up at the same time. Neither side may then stop reading for good (each would wait for
+/// the other to read, until the write-stall timeout killed the connection); every call
+/// gets its own body back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_both_ways_on_one_connection_never_deadlock() {
+    use bytes::Bytes;
+    use mcp_client::{FormatId, RawRequest};
+    use mcp_server::Reply;
+
+    const CALLS: usize = 24;
+    const SIZE: usize = 2 * 1024 * 1024;
+    let server = serve(
+        Server::builder().route_raw("echo", |_ctx, body| async move { Ok(Reply::new(body)) }),
+    )
+    .await;
+    let client = client_for(&server)
+        .max_connections(1)
+        .timeout(Duration::from_secs(20))
+        .attempt_timeout(Duration::from_secs(20))
+        .build()
+        .expect("build");
+    let calls: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let client = client.clone();
+            let body = Bytes::from(vec![i as u8; SIZE]);
+            tokio::spawn(async move {
+                let back = client
+                    .call_raw(RawRequest::new("echo", FormatId::RAW, body.clone()))
+                    .await?;
+                Ok::<_, mcp_client::Error>(back.body() == &body)
+            })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let same = bounded("a large echo", call)
+            .await
+            .expect("call task")
+            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert!(same, "call {i} got another body back");
+    }
+    assert_eq!(client.metrics().errors.total(), 0);
+    bounded("close", client.close()).await;
+    bounded("shutdown", server.shutdown(Duration::from_secs(1)))
+        .await
+        .expect("shutdown");
+}

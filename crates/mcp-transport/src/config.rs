@@ -26,7 +26,10 @@ pub struct WireConfig {
     /// A write that makes no progress for this long kills the connection (2 s).
     pub write_stall_timeout: Duration,
     /// Bytes queued for writing past which new messages wait ([`crate::WireWriter::ready`]);
-    /// control frames (PONG, CANCEL, ERROR, GOAWAY) are never held back (1 MiB).
+    /// control frames (PONG, CANCEL, ERROR, GOAWAY) are never held back (1 MiB). Against a
+    /// peer that floods PINGs and reads little, the client leaves PINGs unanswered while
+    /// the queue is at this limit, and the server stops reading: either way the queue stays
+    /// bounded.
     pub write_queue_limit: usize,
     /// The read buffer's initial capacity; it grows to hold one frame at most (64 KiB).
     pub read_buffer: usize,
@@ -74,16 +77,18 @@ pub enum Backpressure {
     Reject,
 }
 
-/// What happens to a push when a subscriber's queue is full. Either way the reader never
-/// waits for a subscriber, so heartbeats and responses keep flowing, and the drop is
-/// counted ([`PoolStats::push_dropped`](crate::PoolStats::push_dropped)).
+/// What happens to a push when a subscriber's queue is full (by count,
+/// [`ConnectionConfig::push_queue`], or by bytes, [`ConnectionConfig::push_queue_bytes`]).
+/// Either way the reader never waits for a subscriber, so heartbeats and responses keep
+/// flowing, and the drop is counted
+/// ([`PoolStats::push_dropped`](crate::PoolStats::push_dropped)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PushOverflow {
     /// Drop the push that does not fit (the subscriber keeps the older ones; the default).
     #[default]
     DropNewest,
-    /// Drop the oldest queued push to make room for the new one (the subscriber sees the
-    /// latest state).
+    /// Drop the oldest queued pushes, as many as it takes, to make room for the new one
+    /// (the subscriber sees the latest state).
     DropOldest,
 }
 
@@ -107,8 +112,22 @@ pub struct ConnectionConfig {
     pub max_abandoned_ids: usize,
     /// Queue length of each subscriber (1024 pushes).
     pub push_queue: usize,
+    /// Bytes of pushes (topic, metadata and body) queued at most for each subscriber
+    /// (16 MiB). With `push_queue` alone one slow subscriber could hold 1024 messages of
+    /// up to `max_message_len` each (16 GiB by default); PROTOCOL.md section 6 wants the
+    /// memory held for a peer bounded. A push that does not fit is lost like one past
+    /// `push_queue`, by `push_overflow`, and counted. A push larger than this still goes
+    /// into an empty queue, so the bound is this or one message, whichever is larger.
+    pub push_queue_bytes: usize,
     /// What happens when a subscriber's queue is full.
     pub push_overflow: PushOverflow,
+    /// How long a `$subscribe` or `$unsubscribe` that the transport sends by itself (a
+    /// [`Pool`](crate::Pool) subscribing again after a reconnect, the last subscriber of a
+    /// pattern dropped) waits for its answer (5 s). Past it the id is given up like a timed
+    /// out call (CANCEL sent), so that the entry does not stay in the pending table nor
+    /// keep a draining connection open; a `$subscribe` given up on ends its subscribers
+    /// ([`Subscription::error`](crate::Subscription::error)).
+    pub subscribe_timeout: Duration,
 }
 
 impl Default for ConnectionConfig {
@@ -121,7 +140,9 @@ impl Default for ConnectionConfig {
             backpressure: Backpressure::Wait,
             max_abandoned_ids: 65_536,
             push_queue: 1024,
+            push_queue_bytes: 16 * 1024 * 1024,
             push_overflow: PushOverflow::DropNewest,
+            subscribe_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -10,7 +10,7 @@
 //! GOAWAY or the connection's end; the caller on its timeout or drop) is the only one who
 //! can complete or abandon it, and all removals happen under one lock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -77,6 +77,9 @@ pub struct ConnectionStats {
     pub pushes_received: u64,
     /// PING frames sent by the heartbeat.
     pub pings_sent: u64,
+    /// PINGs left unanswered because the write queue was at its limit (a peer sending
+    /// PINGs faster than it reads).
+    pub pongs_dropped: u64,
     /// The writer's counters.
     pub writer: WriterStats,
 }
@@ -178,13 +181,25 @@ impl Slots {
 struct Completions {
     answers: Vec<(u32, Outcome)>,
     ready: Vec<(oneshot::Sender<Outcome>, Outcome)>,
+    /// `$subscribe`s sent again that the server refused.
+    refused: Vec<(Resubscribe, TransportError)>,
 }
 
 #[derive(Debug)]
 enum Waiter {
     Caller(oneshot::Sender<Outcome>),
-    /// Nobody waits (`$unsubscribe` sent from a destructor): the answer is discarded.
-    Detached,
+    /// Nobody waits: `$unsubscribe` sent from a destructor, or `$subscribe` sent again for
+    /// the local subscribers of a pattern (after a reconnect). The answer is discarded,
+    /// except that a refused `$subscribe` ends its subscribers. Given up on after the
+    /// subscribe timeout ([`ConnState::detached`]).
+    Detached(Option<Resubscribe>),
+}
+
+/// A `$subscribe` sent again for run `epoch` of `pattern` (see `PushRouter::fail`).
+#[derive(Debug)]
+struct Resubscribe {
+    pattern: String,
+    epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +216,11 @@ struct ConnState {
     /// Ids given up on (CANCEL sent, or refused by GOAWAY) whose answer may still come;
     /// never reused while here. An id leaves when its late answer arrives.
     abandoned: IdSet,
+    /// When each detached request is given up on, oldest first (one timeout for all, so
+    /// deadlines come in order). Nobody else would time them out: without this an
+    /// unanswered one would stay in `pending` for good and keep a draining connection
+    /// open. An entry whose answer came is skipped when its deadline is reached.
+    detached: VecDeque<(Instant, u32)>,
     life: Life,
     close_requested: bool,
     close_reason: Option<TransportError>,
@@ -251,6 +271,7 @@ struct Counters {
     cancels_sent: AtomicU64,
     pushes_received: AtomicU64,
     pings_sent: AtomicU64,
+    pongs_dropped: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -365,7 +386,11 @@ impl Connection {
         config: ConnectionConfig,
     ) -> Result<Connection, TransportError> {
         let stream = connect_tcp(addr, config.connect_timeout).await?;
-        let router = Arc::new(PushRouter::new(config.push_queue, config.push_overflow));
+        let router = Arc::new(PushRouter::new(
+            config.push_queue,
+            config.push_queue_bytes,
+            config.push_overflow,
+        ));
         Connection::start(stream, config, router, None, None, 0)
     }
 
@@ -374,7 +399,11 @@ impl Connection {
         stream: TcpStream,
         config: ConnectionConfig,
     ) -> Result<Connection, TransportError> {
-        let router = Arc::new(PushRouter::new(config.push_queue, config.push_overflow));
+        let router = Arc::new(PushRouter::new(
+            config.push_queue,
+            config.push_queue_bytes,
+            config.push_overflow,
+        ));
         Connection::start(stream, config, router, None, None, 0)
     }
 
@@ -419,6 +448,7 @@ impl Connection {
                 next_id: 1,
                 pending: IdMap::default(),
                 abandoned: IdSet::default(),
+                detached: VecDeque::new(),
                 life: Life::Open,
                 close_requested: false,
                 close_reason: None,
@@ -541,6 +571,7 @@ impl Connection {
             cancels_sent: c.cancels_sent.load(Ordering::Relaxed),
             pushes_received: c.pushes_received.load(Ordering::Relaxed),
             pings_sent: c.pings_sent.load(Ordering::Relaxed),
+            pongs_dropped: c.pongs_dropped.load(Ordering::Relaxed),
             writer: self.shared.writer.stats(),
         }
     }
@@ -630,7 +661,22 @@ impl Connection {
 
     /// Sends a request whose answer nobody waits for.
     pub(crate) fn call_detached(&self, method: &str, body: &[u8]) {
-        self.shared.call_detached(method, body);
+        self.shared.call_detached(method, body, None);
+    }
+
+    /// Sends `$subscribe` again for the local subscribers of `pattern` (after a reconnect)
+    /// without waiting: if the server refuses it or does not answer within the subscribe
+    /// timeout, those subscribers end with the error.
+    pub(crate) fn resubscribe(&self, pattern: &str) {
+        // No epoch: every subscriber of the pattern left meanwhile.
+        if let Some(epoch) = self.shared.router.epoch(pattern) {
+            let resubscribe = Resubscribe {
+                pattern: pattern.to_owned(),
+                epoch,
+            };
+            self.shared
+                .call_detached(SUBSCRIBE_METHOD, pattern.as_bytes(), Some(resubscribe));
+        }
     }
 }
 
@@ -662,7 +708,7 @@ pub(crate) async fn subscribe_call(
 
 impl SubscriptionOwner for ConnShared {
     fn unsubscribed(&self, pattern: &str) {
-        self.call_detached(UNSUBSCRIBE_METHOD, pattern.as_bytes());
+        self.call_detached(UNSUBSCRIBE_METHOD, pattern.as_bytes(), None);
     }
 }
 
@@ -834,7 +880,7 @@ impl ConnShared {
         sent.map_err(|err| self.send_error(err))
     }
 
-    fn call_detached(&self, method: &str, body: &[u8]) {
+    fn call_detached(&self, method: &str, body: &[u8], resubscribe: Option<Resubscribe>) {
         let mut state = lock(&self.state);
         if state.refusal().is_some() {
             return;
@@ -844,17 +890,79 @@ impl ConnShared {
             .send_request(id, method, format::RAW, &Meta::new(), body)
             .is_ok()
         {
-            state.pending.insert(id, Waiter::Detached);
+            state.pending.insert(id, Waiter::Detached(resubscribe));
+            let was_idle = state.detached.is_empty();
+            let deadline = Instant::now() + self.config.subscribe_timeout;
+            state.detached.push_back((deadline, id));
+            if was_idle {
+                // The driver arms its timer for detached requests when woken.
+                self.control.notify_one();
+            }
         }
+    }
+
+    /// Gives up on the detached requests whose deadline passed, like a caller that timed
+    /// out (CANCEL, id kept out of use); a `$subscribe` among them ends its subscribers.
+    /// Returns the next deadline, if any.
+    fn expire_detached(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let next = {
+            let mut state = lock(&self.state);
+            while let Some(&(deadline, id)) = state.detached.front() {
+                if deadline > now {
+                    break;
+                }
+                state.detached.pop_front();
+                if matches!(state.pending.get(&id), Some(Waiter::Detached(_))) {
+                    if let Some(Waiter::Detached(Some(resubscribe))) =
+                        self.abandon_locked(&mut state, id)
+                    {
+                        expired.push(resubscribe);
+                    }
+                }
+            }
+            self.after_removal(&state);
+            state.detached.front().map(|&(deadline, _)| deadline)
+        };
+        let timeout = self.config.subscribe_timeout;
+        for resubscribe in expired {
+            let err = TransportError::timeout(
+                Phase::Response,
+                Processed::Maybe,
+                &format!(
+                    "subscribing again to {:?} after a reconnect: no answer within \
+                     {timeout:?}; the request was cancelled",
+                    resubscribe.pattern
+                ),
+            );
+            self.router
+                .fail(&resubscribe.pattern, resubscribe.epoch, &err);
+        }
+        next
+    }
+
+    /// The next deadline of a detached request, if any.
+    fn next_detached(&self) -> Option<Instant> {
+        lock(&self.state)
+            .detached
+            .front()
+            .map(|&(deadline, _)| deadline)
     }
 
     /// The caller gave up on `id` (timeout or dropped future): CANCEL it, and keep the id
     /// out of use while its answer may still come.
     fn abandon(&self, id: u32) {
         let mut state = lock(&self.state);
-        if state.pending.remove(&id).is_none() {
-            return;
+        if self.abandon_locked(&mut state, id).is_some() {
+            self.after_removal(&state);
         }
+    }
+
+    /// [`ConnShared::abandon`] under the lock; returns the entry removed. The caller runs
+    /// `after_removal`.
+    fn abandon_locked(&self, state: &mut ConnState, id: u32) -> Option<Waiter> {
+        let waiter = state.pending.remove(&id)?;
         state.abandoned.insert(id);
         if state.life != Life::Closed && self.writer.send(Envelope::Cancel(Cancel { id })).is_ok() {
             self.counters.cancels_sent.fetch_add(1, Ordering::Relaxed);
@@ -872,7 +980,7 @@ impl ConnShared {
                 signal.changed();
             }
         }
-        self.after_removal(&state);
+        Some(waiter)
     }
 
     fn after_removal(&self, state: &ConnState) {
@@ -939,7 +1047,23 @@ impl ConnShared {
             for (id, outcome) in batch.answers.drain(..) {
                 match state.pending.remove(&id) {
                     Some(Waiter::Caller(tx)) => batch.ready.push((tx, outcome)),
-                    Some(Waiter::Detached) => {}
+                    Some(Waiter::Detached(Some(resubscribe))) => {
+                        // Only a refusal ends the subscribers: an ERROR 6 or a lost
+                        // connection moves the subscriptions to another connection.
+                        if let Ok(Reply::Error(err)) = outcome {
+                            let err = TransportError::new(
+                                ErrorKind::Remote { code: err.code },
+                                Phase::Response,
+                                Processed::Maybe,
+                                format!(
+                                    "subscribing again to {:?} after a reconnect failed: {err}",
+                                    resubscribe.pattern
+                                ),
+                            );
+                            batch.refused.push((resubscribe, err));
+                        }
+                    }
+                    Some(Waiter::Detached(None)) => {}
                     None => {
                         let counter = if state.abandoned.remove(&id) {
                             &self.counters.late_answers
@@ -955,6 +1079,10 @@ impl ConnShared {
         for (tx, outcome) in batch.ready.drain(..) {
             // The caller may have dropped its future a moment ago: then nobody wants it.
             let _ = tx.send(outcome);
+        }
+        for (resubscribe, err) in batch.refused.drain(..) {
+            self.router
+                .fail(&resubscribe.pattern, resubscribe.epoch, &err);
         }
     }
 
@@ -1064,8 +1192,20 @@ impl ConnShared {
                 self.router.deliver(push);
             }
             Inbound::Ping(nonce) => {
-                // Best effort: if the writer is gone the driver learns it separately.
-                let _ = self.writer.send(Envelope::Pong(Pong { nonce }));
+                // A PONG is not held back by the write queue's limit (it answers what was
+                // read), so a peer that floods PINGs and reads little could grow the queue
+                // without bound. Reading must not pause instead: the server pauses its
+                // reading while its own queue is full, and if both sides did, large
+                // bodies both ways would leave each waiting for the other to read. So a
+                // PING that finds the queue at its limit goes unanswered (counted): the
+                // peer hears from us anyway, since the queue is full of frames for it, and
+                // if those cannot move either, the write-stall timeout ends the connection.
+                if self.writer.is_full() {
+                    self.counters.pongs_dropped.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    // Best effort: if the writer is gone the driver learns it separately.
+                    let _ = self.writer.send(Envelope::Pong(Pong { nonce }));
+                }
             }
             Inbound::GoAway {
                 last_id,
@@ -1145,6 +1285,10 @@ async fn drive(
     tokio::pin!(writer_exit);
     let mut writer_done = false;
     let mut batch = Completions::default();
+    // The deadline of the oldest detached request, when there is one.
+    let expiry = tokio::time::sleep_until(last_rx);
+    tokio::pin!(expiry);
+    let mut expiry_armed = false;
 
     let (reason, flush) = loop {
         tokio::select! {
@@ -1152,6 +1296,10 @@ async fn drive(
             _ = shared.control.notified() => {
                 if let Some(stop) = shared.control_reason() {
                     break stop;
+                }
+                if let Some(at) = shared.next_detached() {
+                    expiry.as_mut().reset(at);
+                    expiry_armed = true;
                 }
             }
             exit = &mut writer_exit => {
@@ -1200,6 +1348,12 @@ async fn drive(
                 ping_at = None;
                 if let Some(stop) = stop {
                     break stop;
+                }
+            }
+            _ = &mut expiry, if expiry_armed => {
+                match shared.expire_detached() {
+                    Some(at) => expiry.as_mut().reset(at),
+                    None => expiry_armed = false,
                 }
             }
             _ = &mut sleep => {
@@ -1305,6 +1459,7 @@ mod tests {
             next_id,
             pending: IdMap::default(),
             abandoned: IdSet::default(),
+            detached: VecDeque::new(),
             life: Life::Open,
             close_requested: false,
             close_reason: None,
@@ -1317,7 +1472,7 @@ mod tests {
     #[test]
     fn ids_increase_wrap_and_skip_zero_in_flight_and_abandoned() {
         let mut s = state(u32::MAX - 1);
-        s.pending.insert(u32::MAX, Waiter::Detached);
+        s.pending.insert(u32::MAX, Waiter::Detached(None));
         s.abandoned.insert(1);
         assert_eq!(s.alloc_id(), u32::MAX - 1);
         // u32::MAX is in flight, 0 is reserved, 1 may still get a late answer.

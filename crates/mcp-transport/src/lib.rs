@@ -35,7 +35,9 @@
 //!   `Err`, not processed and retryable elsewhere.
 //! - [`Pool::notify`]`(topic, format, &Meta, body)`; [`Pool::subscribe`]`(pattern) ->
 //!   `[`Subscription`] (a `Stream<Item = `[`Push`]`>`, survives reconnects, sends
-//!   `$unsubscribe` when the last one for its pattern is dropped).
+//!   `$unsubscribe` when the last one for its pattern is dropped; if the server refuses
+//!   the pattern when it is subscribed again after a reconnect, the stream ends and
+//!   [`Subscription::error`] says why). Its queue is bounded by count and by bytes.
 //! - [`Pool::state`] / [`Pool::watch_state`] ([`EndpointState`]: connected, reconnecting
 //!   with attempt and next delay, down, closed with a reason); [`Pool::stats`]
 //!   ([`PoolStats`]: in flight, connections by state, reconnects, late answers dropped,

@@ -77,6 +77,14 @@ impl Meta {
         self.repr = MetaRepr::Pairs(pairs);
     }
 
+    /// Bytes of keys and values (the memory a received block holds).
+    pub(crate) fn byte_len(&self) -> usize {
+        match &self.repr {
+            MetaRepr::Wire { entries, .. } => entries.len(),
+            MetaRepr::Pairs(p) => p.iter().map(|(k, v)| k.len() + v.len()).sum(),
+        }
+    }
+
     /// The number of entries.
     pub fn len(&self) -> usize {
         match &self.repr {
@@ -360,6 +368,12 @@ impl Push {
     /// Takes the body out.
     pub fn into_body(self) -> Bytes {
         self.body
+    }
+
+    /// The bytes this push holds in a subscriber's queue (topic, metadata and body), as
+    /// counted against [`ConnectionConfig::push_queue_bytes`](crate::ConnectionConfig).
+    pub(crate) fn queued_len(&self) -> usize {
+        self.topic.as_str().len() + self.meta.byte_len() + self.body.len()
     }
 }
 

@@ -21,9 +21,7 @@ use crate::connection::{
 };
 use crate::error::{ErrorKind, Phase, PoolExhausted, Processed, TransportError};
 use crate::message::{CallOptions, Meta, Reply};
-use crate::subscription::{
-    PushRouter, SUBSCRIBE_METHOD, Subscription, SubscriptionOwner, UNSUBSCRIBE_METHOD,
-};
+use crate::subscription::{PushRouter, Subscription, SubscriptionOwner, UNSUBSCRIBE_METHOD};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves the state consistent, so a poisoned lock is used as is.
@@ -197,6 +195,7 @@ impl Pool {
         config.min_connections = config.min_connections.min(config.max_connections);
         let router = Arc::new(PushRouter::new(
             config.connection.push_queue,
+            config.connection.push_queue_bytes,
             config.connection.push_overflow,
         ));
         let (status, _) = watch::channel(EndpointState::Idle);
@@ -602,7 +601,7 @@ impl PoolShared {
                     state.sub_conn = Some(conn.serial());
                     for other in self.router.patterns() {
                         if other != pattern {
-                            conn.call_detached(SUBSCRIBE_METHOD, other.as_bytes());
+                            conn.resubscribe(&other);
                         }
                     }
                     conn
@@ -645,8 +644,10 @@ impl PoolShared {
         if state.sub_conn.is_none() && self.router.has_subscribers() {
             if let Some(conn) = state.conns.iter().find(|c| c.is_open()).cloned() {
                 state.sub_conn = Some(conn.serial());
+                // A refusal (or no answer) ends that pattern's subscribers with the error
+                // (`Subscription::error`) rather than leaving them open on nothing.
                 for pattern in self.router.patterns() {
-                    conn.call_detached(SUBSCRIBE_METHOD, pattern.as_bytes());
+                    conn.resubscribe(&pattern);
                 }
             }
         }

@@ -4,7 +4,14 @@
 //! copies it (a cheap `Bytes` clone) into the bounded queue of every matching
 //! [`Subscription`]. A full queue loses a push by the configured [`PushOverflow`] policy
 //! and counts it: the reader never waits for a subscriber, so a slow subscriber cannot
-//! stall responses or heartbeats, and memory is bounded by queue length x message size.
+//! stall responses or heartbeats. A queue is bounded both by count and by bytes: a count
+//! alone would let one slow subscriber hold queue length x message size (16 GiB with the
+//! defaults).
+//!
+//! A `$subscribe` the pool sends again after a reconnect has nobody waiting for it; when
+//! the server refuses it (or does not answer in time) the router ends every subscriber of
+//! that pattern with the error ([`Subscription::error`]) instead of leaving them open on a
+//! subscription the server does not have.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -15,6 +22,7 @@ use std::task::{Context, Poll, Waker};
 use futures_core::Stream;
 
 use crate::config::PushOverflow;
+use crate::error::TransportError;
 use crate::message::Push;
 
 /// The method a client calls to subscribe; the body is the topic or `prefix*` pattern.
@@ -45,8 +53,20 @@ pub(crate) trait SubscriptionOwner: Send + Sync {
 #[derive(Debug, Default)]
 struct QueueState {
     items: VecDeque<Push>,
+    /// The sum of `queued_len` over `items`.
+    bytes: usize,
     waker: Option<Waker>,
     closed: bool,
+    /// Why the subscription ended early (its `$subscribe` failed after a reconnect).
+    error: Option<TransportError>,
+}
+
+impl QueueState {
+    fn pop(&mut self) -> Option<Push> {
+        let push = self.items.pop_front()?;
+        self.bytes -= push.queued_len();
+        Some(push)
+    }
 }
 
 #[derive(Debug)]
@@ -55,21 +75,32 @@ struct SubQueue {
 }
 
 impl SubQueue {
-    fn close(&self) {
+    fn close(&self, error: Option<TransportError>) {
         let mut state = lock(&self.state);
         state.closed = true;
+        if state.error.is_none() {
+            state.error = error;
+        }
         if let Some(waker) = state.waker.take() {
             waker.wake();
         }
     }
 }
 
+#[derive(Debug)]
+struct PatternEntry {
+    /// Local subscribers: `$subscribe` goes out for the first, `$unsubscribe` after the
+    /// last.
+    count: usize,
+    /// Tells this run of the pattern from a later one after every subscriber left and a
+    /// new one came: a failed `$subscribe` sent for the old run must not end the new one.
+    epoch: u64,
+}
+
 #[derive(Debug, Default)]
 struct RouterState {
     subs: HashMap<u64, (String, Arc<SubQueue>)>,
-    /// Local subscribers per pattern: `$subscribe` goes out for the first,
-    /// `$unsubscribe` after the last.
-    patterns: HashMap<String, usize>,
+    patterns: HashMap<String, PatternEntry>,
     next: u64,
     closed: bool,
 }
@@ -79,6 +110,7 @@ struct RouterState {
 pub(crate) struct PushRouter {
     state: Mutex<RouterState>,
     capacity: usize,
+    max_bytes: usize,
     policy: PushOverflow,
     delivered: AtomicU64,
     dropped: AtomicU64,
@@ -86,10 +118,11 @@ pub(crate) struct PushRouter {
 }
 
 impl PushRouter {
-    pub(crate) fn new(capacity: usize, policy: PushOverflow) -> Self {
+    pub(crate) fn new(capacity: usize, max_bytes: usize, policy: PushOverflow) -> Self {
         PushRouter {
             state: Mutex::new(RouterState::default()),
             capacity: capacity.max(1),
+            max_bytes,
             policy,
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -101,21 +134,35 @@ impl PushRouter {
     pub(crate) fn deliver(&self, push: Push) {
         let state = lock(&self.state);
         let mut matched = false;
+        let size = push.queued_len();
+        // An empty queue always takes the push, so that one larger than `max_bytes` is not
+        // lost for good: a queue holds at most `max_bytes` or one message.
+        let full = |q: &QueueState| {
+            !q.items.is_empty()
+                && (q.items.len() >= self.capacity || q.bytes.saturating_add(size) > self.max_bytes)
+        };
         for (pattern, queue) in state.subs.values() {
             if !topic_matches(pattern, push.topic()) {
                 continue;
             }
             matched = true;
             let mut q = lock(&queue.state);
-            if q.items.len() >= self.capacity {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                match self.policy {
-                    PushOverflow::DropNewest => continue,
-                    PushOverflow::DropOldest => {
-                        q.items.pop_front();
+            match self.policy {
+                PushOverflow::DropNewest => {
+                    if full(&q) {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+                PushOverflow::DropOldest => {
+                    // Bounded by the queue length; each push dropped is counted.
+                    while full(&q) {
+                        q.pop();
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
+            q.bytes += size;
             q.items.push_back(push.clone());
             self.delivered.fetch_add(1, Ordering::Relaxed);
             if let Some(waker) = q.waker.take() {
@@ -140,19 +187,25 @@ impl PushRouter {
             state: Mutex::new(QueueState::default()),
         });
         state.subs.insert(id, (pattern.to_owned(), queue.clone()));
-        let count = state.patterns.entry(pattern.to_owned()).or_insert(0);
-        *count += 1;
-        Some((id, queue, *count == 1))
+        let entry = state
+            .patterns
+            .entry(pattern.to_owned())
+            .or_insert(PatternEntry {
+                count: 0,
+                epoch: id,
+            });
+        entry.count += 1;
+        Some((id, queue, entry.count == 1))
     }
 
     /// Removes a subscriber; returns whether it was the last for its pattern.
     fn unregister(&self, id: u64) -> Option<String> {
         let mut state = lock(&self.state);
         let (pattern, queue) = state.subs.remove(&id)?;
-        queue.close();
-        let count = state.patterns.get_mut(&pattern)?;
-        *count -= 1;
-        if *count == 0 {
+        queue.close(None);
+        let entry = state.patterns.get_mut(&pattern)?;
+        entry.count -= 1;
+        if entry.count == 0 {
             state.patterns.remove(&pattern);
             Some(pattern)
         } else {
@@ -166,8 +219,34 @@ impl PushRouter {
         lock(&self.state).patterns.keys().cloned().collect()
     }
 
+    /// The current run of `pattern`, if it has local subscribers (see
+    /// [`PushRouter::fail`]).
+    pub(crate) fn epoch(&self, pattern: &str) -> Option<u64> {
+        lock(&self.state).patterns.get(pattern).map(|e| e.epoch)
+    }
+
     pub(crate) fn has_subscribers(&self) -> bool {
         !lock(&self.state).patterns.is_empty()
+    }
+
+    /// The server refused (or did not answer) a `$subscribe` sent again for run `epoch` of
+    /// `pattern`: every local subscriber of that run ends with `error`, and the pattern is
+    /// forgotten (not subscribed again after the next reconnect; a new
+    /// [`Pool::subscribe`](crate::Pool::subscribe) sends `$subscribe` afresh).
+    pub(crate) fn fail(&self, pattern: &str, epoch: u64, error: &TransportError) {
+        let mut state = lock(&self.state);
+        if state.patterns.get(pattern).is_none_or(|e| e.epoch != epoch) {
+            return;
+        }
+        state.patterns.remove(pattern);
+        state.subs.retain(|_, (p, queue)| {
+            if p == pattern {
+                queue.close(Some(error.clone()));
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Ends every subscription stream (the pool or connection is closed).
@@ -175,7 +254,7 @@ impl PushRouter {
         let mut state = lock(&self.state);
         state.closed = true;
         for (_, queue) in state.subs.values() {
-            queue.close();
+            queue.close(None);
         }
     }
 
@@ -197,7 +276,14 @@ impl PushRouter {
 /// Created by [`Pool::subscribe`](crate::Pool::subscribe) (which survives reconnects) or
 /// [`Connection::subscribe`](crate::Connection::subscribe). Dropping it sends
 /// `$unsubscribe` once no other local subscription uses the same pattern. The stream ends
-/// when the pool or connection is closed.
+/// when the pool or connection is closed, or early when the server refuses the pattern
+/// when the pool subscribes again after a reconnect (an ERROR answer to `$subscribe`, or
+/// none within [`ConnectionConfig::subscribe_timeout`](crate::ConnectionConfig)): then
+/// [`Subscription::error`] says why. Pushes queued before the end are still handed out.
+///
+/// Its queue holds at most [`ConnectionConfig::push_queue`](crate::ConnectionConfig)
+/// pushes and [`ConnectionConfig::push_queue_bytes`](crate::ConnectionConfig) bytes; past
+/// either, pushes are lost by the configured [`PushOverflow`] and counted.
 pub struct Subscription {
     id: u64,
     pattern: String,
@@ -211,6 +297,7 @@ impl std::fmt::Debug for Subscription {
         f.debug_struct("Subscription")
             .field("pattern", &self.pattern)
             .field("queued", &self.queued())
+            .field("error", &self.error())
             .finish()
     }
 }
@@ -251,6 +338,21 @@ impl Subscription {
         lock(&self.queue.state).items.len()
     }
 
+    /// Bytes of the pushes waiting to be read (topic, metadata and body of each).
+    pub fn queued_bytes(&self) -> usize {
+        lock(&self.queue.state).bytes
+    }
+
+    /// Why the stream ended early: subscribing again after a reconnect failed (the server
+    /// answered `$subscribe` with an ERROR, kind [`ErrorKind::Remote`], or not at all
+    /// within the subscribe timeout, a timeout). `None` while the subscription runs, and
+    /// after an end because the pool or connection was closed.
+    ///
+    /// [`ErrorKind::Remote`]: crate::ErrorKind::Remote
+    pub fn error(&self) -> Option<TransportError> {
+        lock(&self.queue.state).error.clone()
+    }
+
     /// The next push, or `None` once the pool or connection is closed.
     pub async fn recv(&mut self) -> Option<Push> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
@@ -258,12 +360,12 @@ impl Subscription {
 
     /// A push if one is queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Push> {
-        lock(&self.queue.state).items.pop_front()
+        lock(&self.queue.state).pop()
     }
 
     fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Push>> {
         let mut state = lock(&self.queue.state);
-        if let Some(push) = state.items.pop_front() {
+        if let Some(push) = state.pop() {
             return Poll::Ready(Some(push));
         }
         if state.closed {

@@ -124,6 +124,9 @@ pub struct WriterStats {
     pub batches: u64,
     /// Bytes written.
     pub bytes: u64,
+    /// The most bytes the queue held at once (not counting the batch being written): how
+    /// well the limit held against what the peer made this side queue.
+    pub peak_queued: usize,
 }
 
 #[derive(Debug)]
@@ -231,7 +234,11 @@ impl WireWriter {
     /// does not fit in one. The whole message is queued at once, never part of it.
     ///
     /// This does not wait for queue space; senders of requests and messages that should be
-    /// held back by a slow peer await [`WireWriter::ready`] first.
+    /// held back by a slow peer await [`WireWriter::ready`] first. Control frames answering
+    /// what was read (PONG) are sent without waiting, so a reader must bound them itself to
+    /// keep the queue bounded against a peer that sends PINGs and does not read: the
+    /// client's driver leaves a PING unanswered while [`WireWriter::is_full`]; `mcp-server`
+    /// stops reading while its queue is full.
     pub fn send(&self, envelope: Envelope<'_>) -> Result<(), WireError> {
         let mut state = lock(&self.shared);
         if state.closing || state.aborted || state.exited {
@@ -240,6 +247,7 @@ impl WireWriter {
         let was_empty = state.buf.is_empty();
         encode_envelope(envelope, &mut state.buf, self.shared.max_message_len)?;
         state.stats.queued += 1;
+        state.stats.peak_queued = state.stats.peak_queued.max(state.buf.len());
         self.shared.queued.store(state.buf.len(), Ordering::Release);
         drop(state);
         if was_empty {
