@@ -205,15 +205,7 @@ fn demo_calls_in_json_and_protobuf_and_receives_pushes() {
 #[test]
 fn bench_embedded_prints_a_json_report_last() {
     let out = run(&["bench", "--embedded", "--duration", "1s", "--json"]);
-    out.assert_code(0);
-    out.assert_stdout_has("errors: none");
-    let report = out.last_line_json();
-    let rps = report["requests_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no requests_per_second\n{out}"));
-    assert!(rps > 0.0, "{out}");
-    assert!(report["ok"].as_u64().unwrap_or(0) > 0, "{out}");
-    assert_eq!(report["errors"], 0, "{out}");
+    out.assert_bench_report();
     // The embedded server listens on loopback.
     assert!(out.stderr.contains("bench: 127.0.0.1:"), "{out}");
 }

@@ -82,6 +82,22 @@ impl Run {
         serde_json::from_str(last)
             .unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {last}\n{self}"))
     }
+
+    /// Panics unless this is a successful `mcp bench --json` run: exit 0, no errors, and a
+    /// last line whose report shows calls made and a throughput; returns that report.
+    #[track_caller]
+    pub(crate) fn assert_bench_report(&self) -> serde_json::Value {
+        self.assert_code(0);
+        self.assert_stdout_has("errors: none");
+        let report = self.last_line_json();
+        let rps = report["requests_per_second"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no requests_per_second\n{self}"));
+        assert!(rps > 0.0, "{self}");
+        assert!(report["ok"].as_u64().unwrap_or(0) > 0, "{self}");
+        assert_eq!(report["errors"], 0, "{self}");
+        report
+    }
 }
 
 impl std::fmt::Display for Run {
