@@ -307,6 +307,11 @@ impl Error {
             T::GoAway { .. } => {
                 Self::new(ErrorKind::ConnectionLost, processed).with_other_connection(true)
             }
+            // The server refused a `$subscribe`: its answer, as for any call (the message
+            // carries the server's words; no source, which would repeat them).
+            T::Remote { code } => {
+                return Self::from_remote(RemoteError::new(*code, err.message()));
+            }
             T::Protocol => Self::new(ErrorKind::Protocol, processed),
             T::Overloaded => Self::overloaded(),
             T::InvalidRequest => Self::new(ErrorKind::Invalid, Processed::No),

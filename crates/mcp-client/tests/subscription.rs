@@ -202,3 +202,93 @@ async fn one_way_messages_reach_the_servers_handler() {
         .await
         .expect("shutdown");
 }
+
+fn at_most_one_subscription() -> mcp_server::ServerConfig {
+    let mut config = mcp_server::ServerConfig::default();
+    config.max_subscriptions = 1;
+    config
+}
+
+/// A subscription the server refuses is the server's answer, with its code, not a lost
+/// connection.
+#[tokio::test]
+async fn a_refused_subscription_is_the_servers_answer() {
+    let server = serve(Server::builder().config(at_most_one_subscription())).await;
+    let client = client_for(&server).build().expect("build");
+    let _first = bounded("subscribe", client.subscribe::<Tick>("a"))
+        .await
+        .expect("the first subscription fits");
+    let err = bounded("subscribe", client.subscribe::<Tick>("b"))
+        .await
+        .expect_err("the second is refused");
+    assert_eq!(
+        err.code(),
+        Some(mcp_client::ErrorCode::OVERLOADED),
+        "{err:?}"
+    );
+    bounded("close", client.close()).await;
+    bounded("shutdown", server.shutdown(Duration::from_secs(1)))
+        .await
+        .expect("shutdown");
+}
+
+/// After a restart the new server takes only one of the two subscriptions back: the
+/// refused stream ends with the server's answer as its last item instead of staying open on
+/// nothing, and the other goes on receiving.
+#[tokio::test]
+async fn a_subscription_refused_after_a_restart_ends_with_the_reason() {
+    let first = serve(Server::builder()).await;
+    let addr = first.local_addr();
+    let client = client_for(&first).build().expect("build");
+    let mut a = bounded("subscribe", client.subscribe::<Tick>("a"))
+        .await
+        .expect("subscribe a");
+    let mut b = bounded("subscribe", client.subscribe::<Tick>("b"))
+        .await
+        .expect("subscribe b");
+    bounded("shutdown", first.shutdown(Duration::from_millis(200)))
+        .await
+        .expect("shutdown");
+    let second = bounded("rebind", async {
+        loop {
+            match Server::builder()
+                .config(at_most_one_subscription())
+                .bind(addr)
+                .await
+            {
+                Ok(server) => return server,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+
+    // Whichever of the two the client sent first is taken back; the other is refused.
+    let (a_ended, last) = bounded("one refusal", async {
+        tokio::select! {
+            last = a.next() => (true, last),
+            last = b.next() => (false, last),
+        }
+    })
+    .await;
+    let (mut kept, kept_topic) = if a_ended { (b, "b") } else { (a, "a") };
+    let err = last
+        .expect("an item, not a silent end")
+        .expect_err("the refusal");
+    assert_eq!(
+        err.code(),
+        Some(mcp_client::ErrorCode::OVERLOADED),
+        "{err:?}"
+    );
+    publish_until_delivered(&second, kept_topic, &Tick { n: 7 }).await;
+    let tick = bounded("the kept subscription", kept.next())
+        .await
+        .expect("open")
+        .expect("tick");
+    assert_eq!(tick, Tick { n: 7 });
+
+    bounded("close", client.close()).await;
+    bounded("shutdown", second.shutdown(Duration::from_secs(1)))
+        .await
+        .expect("shutdown");
+}

@@ -258,6 +258,12 @@ impl TransportError {
         &self.inner.kind
     }
 
+    /// What happened, in words (the text of [`Display`](std::fmt::Display) without the
+    /// phase and whether the request was processed).
+    pub fn message(&self) -> &str {
+        &self.inner.message
+    }
+
     /// Where the call was when it failed.
     pub fn phase(&self) -> Phase {
         self.inner.phase

@@ -33,7 +33,9 @@ pub(crate) struct Attempt<'a> {
 }
 
 /// A stream of pushes for one subscription.
-pub(crate) type PushStream = Pin<Box<dyn Stream<Item = RawPush> + Send>>;
+/// Pushes, then at most one `Err` as the last item: why the subscription ended early (the
+/// server refused to subscribe again after a reconnect, or did not answer).
+pub(crate) type PushStream = Pin<Box<dyn Stream<Item = Result<RawPush, Error>> + Send>>;
 
 /// Where attempts go.
 pub(crate) enum Backend {
@@ -124,7 +126,7 @@ impl Backend {
                         Error::timeout(crate::Phase::Response, crate::error::Processed::Maybe)
                     })?
                     .map_err(Error::from_transport)?;
-                Ok(Box::pin(ToRawPush(sub)))
+                Ok(Box::pin(ToRawPush { sub, ended: false }))
             }
             #[cfg(all(test, feature = "json"))]
             Backend::Fake(fake) => fake.subscribe(pattern).await,
@@ -178,23 +180,36 @@ impl Backend {
     }
 }
 
-/// Maps the transport's pushes to the facade's.
-struct ToRawPush(mcp_transport::Subscription);
+/// Maps the transport's pushes to the facade's; when the transport's stream ends with a
+/// reason ([`mcp_transport::Subscription::error`]), that reason is the last item.
+struct ToRawPush {
+    sub: mcp_transport::Subscription,
+    ended: bool,
+}
 
 impl Stream for ToRawPush {
-    type Item = RawPush;
+    type Item = Result<RawPush, Error>;
 
     fn poll_next(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<RawPush>> {
-        Pin::new(&mut self.0).poll_next(cx).map(|push| {
-            push.map(|p| RawPush {
-                format: FormatId::new(p.format()),
-                topic: p.topic().to_owned(),
-                meta: p.meta().clone(),
-                body: p.into_body(),
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.ended {
+            return std::task::Poll::Ready(None);
+        }
+        Pin::new(&mut self.sub)
+            .poll_next(cx)
+            .map(|push| match push {
+                Some(p) => Some(Ok(RawPush {
+                    format: FormatId::new(p.format()),
+                    topic: p.topic().to_owned(),
+                    meta: p.meta().clone(),
+                    body: p.into_body(),
+                })),
+                None => {
+                    self.ended = true;
+                    self.sub.error().map(|e| Err(Error::from_transport(e)))
+                }
             })
-        })
     }
 }

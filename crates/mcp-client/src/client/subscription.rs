@@ -15,11 +15,14 @@ use crate::error::Error;
 /// A subscription: a [`Stream`] of the pushes on a topic, decoded as `T` in the format `F`.
 ///
 /// Each item is a `Result`: a push whose body does not decode is an `Err` item
-/// ([`Error::decode_error`]) and the stream goes on. The stream ends only when the client is
-/// closed (or every handle of it dropped: the stream does not keep the connections alive). It survives reconnects: after a connection is lost the client subscribes again
-/// on the next one by itself (pushes published while no connection was up are not
-/// delivered: delivery is at most once per connection, PROTOCOL.md section 6). Dropping
-/// the stream unsubscribes (`$unsubscribe` is sent once no local subscriber of the topic is
+/// ([`Error::decode_error`]) and the stream goes on. It survives reconnects: after a
+/// connection is lost the client subscribes again on the next one by itself (pushes
+/// published while no connection was up are not delivered: delivery is at most once per
+/// connection, PROTOCOL.md section 6). The stream ends when the client is closed (or every
+/// handle of it dropped: the stream does not keep the connections alive), or when the
+/// server refuses to subscribe again after a reconnect, or does not answer in time: then
+/// the last item is an `Err` saying so ([`Error::code`] names the refusal). Dropping the
+/// stream unsubscribes (`$unsubscribe` is sent once no local subscriber of the topic is
 /// left).
 pub struct Subscription<T, F: Format> {
     pushes: PushStream,
@@ -57,7 +60,8 @@ impl<T, F: Format + Decode<T>> Stream for Subscription<T, F> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         this.pushes.as_mut().poll_next(cx).map(|push| {
-            push.map(|p: RawPush| {
+            push.map(|p| {
+                let p: RawPush = p?;
                 this.format
                     .decode_body(p.format, p.body)
                     .map_err(Error::decode)
@@ -75,18 +79,32 @@ impl<T, F: Format> fmt::Debug for Subscription<T, F> {
 }
 
 /// A subscription whose pushes are not decoded, with their topics.
+///
+/// It ends as [`Subscription`] does; when it ended because the server refused (or did not
+/// answer) the subscription again after a reconnect, [`RawSubscription::error`] says so.
 pub struct RawSubscription {
     pushes: PushStream,
+    error: Option<Error>,
 }
 
 impl RawSubscription {
     pub(crate) fn new(pushes: PushStream) -> Self {
-        Self { pushes }
+        Self {
+            pushes,
+            error: None,
+        }
     }
 
-    /// The next push; `None` once the client is closed.
+    /// The next push; `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<RawPush> {
-        std::future::poll_fn(|cx| self.pushes.as_mut().poll_next(cx)).await
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+
+    /// Why the stream ended early, once it has: the server refused to subscribe again
+    /// after a reconnect ([`Error::code`] names the refusal), or did not answer in time. `None` while
+    /// it runs and after an end because the client was closed.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
     }
 }
 
@@ -94,7 +112,14 @@ impl Stream for RawSubscription {
     type Item = RawPush;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RawPush>> {
-        self.pushes.as_mut().poll_next(cx)
+        let this = &mut *self;
+        this.pushes.as_mut().poll_next(cx).map(|push| match push? {
+            Ok(p) => Some(p),
+            Err(e) => {
+                this.error = Some(e);
+                None
+            }
+        })
     }
 }
 
