@@ -477,13 +477,15 @@ impl PoolShared {
             match (&state.down, &state.last_error) {
                 (Some(err), _) => (
                     PoolExhausted::EndpointDown,
-                    format!("endpoint {} is down: {err}", self.endpoint),
+                    format!("endpoint {} is down: {}", self.endpoint, err.message()),
                 ),
                 (None, Some(err)) if state.failures > 0 => (
                     PoolExhausted::EndpointDown,
                     format!(
-                        "endpoint {} unreachable after {} tries: {err}",
-                        self.endpoint, state.failures
+                        "endpoint {} unreachable after {} tries: {}",
+                        self.endpoint,
+                        state.failures,
+                        err.message()
                     ),
                 ),
                 _ => (
@@ -563,12 +565,14 @@ impl PoolShared {
             match deadline {
                 Some(deadline) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        // The message names the cause once; the kind says it again as a
+                        // value, so it is not repeated in words.
                         let (kind, message) = reason;
                         return Err(TransportError::new(
                             ErrorKind::PoolExhausted(kind),
                             Phase::Pool,
                             Processed::No,
-                            format!("no connection before the deadline: {message} ({kind})"),
+                            format!("no connection before the deadline: {message}"),
                         )
                         .at_deadline());
                     }
