@@ -62,7 +62,8 @@ fn crc_update(crc: u16, bytes: &[u8]) -> u16 {
 /// so that each 16-byte block is stored to the output in the same iteration that feeds the
 /// table lookups: the copy then hides behind the lookups instead of costing a pass of its
 /// own. A separate copy then CRC measured 0.89 of CRC-alone throughput at 4 KiB; this loop
-/// measures 1.0 (BENCHMARKS.md). It is used only for encoding; decoding and [`checksum`]
+/// measures 0.87 to 0.97 at 4 KiB (it varies from run to run) and 0.90 at 64 KiB
+/// (BENCHMARKS.md). It is used only for encoding; decoding and [`checksum`]
 /// use the crate's loop, and the tests below check the two agree for every length and
 /// alignment that matters.
 ///
