@@ -1,24 +1,42 @@
-//! The MCP client against the practical ceiling of any multiplexed client.
+//! The MCP stack against the practical ceiling of any multiplexed client, layer by layer.
 //!
-//! Both sides run in one process on one current-thread runtime (repeatable timings on a
-//! small machine), over real loopback TCP, driven by the same closed-loop load generator
-//! as `mcp bench`: first a minimal multiplexed echo (`mcp_benches::raw_echo`: no framing,
-//! no CRC, no envelope), then the full `mcp-client` stack against the `mcp-server` echo.
-//! It prints both and their ratio.
+//! Everything runs in one process on one current-thread runtime (repeatable timings on a
+//! small machine), over real loopback TCP, one connection, driven by the same closed-loop
+//! load generator as `mcp bench` (`mcp_cli::loadgen`). Each round measures five pairs:
+//!
+//! - (a) `raw client -> raw echo`: a minimal multiplexed echo (`mcp_benches::raw_echo`: no
+//!   framing, no CRC, no envelope), the ceiling;
+//! - (b) `Connection -> lean echo`: `mcp_transport::Connection` against a lean MCP echo
+//!   (`mcp_benches::mcp_echo`: decodes frames, answers every REQUEST of a read in one
+//!   write, no task per request) — the transport and codec over (a);
+//! - (c) `Client -> lean echo`: `mcp_client::Client` against the same lean echo — the
+//!   client facade over (b);
+//! - (d) `Client -> Server`: the full stack, `mcp_client::Client` against the
+//!   `mcp_server::Server` raw echo route;
+//! - (e) `Connection -> Server`: `Connection` against `mcp_server::Server` — the server
+//!   over the lean echo, with a lean client.
+//!
+//! It prints one line per pair per round, then the best of each with its ratio to (a) and
+//! its cost per request (one thread runs both ends, so ns/req are client plus server CPU
+//! and differences between pairs attribute the gap to a layer), and last the ratio of the
+//! full stack (d) to the raw echo (a).
 //!
 //! `cargo bench -p mcp-benches --bench ceiling` (settings from the environment:
 //! `MCP_BENCH_SECS` (default 5), `MCP_BENCH_CONCURRENCY` (64), `MCP_BENCH_SIZE` (64),
-//! `MCP_BENCH_ROUNDS` (3, alternating, best of each reported)).
+//! `MCP_BENCH_ROUNDS` (3, pairs measured in turn, best of each reported)). Under
+//! `cargo test --benches` it runs one quick round (300 ms per pair).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use mcp_benches::mcp_echo;
 use mcp_benches::raw_echo::{self, RawEchoClient};
 use mcp_cli::loadgen::{self, LoadConfig, LoadReport};
+use mcp_client::layers::transport::{self, CallOptions, Connection, ConnectionConfig, Meta};
 use mcp_client::{Client, LimitConfig, RawRequest};
 use mcp_format::FormatId;
-use mcp_server::{Reply, Server};
+use mcp_server::{Reply, Server, ServerHandle};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -27,12 +45,79 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-async fn ceiling(config: &LoadConfig, size: usize) -> LoadReport {
-    let addr = raw_echo::serve().await.expect("bind raw echo");
+/// The pairs measured, in the order they run in each round.
+#[derive(Debug, Clone, Copy)]
+enum Pair {
+    RawEcho,
+    ConnectionLean,
+    ClientLean,
+    ClientServer,
+    ConnectionServer,
+}
+
+impl Pair {
+    const ALL: [Pair; 5] = [
+        Pair::RawEcho,
+        Pair::ConnectionLean,
+        Pair::ClientLean,
+        Pair::ClientServer,
+        Pair::ConnectionServer,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Pair::RawEcho => "(a) raw client -> raw echo",
+            Pair::ConnectionLean => "(b) Connection -> lean echo",
+            Pair::ClientLean => "(c) Client -> lean echo",
+            Pair::ClientServer => "(d) Client -> Server",
+            Pair::ConnectionServer => "(e) Connection -> Server",
+        }
+    }
+
+    async fn measure(self, config: &LoadConfig, size: usize) -> LoadReport {
+        let body = Bytes::from(vec![0x5a; size]);
+        match self {
+            Pair::RawEcho => {
+                let addr = raw_echo::serve().await.expect("bind raw echo");
+                raw_client(config, addr, body).await
+            }
+            Pair::ConnectionLean => {
+                let addr = mcp_echo::serve().await.expect("bind lean echo");
+                connection(config, addr, body).await
+            }
+            Pair::ClientLean => {
+                let addr = mcp_echo::serve().await.expect("bind lean echo");
+                client(config, addr, body).await
+            }
+            Pair::ClientServer => {
+                let server = echo_server().await;
+                let report = client(config, server.local_addr(), body).await;
+                let _ = server.shutdown(Duration::from_secs(1)).await;
+                report
+            }
+            Pair::ConnectionServer => {
+                let server = echo_server().await;
+                let report = connection(config, server.local_addr(), body).await;
+                let _ = server.shutdown(Duration::from_secs(1)).await;
+                report
+            }
+        }
+    }
+}
+
+/// The `mcp-server` side: one raw echo route.
+async fn echo_server() -> ServerHandle {
+    Server::builder()
+        .route_raw("echo", |_ctx, body| async move { Ok(Reply::new(body)) })
+        .bind("127.0.0.1:0")
+        .await
+        .expect("bind mcp server")
+}
+
+async fn raw_client(config: &LoadConfig, addr: std::net::SocketAddr, body: Bytes) -> LoadReport {
     let client = RawEchoClient::connect(addr)
         .await
         .expect("connect raw echo");
-    let body = Bytes::from(vec![0x5a; size]);
     loadgen::run(config, Arc::default(), move || {
         let client = client.clone();
         let body = body.clone();
@@ -47,19 +132,45 @@ async fn ceiling(config: &LoadConfig, size: usize) -> LoadReport {
     .await
 }
 
-async fn mcp(config: &LoadConfig, size: usize) -> LoadReport {
-    let server = Server::builder()
-        .route_raw("echo", |_ctx, body| async move { Ok(Reply::new(body)) })
-        .bind("127.0.0.1:0")
+async fn connection(config: &LoadConfig, addr: std::net::SocketAddr, body: Bytes) -> LoadReport {
+    let conn = Connection::connect(addr, ConnectionConfig::default())
         .await
-        .expect("bind mcp server");
-    let client = Client::builder(server.local_addr().to_string())
+        .expect("connect mcp connection");
+    let caller = conn.clone();
+    let report = loadgen::run(config, Arc::default(), move || {
+        let conn = caller.clone();
+        let body = body.clone();
+        async move {
+            let reply = conn
+                .call(
+                    "echo",
+                    FormatId::RAW.get(),
+                    &Meta::new(),
+                    &body,
+                    CallOptions::default(),
+                )
+                .await;
+            match reply {
+                Ok(transport::Reply::Response(back)) if back.body().len() == body.len() => Ok(()),
+                Ok(transport::Reply::Response(_)) => Err("wrong echo".to_string()),
+                Ok(transport::Reply::Error(e)) => Err(format!("remote error {e:?}")),
+                Err(e) => Err(format!("{:?}", e.kind())),
+            }
+        }
+    })
+    .await;
+    conn.close();
+    report
+}
+
+async fn client(config: &LoadConfig, addr: std::net::SocketAddr, body: Bytes) -> LoadReport {
+    let size = body.len();
+    let client = Client::builder(addr.to_string())
         .max_connections(1)
         .limit(LimitConfig::new(config.concurrency))
         .connect()
         .await
         .expect("connect mcp client");
-    let body = Bytes::from(vec![0x5a; size]);
     let caller = client.clone();
     let report = loadgen::run(config, Arc::default(), move || {
         let client = caller.clone();
@@ -74,14 +185,19 @@ async fn mcp(config: &LoadConfig, size: usize) -> LoadReport {
     })
     .await;
     client.close().await;
-    let _ = server.shutdown(Duration::from_secs(1)).await;
     report
+}
+
+/// Client plus server CPU per request: one thread runs both ends.
+fn ns_per_request(r: &LoadReport) -> f64 {
+    1e9 / r.requests_per_second()
 }
 
 fn line(name: &str, r: &LoadReport) -> String {
     format!(
-        "{name:<12} {:>10.0} req/s   p50 {:>7.1} us   p99 {:>7.1} us   p99.9 {:>7.1} us   errors {}",
+        "{name:<28} {:>10.0} req/s  {:>6.0} ns/req   p50 {:>7.1} us   p99 {:>7.1} us   p99.9 {:>7.1} us   errors {}",
         r.requests_per_second(),
+        ns_per_request(r),
         r.percentile_us(50.0),
         r.percentile_us(99.0),
         r.percentile_us(99.9),
@@ -93,12 +209,16 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and expects a
     // quick run: measure briefly then.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let secs = if quick { 1 } else { env("MCP_BENCH_SECS", 5) };
+    let duration = if quick {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(env("MCP_BENCH_SECS", 5))
+    };
     let config = LoadConfig {
         concurrency: env("MCP_BENCH_CONCURRENCY", 64) as usize,
-        duration: Duration::from_secs(secs),
+        duration,
         rate: None,
-        warmup: Duration::from_millis(if quick { 100 } else { 500 }),
+        warmup: Duration::from_millis(if quick { 50 } else { 500 }),
     };
     let size = env("MCP_BENCH_SIZE", 64) as usize;
     let rounds = if quick { 1 } else { env("MCP_BENCH_ROUNDS", 3) };
@@ -107,34 +227,53 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "ceiling: {} in flight, {size} B bodies, one connection, current-thread runtime, {secs} s x {rounds} rounds",
-        config.concurrency
+        "ceiling: {} in flight, {size} B bodies, one connection, current-thread runtime, {:.1} s x {rounds} rounds per pair",
+        config.concurrency,
+        duration.as_secs_f64()
     );
-    let mut best_raw: Option<LoadReport> = None;
-    let mut best_mcp: Option<LoadReport> = None;
+    let mut best: [Option<LoadReport>; 5] = Default::default();
     for round in 1..=rounds {
-        let raw = rt.block_on(ceiling(&config, size));
-        let mcp = rt.block_on(mcp(&config, size));
-        println!("round {round}: {}", line("raw echo", &raw));
-        println!("round {round}: {}", line("mcp client", &mcp));
-        if best_raw
-            .as_ref()
-            .is_none_or(|b| raw.requests_per_second() > b.requests_per_second())
-        {
-            best_raw = Some(raw);
-        }
-        if best_mcp
-            .as_ref()
-            .is_none_or(|b| mcp.requests_per_second() > b.requests_per_second())
-        {
-            best_mcp = Some(mcp);
+        for (pair, best) in Pair::ALL.into_iter().zip(best.iter_mut()) {
+            let report = rt.block_on(pair.measure(&config, size));
+            println!("round {round}: {}", line(pair.label(), &report));
+            if best
+                .as_ref()
+                .is_none_or(|b| report.requests_per_second() > b.requests_per_second())
+            {
+                *best = Some(report);
+            }
         }
     }
-    let (raw, mcp) = (best_raw.expect("one round"), best_mcp.expect("one round"));
-    println!("best:    {}", line("raw echo", &raw));
-    println!("best:    {}", line("mcp client", &mcp));
+    let best = best.map(|b| b.expect("one round"));
+    let raw = best[0].requests_per_second();
+    let ns = |i: usize| ns_per_request(&best[i]);
+    for (pair, report) in Pair::ALL.into_iter().zip(&best) {
+        println!(
+            "best:    {}   x{:.3} of raw",
+            line(pair.label(), report),
+            report.requests_per_second() / raw
+        );
+    }
+    println!("cost per request over the layer below (ns, client + server CPU on one thread):");
+    println!(
+        "  transport + codec, both ends   (b) - (a): {:>7.0}",
+        ns(1) - ns(0)
+    );
+    println!(
+        "  client facade over Connection  (c) - (b): {:>7.0}",
+        ns(2) - ns(1)
+    );
+    println!(
+        "  server over lean echo          (e) - (b): {:>7.0}",
+        ns(4) - ns(1)
+    );
+    println!(
+        "  full stack over raw echo       (d) - (a): {:>7.0}  (the three above sum to {:.0})",
+        ns(3) - ns(0),
+        (ns(1) - ns(0)) + (ns(2) - ns(1)) + (ns(4) - ns(1))
+    );
     println!(
         "ratio mcp / raw echo: {:.3} (target >= 0.8)",
-        mcp.requests_per_second() / raw.requests_per_second()
+        best[3].requests_per_second() / raw
     );
 }
