@@ -43,6 +43,14 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     /// If nothing at all arrives this long after that PING, the connection is closed (5 s).
     pub heartbeat_timeout: Duration,
+    /// Whether a handler's first poll runs in the connection's own task (true). Most
+    /// handlers then finish without a task of their own, which makes a request about a
+    /// third cheaper (BENCHMARKS.md); only one that waits is spawned. The cost: whatever a
+    /// handler does before its first `.await` that waits holds up the other requests of
+    /// that connection. Set false to give every request its own task from the start (for
+    /// handlers that compute for long before they first wait, where `spawn_blocking` is not
+    /// an option).
+    pub run_handlers_inline: bool,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +66,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_timeout: Duration::from_secs(5),
+            run_handlers_inline: true,
         }
     }
 }

@@ -5,9 +5,15 @@
 //! shared with the client; the decisions are [`ConnState`] and [`Heartbeat`], which have no
 //! I/O. This file is the glue: one `select!` loop per connection.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
 
 use mcp_codec::{
     Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Notify, Ping, Pong,
@@ -23,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::Status;
-use crate::handler::{NotifyContext, Reply, RequestContext};
+use crate::handler::{Handler, NotifyContext, ReceivedMeta, Reply, RequestContext};
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::pattern::Pattern;
 use crate::server::Shared;
@@ -98,6 +104,10 @@ impl Drop for CompletionGuard {
         }
     }
 }
+
+/// Messages already read that are handled in a row, before the loop looks at completions
+/// and timers again.
+const BATCH: usize = 32;
 
 /// Why the loop ended.
 #[derive(Debug)]
@@ -183,34 +193,62 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
 
 impl Conn {
     async fn run(&mut self, mut reader: FrameReader<OwnedReadHalf>) -> End {
+        // The futures that outlive one turn of the loop are made once: building, polling
+        // and dropping them on every message cost more than the request itself.
         let mut shutdown = self.shared.shutdown.subscribe();
-        loop {
-            if self.grace.is_none() {
+        let shutdown = async move {
+            loop {
                 if let Some(grace) = *shutdown.borrow_and_update() {
-                    self.begin_shutdown(grace);
+                    return grace;
+                }
+                if shutdown.changed().await.is_err() {
+                    // The server's state holds the sender: it outlives the connection.
+                    std::future::pending::<()>().await;
                 }
             }
+        };
+        tokio::pin!(shutdown);
+        let writer = self.writer.clone();
+        let closed = writer.closed();
+        tokio::pin!(closed);
+        // The heartbeat's timer is armed at a deadline no later than the heartbeat's, and
+        // moved only when it fires or when the heartbeat's deadline comes earlier: the
+        // deadline moves with every message, the timer not.
+        let mut beat_at = self.heartbeat.deadline();
+        let beat = tokio::time::sleep_until(beat_at);
+        tokio::pin!(beat);
+        let grace = tokio::time::sleep_until(beat_at);
+        tokio::pin!(grace);
+        loop {
             if self.state.drained() {
                 return End::Drained;
+            }
+            let deadline = self.heartbeat.deadline();
+            if deadline < beat_at {
+                beat_at = deadline;
+                beat.as_mut().reset(beat_at);
             }
             // Stop reading while the client does not read its answers: the queue stays
             // bounded and TCP pushes back on the client.
             let full = self.writer.is_full();
-            let beat_at = self.heartbeat.deadline();
-            let grace_at = self.grace.unwrap_or(beat_at);
             tokio::select! {
                 biased;
                 Some(done) = self.done_rx.recv() => self.complete(done),
-                _ = shutdown.changed(), if self.grace.is_none() => {}
-                () = tokio::time::sleep_until(grace_at), if self.grace.is_some() => {
+                at = &mut shutdown, if self.grace.is_none() => {
+                    self.begin_shutdown(at);
+                    grace.as_mut().reset(at);
+                }
+                () = &mut grace, if self.grace.is_some() => {
                     self.grace_over();
                     return End::GraceOver;
                 }
-                _ = self.writer.closed() => return End::WriterGone,
-                () = tokio::time::sleep_until(beat_at), if self.reading => {
+                _ = &mut closed => return End::WriterGone,
+                () = &mut beat, if self.reading => {
                     if let Some(end) = self.beat(&reader) {
                         return end;
                     }
+                    beat_at = self.heartbeat.deadline();
+                    beat.as_mut().reset(beat_at);
                 }
                 ready = self.writer.ready(), if full && self.reading => {
                     if ready.is_err() {
@@ -220,8 +258,7 @@ impl Conn {
                 read = reader.next(), if self.reading && !full => {
                     match read {
                         Ok(Some(message)) => {
-                            self.alive(&reader);
-                            if let Some(end) = self.inbound(message) {
+                            if let Some(end) = self.received(&mut reader, message) {
                                 return end;
                             }
                         }
@@ -250,15 +287,45 @@ impl Conn {
     }
 
     /// Any complete frame received counts as life.
-    fn alive(&mut self, reader: &FrameReader<OwnedReadHalf>) {
+    fn alive(&mut self, reader: &FrameReader<OwnedReadHalf>, now: Instant) {
         self.frames_seen = reader.frames();
-        self.heartbeat.received(Instant::now());
+        self.heartbeat.received(now);
+    }
+
+    /// Handles a message read, then those already decoded behind it, as the loop would
+    /// (stopping where it would not read on), without going around it for each.
+    fn received(
+        &mut self,
+        reader: &mut FrameReader<OwnedReadHalf>,
+        message: Inbound,
+    ) -> Option<End> {
+        // One clock read for the batch: its messages arrived with the same read, and a
+        // request's deadline counts from then (no later than it did from its handling).
+        let now = Instant::now();
+        let mut message = message;
+        let mut left = BATCH;
+        loop {
+            self.alive(reader, now);
+            if let Some(end) = self.inbound(message, now) {
+                return Some(end);
+            }
+            left -= 1;
+            // After a batch, completions and timers get their turn.
+            if left == 0 || !self.reading || self.writer.is_full() || self.state.drained() {
+                return None;
+            }
+            message = match reader.try_next() {
+                Ok(Some(next)) => next,
+                Ok(None) => return None,
+                Err(err) => return Some(self.read_error(err)),
+            };
+        }
     }
 
     fn beat(&mut self, reader: &FrameReader<OwnedReadHalf>) -> Option<End> {
         // Frames of a long multi-frame message arrive without `next` returning: count them.
         if reader.frames() != self.frames_seen {
-            self.alive(reader);
+            self.alive(reader, Instant::now());
             return None;
         }
         match self.heartbeat.poll(Instant::now()) {
@@ -271,9 +338,9 @@ impl Conn {
         }
     }
 
-    fn inbound(&mut self, message: Inbound) -> Option<End> {
+    fn inbound(&mut self, message: Inbound, now: Instant) -> Option<End> {
         match message {
-            Inbound::Request(request) => return self.request(request),
+            Inbound::Request(request) => return self.request(request, now),
             Inbound::Notify(push) => self.notify(push),
             Inbound::Ping(nonce) => self.send(Envelope::Pong(Pong { nonce })),
             Inbound::Pong(_) => {}
@@ -332,8 +399,7 @@ impl Conn {
         }
     }
 
-    fn request(&mut self, request: InboundRequest) -> Option<End> {
-        let now = Instant::now();
+    fn request(&mut self, request: InboundRequest, now: Instant) -> Option<End> {
         // A message of several frames is handed over when its last frame arrives, so its
         // deadline counts from then, not from its head frame: at most a few milliseconds
         // more lenient than PROTOCOL.md section 3, and never stricter.
@@ -356,14 +422,14 @@ impl Conn {
     }
 
     fn start(&mut self, request: InboundRequest, deadline: Option<Instant>) {
-        let Some(handler) = self.shared.router.handler(request.method()).cloned() else {
+        let Some((method, handler)) = self.shared.router.handler(request.method()) else {
             // `admit` checked the route; answer rather than panic if that ever changes.
             self.send_error(request.id(), ErrorCode::UNKNOWN_METHOD, "no such method");
             return;
         };
+        let (method, handler) = (method.clone(), handler.clone());
         self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
         let id = request.id();
-        let method: Arc<str> = request.method().into();
         let format = request.format();
         let body_len = request.body().len();
         let cancel = CancellationToken::new();
@@ -371,14 +437,34 @@ impl Conn {
             id,
             method: method.clone(),
             format: FormatId::new(format),
-            meta: request
-                .meta()
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_vec()))
-                .collect(),
+            meta: ReceivedMeta::new(request.meta().clone()),
             deadline,
             peer: self.peer,
             cancel: cancel.clone(),
+        };
+        let body = request.into_body();
+        let span = tracing::debug_span!("request", conn = self.id, id, method = &*method);
+        // The handler's first poll runs here, in the connection's task: most handlers
+        // finish without waiting, and are then answered without a task, a timer and a
+        // round trip through the completion channel. Only one that waits is spawned.
+        let first = if self.shared.config.run_handlers_inline {
+            span.in_scope(|| poll_first(handler, ctx, body))
+        } else {
+            First::Pending(Box::pin(async move { handler.call(ctx, body).await }))
+        };
+        let call = match first {
+            First::Pending(call) => call,
+            First::Ready(result) => {
+                if !self.writer.is_full() {
+                    // Nothing ran it but this poll: the request is done, and was never
+                    // recorded as in flight (a CANCEL for it is one of an unknown id).
+                    self.answer(id, format, result);
+                    return;
+                }
+                // Answers wait while the client's queue is full: through the task, as for
+                // a handler that waited.
+                Box::pin(std::future::ready(result))
+            }
         };
         let generation = self.state.next_generation();
         let mut guard = CompletionGuard {
@@ -389,12 +475,9 @@ impl Conn {
             sent: false,
         };
         let writer = self.writer.clone();
-        let body = request.into_body();
         let task_cancel = cancel.clone();
-        let span = tracing::debug_span!("request", conn = self.id, id, method = &*method);
         let task = tokio::spawn(
             async move {
-                let call = handler.call(ctx, body);
                 let result = match deadline {
                     None => call.await,
                     Some(deadline) => match tokio::time::timeout_at(deadline, call).await {
@@ -474,11 +557,7 @@ impl Conn {
         let ctx = NotifyContext {
             topic: push.topic().into(),
             format: FormatId::new(push.format()),
-            meta: push
-                .meta()
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_vec()))
-                .collect(),
+            meta: ReceivedMeta::new(push.meta().clone()),
             peer: self.peer,
         };
         let body = push.into_body();
@@ -493,9 +572,13 @@ impl Conn {
             // Cancelled (or stopped): PROTOCOL.md section 6 says nothing is sent for it.
             return;
         }
-        match done.result {
-            Ok(reply) => self.send_reply(done.id, done.format, &reply),
-            Err(status) => self.send_error(done.id, status.code(), status.message()),
+        self.answer(done.id, done.format, done.result);
+    }
+
+    fn answer(&self, id: u32, format: u8, result: Result<Reply, Status>) {
+        match result {
+            Ok(reply) => self.send_reply(id, format, &reply),
+            Err(status) => self.send_error(id, status.code(), status.message()),
         }
     }
 
@@ -571,6 +654,36 @@ impl Conn {
             }
         }
     }
+}
+
+/// A handler's future, as [`Handler::call`] returns it.
+type Call = Pin<Box<dyn Future<Output = Result<Reply, Status>> + Send>>;
+
+/// What the first poll of a handler gave.
+enum First {
+    /// It finished (or panicked, which is answered ERROR 9 as in its task).
+    Ready(Result<Reply, Status>),
+    /// It waits: it goes on in its own task.
+    Pending(Call),
+}
+
+/// Calls the handler and polls its future once, catching a panic.
+///
+/// The poll uses a waker that does nothing: a future that is not ready is spawned, and a
+/// new task always polls its future, which then registers the task's own waker (anything
+/// that happened in between is seen by that poll).
+fn poll_first(handler: Arc<dyn Handler>, ctx: RequestContext, body: Bytes) -> First {
+    let polled = panic::catch_unwind(AssertUnwindSafe(|| {
+        // The task outlives this function, so the future owns the handler.
+        let mut call: Call = Box::pin(async move { handler.call(ctx, body).await });
+        let mut cx = Context::from_waker(Waker::noop());
+        match call.as_mut().poll(&mut cx) {
+            Poll::Ready(result) => First::Ready(result),
+            Poll::Pending => First::Pending(call),
+        }
+    }));
+    // The future was dropped while unwinding, as in a task.
+    polled.unwrap_or_else(|_| First::Ready(Err(Status::internal("the handler panicked"))))
 }
 
 /// The byte budget of client NOTIFY bodies: `max_in_flight_bytes`, within what one

@@ -5,12 +5,13 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use mcp_codec::{Metadata, OwnedMetaPair, TRACEPARENT, TRACESTATE};
 use mcp_format::{Decode, Encode, FormatId};
+use mcp_transport::Meta;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +23,7 @@ pub struct RequestContext {
     pub(crate) id: u32,
     pub(crate) method: Arc<str>,
     pub(crate) format: FormatId,
-    pub(crate) meta: Arc<[OwnedMetaPair]>,
+    pub(crate) meta: ReceivedMeta,
     pub(crate) deadline: Option<Instant>,
     pub(crate) peer: SocketAddr,
     pub(crate) cancel: CancellationToken,
@@ -46,7 +47,7 @@ impl RequestContext {
 
     /// The request's metadata, in wire order (keys may repeat).
     pub fn metadata(&self) -> Metadata<'_> {
-        Metadata::from_owned(&self.meta)
+        self.meta.metadata()
     }
 
     /// When the caller's budget runs out, counted from the arrival of the request's head
@@ -68,9 +69,9 @@ impl RequestContext {
 
     fn text_meta(&self, key: &str) -> Option<&str> {
         self.meta
-            .iter()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .wire
+            .get(key)
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// The client's address.
@@ -103,6 +104,36 @@ impl fmt::Debug for RequestContext {
             .field("deadline", &self.deadline)
             .field("peer", &self.peer)
             .finish_non_exhaustive()
+    }
+}
+
+/// Received metadata as the transport handed it over (the wire block, sliced from the
+/// frame), copied into owned pairs only if the handler asks for the [`Metadata`] view.
+#[derive(Clone, Default)]
+pub(crate) struct ReceivedMeta {
+    wire: Meta,
+    owned: OnceLock<Arc<[OwnedMetaPair]>>,
+}
+
+impl ReceivedMeta {
+    pub(crate) fn new(wire: Meta) -> Self {
+        ReceivedMeta {
+            wire,
+            owned: OnceLock::new(),
+        }
+    }
+
+    fn metadata(&self) -> Metadata<'_> {
+        if self.wire.is_empty() {
+            return Metadata::EMPTY;
+        }
+        let owned = self.owned.get_or_init(|| {
+            self.wire
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                .collect()
+        });
+        Metadata::from_owned(owned)
     }
 }
 
@@ -145,10 +176,16 @@ impl From<Bytes> for Reply {
 
 /// Handles the requests of one method, bytes in and bytes out.
 ///
-/// The server runs each call in its own task, so a slow handler delays nobody else. The
-/// future is dropped (stopping the work at its next `.await`) when the request is cancelled,
-/// its deadline passes or its connection closes; use [`RequestContext::cancellation`] to
-/// stop work running outside the future.
+/// The server polls the call's future once in the connection's task: a call that finishes
+/// there is answered at once, without a task of its own; one that waits goes on in its own
+/// task, so that a slow handler delays nobody else. Blocking or long computation before the
+/// first `.await` that waits would hold up the connection's other requests: hand it to
+/// `tokio::task::spawn_blocking` (or start with `tokio::task::yield_now().await`, or build
+/// the server with [`run_handlers_inline(false)`](crate::ServerBuilder::run_handlers_inline)).
+/// The future
+/// is dropped (stopping the work at its next `.await`) when the request is cancelled, its
+/// deadline passes or its connection closes; use [`RequestContext::cancellation`] to stop
+/// work running outside the future.
 ///
 /// Returning `Err` answers ERROR with the [`Status`]'s code; a panic in the handler is
 /// answered ERROR 9 (INTERNAL) and does not affect other requests.
@@ -245,7 +282,7 @@ where
 pub struct NotifyContext {
     pub(crate) topic: Arc<str>,
     pub(crate) format: FormatId,
-    pub(crate) meta: Arc<[OwnedMetaPair]>,
+    pub(crate) meta: ReceivedMeta,
     pub(crate) peer: SocketAddr,
 }
 
@@ -262,7 +299,7 @@ impl NotifyContext {
 
     /// The NOTIFY's metadata.
     pub fn metadata(&self) -> Metadata<'_> {
-        Metadata::from_owned(&self.meta)
+        self.meta.metadata()
     }
 
     /// The client's address.

@@ -32,7 +32,9 @@ pub const UNSUBSCRIBE: &str = "$unsubscribe";
 /// routed twice. Nothing a peer sends can panic the router.
 #[derive(Default, Clone)]
 pub struct Router {
-    methods: HashMap<Box<str>, Arc<dyn Handler>>,
+    /// Keyed by the name the handlers' contexts share, so that a request's method is not
+    /// copied.
+    methods: HashMap<Arc<str>, Arc<dyn Handler>>,
     topics: PatternMap<Arc<dyn NotifyHandler>>,
     topic_patterns: Vec<Pattern>,
 }
@@ -146,9 +148,9 @@ impl Router {
         self.route_notify(pattern, notify_fn(f))
     }
 
-    /// The handler of `method`.
-    pub(crate) fn handler(&self, method: &str) -> Option<&Arc<dyn Handler>> {
-        self.methods.get(method)
+    /// The handler of `method`, with the method's name.
+    pub(crate) fn handler(&self, method: &str) -> Option<(&Arc<str>, &Arc<dyn Handler>)> {
+        self.methods.get_key_value(method)
     }
 
     /// Whether `method` has a route or is built in.

@@ -199,6 +199,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Whether handlers get their first poll in the connection's task (default true); see
+    /// [`ServerConfig::run_handlers_inline`].
+    pub fn run_handlers_inline(mut self, inline: bool) -> Self {
+        self.config.run_handlers_inline = inline;
+        self
+    }
+
     /// Bytes queued per connection before the server holds back (default 1 MiB).
     pub fn write_queue_limit(mut self, bytes: usize) -> Self {
         self.config.write_queue_limit = bytes;

@@ -94,6 +94,27 @@ fn routes(builder: ServerBuilder, probe: &Probe) -> ServerBuilder {
         .route_raw("panic", |_ctx, _body| async {
             panic!("handler panic (expected by the test)")
         })
+        // The same as `echo` and `panic`, after a first poll that returns Pending.
+        .route_raw("later", |_ctx, body| async move {
+            tokio::task::yield_now().await;
+            Ok(Reply::new(body))
+        })
+        .route_raw("panic_later", |_ctx, _body| async {
+            tokio::task::yield_now().await;
+            panic!("handler panic after a yield (expected by the test)")
+        })
+        .route_raw("allmeta", |ctx, _body| async move {
+            // Every entry of the metadata view, in order, as `key=value;`.
+            let mut out = Vec::new();
+            for (key, value) in ctx.metadata().iter() {
+                out.extend_from_slice(key.as_bytes());
+                out.push(b'=');
+                out.extend_from_slice(value);
+                out.push(b';');
+            }
+            assert_eq!(ctx.clone().metadata().len(), ctx.metadata().len());
+            Ok(Reply::new(out))
+        })
         .route_typed(
             "add",
             Json,
@@ -874,5 +895,152 @@ async fn metadata_reaches_the_handler_and_the_answer() {
     let (id, code, _) = error(c.recv().await);
     assert_eq!((id, code), (2, ErrorCode::INTERNAL));
     c.ping_pong(1).await;
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn handlers_finishing_at_once_or_after_waiting_are_answered_alike() {
+    let (handle, _) = server().await;
+    let before = handle.stats().requests;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    let deadline = 5000u32.to_be_bytes();
+    let meta: &[(&str, &[u8])] = &[("deadline", &deadline)];
+    // `echo` and `panic` finish in their first poll; `later` and `panic_later` wait first.
+    for (id, method) in [(1, "echo"), (2, "later"), (3, "panic"), (4, "panic_later")] {
+        c.request_with_meta(id, format::RAW, method, meta, method.as_bytes())
+            .await;
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..4 {
+        match c.recv().await {
+            Some(OwnedEnvelope::Response(r)) => answers.insert(r.id, Ok(r.body)),
+            Some(OwnedEnvelope::Error { id, code, .. }) => answers.insert(id, Err(code)),
+            other => panic!("expected an answer, got {other:?}"),
+        };
+    }
+    assert_eq!(answers[&1], Ok(b"echo".to_vec()));
+    assert_eq!(answers[&2], Ok(b"later".to_vec()));
+    assert_eq!(answers[&3], Err(ErrorCode::INTERNAL));
+    assert_eq!(answers[&4], Err(ErrorCode::INTERNAL));
+    assert_eq!(handle.stats().requests - before, 4);
+    // CANCEL of requests already answered (at once, or from their task) is ignored, and
+    // their ids can be used again.
+    c.send(Envelope::Cancel(Cancel { id: 1 })).await;
+    c.send(Envelope::Cancel(Cancel { id: 2 })).await;
+    c.ping_pong(1).await;
+    c.request(1, format::RAW, "later", b"again").await;
+    assert_eq!(
+        response(c.recv().await),
+        (1, format::RAW, b"again".to_vec())
+    );
+    c.request(2, format::RAW, "echo", b"again").await;
+    assert_eq!(
+        response(c.recv().await),
+        (2, format::RAW, b"again".to_vec())
+    );
+    // Nothing stays in flight: a client GOAWAY closes the connection at once.
+    c.send(Envelope::GoAway(GoAway {
+        last_id: 0,
+        code: GoAwayCode::SHUTTING_DOWN,
+        reason: "",
+    }))
+    .await;
+    c.expect_closed().await;
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn the_metadata_view_has_every_entry_in_wire_order() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    let meta: &[(&str, &[u8])] = &[("b", b"1"), ("a", b"2"), ("b", b"3"), ("empty", b"")];
+    c.request_with_meta(1, format::RAW, "allmeta", meta, b"")
+        .await;
+    assert_eq!(
+        response(c.recv().await),
+        (1, format::RAW, b"b=1;a=2;b=3;empty=;".to_vec())
+    );
+    c.request(2, format::RAW, "allmeta", b"").await;
+    assert_eq!(response(c.recv().await), (2, format::RAW, Vec::new()));
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn a_client_that_reads_late_still_gets_every_answer() {
+    let (handle, _) = server_with(|b| b.write_queue_limit(64 * 1024)).await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    // More answers than the socket buffers hold: the server's queue fills, it stops
+    // reading, and goes on once the client reads.
+    const N: u32 = 512;
+    let body = vec![7u8; 32 * 1024];
+    let mut requests = Vec::new();
+    for id in 1..=N {
+        let method = if id % 2 == 0 { "echo" } else { "later" };
+        Envelope::Request(mcp_codec::Request {
+            id,
+            flags: Flags::NONE,
+            format: format::RAW,
+            method,
+            meta: Metadata::EMPTY,
+            body: &body,
+        })
+        .encode_to_vec(&mut requests)
+        .unwrap();
+    }
+    let (mut rd, mut wr) = c.stream_mut().split();
+    let write = async {
+        use tokio::io::AsyncWriteExt;
+        wr.write_all(&requests).await.unwrap();
+    };
+    let read = async {
+        use tokio::io::AsyncReadExt;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut decoder = mcp_codec::StreamDecoder::default();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                match OwnedEnvelope::from_envelope(&Envelope::parse(frame).unwrap()) {
+                    OwnedEnvelope::Response(r) => {
+                        assert_eq!(r.body.len(), body.len());
+                        assert!(seen.insert(r.id), "id {} answered twice", r.id);
+                    }
+                    other => panic!("expected RESPONSE, got {other:?}"),
+                }
+            }
+            if seen.len() == N as usize {
+                break;
+            }
+            let n = rd.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed the connection");
+            decoder.feed(&buf[..n]);
+        }
+    };
+    timeout(WAIT, async { tokio::join!(write, read) })
+        .await
+        .expect("the answers did not all come");
+    c.ping_pong(1).await;
+    stop(handle).await;
+}
+
+/// With `run_handlers_inline(false)` every request has its own task from the start: a
+/// handler that computes before it first waits does not hold up the next request of the
+/// same connection. (With the default, the `echo` below would be answered after it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_run_in_their_own_task_when_not_inline() {
+    let (handle, _) = server_with(|b| {
+        b.run_handlers_inline(false)
+            .route_raw("compute", |_ctx, body| async move {
+                // Blocks its worker thread before any await, as CPU-bound work would.
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(Reply::new(body))
+            })
+    })
+    .await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(1, format::RAW, "compute", b"slow").await;
+    c.request(2, format::RAW, "echo", b"fast").await;
+    assert_eq!(response(c.recv().await), (2, format::RAW, b"fast".to_vec()));
+    assert_eq!(response(c.recv().await), (1, format::RAW, b"slow".to_vec()));
     stop(handle).await;
 }
