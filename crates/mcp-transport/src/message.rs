@@ -21,7 +21,8 @@ pub struct Meta {
 
 #[derive(Clone)]
 enum MetaRepr {
-    /// The entries after the count byte, as received (already validated by the codec).
+    /// The entries after the count byte: as received (validated by the codec), or laid out
+    /// by [`Meta::from_entries`] (lengths checked; keys are checked when encoded).
     Wire { count: u8, entries: Bytes },
     /// Entries added locally.
     Pairs(Vec<(Cow<'static, str>, Bytes)>),
@@ -41,6 +42,60 @@ impl Meta {
     pub const fn new() -> Self {
         Meta {
             repr: MetaRepr::Pairs(Vec::new()),
+        }
+    }
+
+    /// `entries`, in order, laid out as a metadata block in one buffer (one allocation,
+    /// where [`Meta::push`] makes one per value and grows a list): the form for metadata
+    /// built on every call, such as the client's `traceparent` and `deadline`.
+    ///
+    /// Entries the wire cannot carry (an empty key or one over 255 bytes, a value over
+    /// 65,535 bytes, more than 255 entries) are kept as they are, so that encoding refuses
+    /// them with the usual error, as it refuses a key outside `[a-z0-9._-]`.
+    pub fn from_entries<'a, I>(entries: I) -> Meta
+    where
+        I: IntoIterator<Item = (&'a str, &'a [u8])>,
+        I::IntoIter: Clone,
+    {
+        let entries = entries.into_iter();
+        let mut count = 0usize;
+        let mut len = 0usize;
+        let mut fits = true;
+        for (key, value) in entries.clone() {
+            count += 1;
+            len += 1 + key.len() + 2 + value.len();
+            fits &= (1..=255).contains(&key.len()) && value.len() <= usize::from(u16::MAX);
+        }
+        if count == 0 {
+            return Meta::new();
+        }
+        let (Ok(count), true) = (u8::try_from(count), fits) else {
+            return Meta::copied(entries);
+        };
+        let mut block = bytes::BytesMut::with_capacity(len);
+        for (key, value) in entries {
+            // Both lengths were checked above.
+            block.extend_from_slice(&[key.len() as u8]);
+            block.extend_from_slice(key.as_bytes());
+            block.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            block.extend_from_slice(value);
+        }
+        Meta {
+            repr: MetaRepr::Wire {
+                count,
+                entries: block.freeze(),
+            },
+        }
+    }
+
+    /// Entries that do not fit a metadata block, copied as pairs for encoding to refuse.
+    fn copied<'a>(entries: impl Iterator<Item = (&'a str, &'a [u8])>) -> Meta {
+        Meta {
+            repr: MetaRepr::Pairs(
+                entries
+                    .map(|(k, v)| (Cow::Owned(k.to_owned()), Bytes::copy_from_slice(v)))
+                    .collect(),
+            ),
         }
     }
 
@@ -504,12 +559,13 @@ impl CallOptions {
     /// The effective deadline: the earlier of `deadline` and now + `timeout`, else
     /// now + `default` when given.
     pub fn resolve(&self, default: Option<Duration>) -> Option<Instant> {
-        let now = Instant::now();
         let from_timeout = self.timeout.or(match self.deadline {
             Some(_) => None,
             None => default,
         });
-        let from_timeout = from_timeout.and_then(|t| now.checked_add(t));
+        // The clock is read only when a timeout is to be counted from now (a call with a
+        // deadline alone, as the client makes, needs no clock read here).
+        let from_timeout = from_timeout.and_then(|t| Instant::now().checked_add(t));
         match (self.deadline, from_timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

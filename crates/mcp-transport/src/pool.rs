@@ -458,6 +458,21 @@ impl PoolShared {
 
     /// The least-loaded open connection with room, and a place in its window.
     fn pick(state: &PoolState) -> Option<(Connection, InFlightPermit)> {
+        // On every call: one pass for the least loaded, no list. Its place is taken with an
+        // atomic, which fails only if other callers took its last places meanwhile; then
+        // every connection with room is tried, least loaded first.
+        let least = state
+            .conns
+            .iter()
+            .filter(|c| c.is_open())
+            .map(|c| (c.in_flight(), c))
+            .filter(|(load, c)| *load < c.max_in_flight())
+            .min_by_key(|(load, _)| *load);
+        if let Some((_, c)) = least {
+            if let Some(permit) = c.try_acquire() {
+                return Some((c.clone(), permit));
+            }
+        }
         let mut candidates: Vec<(usize, &Connection)> = state
             .conns
             .iter()

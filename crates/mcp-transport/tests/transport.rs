@@ -1495,3 +1495,47 @@ async fn mcp_codec_with_framed() {
     );
     assert!(within(next(&mut frames)).await.is_none());
 }
+
+/// `Meta::from_entries` (one buffer in the wire layout) holds the same entries as pushed
+/// pairs, is sent as they are, and leaves what the wire cannot carry for encoding to refuse.
+#[tokio::test]
+async fn metadata_from_entries_matches_pairs_and_keeps_the_checks() {
+    let traceparent = &b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"[..];
+    let deadline = 5000u32.to_be_bytes();
+    let entries: [(&str, &[u8]); 3] = [
+        ("traceparent", traceparent),
+        ("deadline", &deadline),
+        ("empty", b""),
+    ];
+    let block = Meta::from_entries(entries);
+    let pairs = Meta::new()
+        .with("traceparent", traceparent)
+        .with("deadline", deadline.to_vec())
+        .with("empty", &b""[..]);
+    assert_eq!(block, pairs);
+    assert_eq!(block.len(), 3);
+    assert_eq!(block.deadline_ms(), Some(5000));
+    assert_eq!(block.iter().collect::<Vec<_>>(), entries.to_vec());
+    assert!(Meta::from_entries(std::iter::empty::<(&str, &[u8])>()).is_empty());
+    // Appending to a block turns it into pairs without losing anything.
+    let mut grown = block.clone();
+    grown.push("extra", &b"1"[..]);
+    assert_eq!(grown.len(), 4);
+    assert_eq!(grown.get("traceparent"), Some(traceparent));
+
+    let server = EchoServer::start().await;
+    let conn = connect(server.addr(), conn_config()).await;
+    assert!(within(call_meta(&conn, &block)).await.is_ok());
+    // A key outside the charset, and a value too long for its 2-byte length: refused
+    // locally, as for pairs.
+    let bad_key = Meta::from_entries([("Bad Key", &b""[..])]);
+    let err = within(call_meta(&conn, &bad_key)).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::InvalidRequest);
+    let long = vec![0u8; 70_000];
+    let too_long = Meta::from_entries([("big", &long[..])]);
+    assert_eq!(too_long.get("big").map(<[u8]>::len), Some(70_000));
+    let err = within(call_meta(&conn, &too_long)).await.unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::InvalidRequest);
+    // The connection is still usable.
+    assert!(within(call_meta(&conn, &block)).await.is_ok());
+}

@@ -515,24 +515,21 @@ fn outgoing_meta(
     context: &TraceContext,
     remaining: Option<Duration>,
 ) -> Meta {
-    let mut meta = Meta::new();
-    for (key, value) in &options.metadata {
-        if !matches!(key.as_ref(), TRACEPARENT | TRACESTATE | DEADLINE) {
-            meta.push(key.clone(), value.clone());
-        }
-    }
-    meta.push(
-        TRACEPARENT,
-        Bytes::copy_from_slice(&context.traceparent_bytes()),
-    );
-    if let Some(state) = context.tracestate() {
-        meta.push(TRACESTATE, Bytes::copy_from_slice(state.as_bytes()));
-    }
-    if let Some(remaining) = remaining {
-        meta.push(
-            DEADLINE,
-            Bytes::copy_from_slice(&trace::deadline_value(remaining)),
-        );
-    }
-    meta
+    let traceparent = context.traceparent_bytes();
+    let deadline = remaining.map(trace::deadline_value);
+    // One buffer for every entry (built on every attempt: one allocation, not one per
+    // value).
+    let callers = options
+        .metadata
+        .iter()
+        .filter(|(key, _)| !matches!(key.as_ref(), TRACEPARENT | TRACESTATE | DEADLINE))
+        .map(|(key, value)| (key.as_ref(), value.as_ref()));
+    let own = [
+        Some((TRACEPARENT, &traceparent[..])),
+        context
+            .tracestate()
+            .map(|state| (TRACESTATE, state.as_bytes())),
+        deadline.as_ref().map(|d| (DEADLINE, &d[..])),
+    ];
+    Meta::from_entries(callers.chain(own.into_iter().flatten()))
 }
