@@ -93,10 +93,47 @@ fn small_request_round_trip(c: &mut Criterion) {
     });
 }
 
+fn traced_request_round_trip(c: &mut Criterion) {
+    // The same REQUEST carrying what mcp-client puts on every call: a W3C `traceparent`
+    // and a `deadline`, so the cost of that metadata on the wire can be read off against
+    // `request_64B`.
+    let body = [0x5au8; 64];
+    let deadline = 2000u32.to_be_bytes();
+    let pairs: [(&str, &[u8]); 2] = [
+        (
+            "traceparent",
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("deadline", &deadline),
+    ];
+    let request = Request {
+        id: 42,
+        flags: Flags::NONE,
+        format: format::RAW,
+        method: "user.get",
+        meta: Metadata::from_pairs(&pairs),
+        body: &body,
+    };
+    let mut buf = [0u8; 256];
+    c.bench_function("request_64B_traced/encode+decode+parse", |b| {
+        b.iter(|| {
+            let len = black_box(&request).encode(&mut buf).expect("fits");
+            match decode_frame(black_box(&buf[..len])) {
+                Ok(Decoded::Frame { frame, .. }) => match Envelope::parse(frame) {
+                    Ok(Envelope::Request(r)) => r.body.len() + r.meta.len(),
+                    _ => unreachable!("valid request"),
+                },
+                _ => unreachable!("valid frame"),
+            }
+        })
+    });
+}
+
 criterion_group!(
     benches,
     frame_throughput,
     small_frame_round_trip,
-    small_request_round_trip
+    small_request_round_trip,
+    traced_request_round_trip
 );
 criterion_main!(benches);

@@ -524,6 +524,20 @@ impl PoolShared {
         &self,
         deadline: Option<Instant>,
     ) -> Result<(Connection, InFlightPermit), TransportError> {
+        // The common case first: a connection with room, taken without registering as a
+        // waiter (registering and leaving the wake-up list costs two locks of its own on
+        // every call). The loop below registers before it looks, so that a place freed in
+        // between is never missed.
+        {
+            let mut state = lock(&self.state);
+            if state.closed {
+                return Err(TransportError::shutdown(Phase::Pool));
+            }
+            Self::prune(&mut state);
+            if let Some(found) = Self::pick(&state) {
+                return Ok(found);
+            }
+        }
         let mut waiting: Option<Waiting<'_>> = None;
         let mut my_gen = None;
         loop {
