@@ -14,6 +14,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
+/// The resolution of tokio's timer.
+const TIMER_GRANULARITY: Duration = Duration::from_millis(1);
+
 /// How to generate load.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
@@ -159,7 +162,14 @@ where
                     Some(every) => {
                         let n = ticket.fetch_add(1, Ordering::Relaxed);
                         let due = start + every.mul_f64(n as f64);
-                        tokio::time::sleep_until(due).await;
+                        // tokio's timer counts whole milliseconds and rounds up: sleeping
+                        // until `due` itself would start most calls up to a millisecond
+                        // late and charge that to the system under test. Wake up to a
+                        // millisecond early instead; a call that starts before its slot is
+                        // timed from when it starts (below).
+                        if let Some(early) = due.checked_sub(TIMER_GRANULARITY) {
+                            tokio::time::sleep_until(early).await;
+                        }
                         due
                     }
                 };
@@ -168,6 +178,8 @@ where
                 if due >= end || Instant::now() >= end {
                     break;
                 }
+                // Timed from the slot, or from the start when that came first.
+                let from = due.min(Instant::now());
                 let outcome = call().await;
                 let done = Instant::now();
                 let measured = due >= measure_from;
@@ -176,7 +188,7 @@ where
                         progress.ok.fetch_add(1, Ordering::Relaxed);
                         if measured {
                             tally.ok += 1;
-                            let ns = done.duration_since(due).as_nanos().max(1) as u64;
+                            let ns = done.duration_since(from).as_nanos().max(1) as u64;
                             tally.latency_ns.saturating_record(ns);
                         }
                     }
@@ -312,6 +324,31 @@ mod tests {
             report.percentile_us(99.0)
         );
         assert!(report.percentile_us(0.0) < 21_000.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_does_not_charge_the_timers_granularity() {
+        // 700 calls/s (slots between whole milliseconds) of 100 us each: nothing queues,
+        // so every latency is the service time, not up to a millisecond more from waking
+        // late.
+        let config = LoadConfig {
+            concurrency: 4,
+            duration: Duration::from_secs(1),
+            rate: Some(700.0),
+            warmup: Duration::ZERO,
+        };
+        let report = run(&config, Arc::default(), || async {
+            tokio::time::sleep(Duration::from_micros(100)).await;
+            Ok(())
+        })
+        .await;
+        assert!((690..=710).contains(&report.ok), "{}", report.ok);
+        // The paused clock moves in whole milliseconds, so a 100 us sleep takes 1 ms.
+        assert!(
+            report.percentile_us(99.0) <= 1_100.0,
+            "{}",
+            report.percentile_us(99.0)
+        );
     }
 
     #[test]
