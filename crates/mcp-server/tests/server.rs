@@ -1024,23 +1024,39 @@ async fn a_client_that_reads_late_still_gets_every_answer() {
 }
 
 /// With `run_handlers_inline(false)` every request has its own task from the start: a
-/// handler that computes before it first waits does not hold up the next request of the
-/// same connection. (With the default, the `echo` below would be answered after it.)
+/// handler that blocks before it first waits does not hold up the next request of the
+/// same connection. Here `compute` blocks its thread until the test has the answer to the
+/// `echo` sent after it (at most 10 s); inline, `echo` could not be answered until then, and
+/// `compute`'s answer would come first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handlers_run_in_their_own_task_when_not_inline() {
-    let (handle, _) = server_with(|b| {
+    use std::sync::{Arc, Condvar, Mutex};
+    let released = Arc::new((Mutex::new(false), Condvar::new()));
+    let gate = Arc::clone(&released);
+    let (handle, _) = server_with(move |b| {
         b.run_handlers_inline(false)
-            .route_raw("compute", |_ctx, body| async move {
-                // Blocks its worker thread before any await, as CPU-bound work would.
-                std::thread::sleep(Duration::from_millis(300));
-                Ok(Reply::new(body))
+            .route_raw("compute", move |_ctx, body| {
+                let gate = Arc::clone(&gate);
+                async move {
+                    // Blocks its worker thread before any await, as CPU-bound work would.
+                    let (lock, cvar) = &*gate;
+                    let open = lock.lock().unwrap();
+                    let _open = cvar
+                        .wait_timeout_while(open, Duration::from_secs(10), |open| !*open)
+                        .unwrap();
+                    Ok(Reply::new(body))
+                }
             })
     })
     .await;
     let mut c = RawClient::connect(handle.local_addr()).await;
     c.request(1, format::RAW, "compute", b"slow").await;
     c.request(2, format::RAW, "echo", b"fast").await;
-    assert_eq!(response(c.recv().await), (2, format::RAW, b"fast".to_vec()));
+    let first = response(c.recv().await);
+    let (lock, cvar) = &*released;
+    *lock.lock().unwrap() = true;
+    cvar.notify_all();
+    assert_eq!(first, (2, format::RAW, b"fast".to_vec()));
     assert_eq!(response(c.recv().await), (1, format::RAW, b"slow".to_vec()));
     stop(handle).await;
 }
