@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use mcp_client::{CallOptions, Client, LimitConfig, RawRequest};
+use mcp_client::{BackoffConfig, CallOptions, Client, LimitConfig, PoolConfig, RawRequest};
 use mcp_format::{FormatId, Json, Protobuf};
 use mcp_proto::examples::v1::UserUpdate;
 use serde::{Deserialize, Serialize};
@@ -167,6 +167,18 @@ enum RuntimeKind {
     MultiThread,
 }
 
+/// Connections for a one-shot command: a refused connect is the answer, not something to
+/// retry with backoff until the budget runs out (a long-lived client waits for the server).
+fn one_shot_pool() -> PoolConfig {
+    PoolConfig {
+        backoff: BackoffConfig {
+            max_tries: 1,
+            ..BackoffConfig::default()
+        },
+        ..PoolConfig::default()
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (try 500ms, 5s, 1m)"))
 }
@@ -300,6 +312,7 @@ async fn call(
     };
     let client = Client::builder(addr.clone())
         .timeout(timeout)
+        .pool_config(one_shot_pool())
         .connect()
         .await
         .map_err(|e| format!("{addr}: {e}"))?;

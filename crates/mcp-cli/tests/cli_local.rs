@@ -211,13 +211,14 @@ fn bench_embedded_prints_a_json_report_last() {
 }
 
 #[test]
-fn call_to_a_closed_port_fails_within_its_timeout() {
+fn call_to_a_closed_port_fails_at_once() {
     let addr = format!("127.0.0.1:{}", free_port());
-    let out = run(&["call", &addr, "echo", "--json", "{}", "--timeout", "2s"]);
+    let out = run(&["call", &addr, "echo", "--json", "{}", "--timeout", "20s"]);
     out.assert_code(1);
     out.one_error_line(&[&addr, "Connection refused"]);
     assert!(out.stdout.is_empty(), "{out}");
-    assert!(out.elapsed < Duration::from_secs(15), "{out}");
+    // A refused connect is the answer: no waiting out the 20 s budget in backoff.
+    assert!(out.elapsed < Duration::from_secs(10), "{out}");
 }
 
 #[test]
