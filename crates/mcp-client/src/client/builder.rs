@@ -132,6 +132,12 @@ impl<F: Format> ClientBuilder<F> {
 
     /// Every transport setting at once (connections, reconnect backoff, queues, message
     /// size); the setters above change single fields of it.
+    ///
+    /// While the server cannot be reached, calls wait (within their budget) as the pool
+    /// reconnects with backoff, so that a restarting server is reached again. A one-shot
+    /// program that would rather hear at once that nobody listens sets
+    /// `backoff.max_tries` to 1: the first refused connect then fails the call (`mcp call`
+    /// does so).
     pub fn pool_config(mut self, pool: PoolConfig) -> Self {
         self.pool = pool;
         let timeout = self.timing.timeout;
