@@ -362,3 +362,50 @@ fn the_blocking_client_calls_without_async() {
     rt.block_on(server.shutdown(Duration::from_secs(1)))
         .expect("shutdown");
 }
+
+/// A setting that cannot work is refused when the client is built, naming the setting,
+/// instead of surfacing as calls that all time out or connections that all die.
+#[tokio::test]
+async fn settings_that_cannot_work_are_refused_by_name() {
+    use mcp_client::{BackoffConfig, Client, ErrorKind, PoolConfig};
+    let addr = "127.0.0.1:9";
+    let zero_connections = PoolConfig {
+        max_connections: 0,
+        ..PoolConfig::default()
+    };
+    let mut zero_heartbeat = PoolConfig::default();
+    zero_heartbeat.connection.heartbeat.timeout = Duration::ZERO;
+    let shrinking_backoff = PoolConfig {
+        backoff: BackoffConfig {
+            multiplier: 0.5,
+            ..BackoffConfig::default()
+        },
+        ..PoolConfig::default()
+    };
+    let cases = [
+        (
+            Client::builder(addr).pool_config(zero_connections),
+            "max_connections",
+        ),
+        (
+            Client::builder(addr).pool_config(zero_heartbeat),
+            "heartbeat.timeout",
+        ),
+        (
+            Client::builder(addr).pool_config(shrinking_backoff),
+            "backoff.multiplier",
+        ),
+        (Client::builder(addr).timeout(Duration::ZERO), "timeout"),
+        (
+            Client::builder(addr).attempt_timeout(Duration::ZERO),
+            "attempt_timeout",
+        ),
+    ];
+    for (builder, field) in cases {
+        let err = builder.build().expect_err(field);
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{field}: {err}");
+        assert!(err.to_string().contains(field), "{field}: {err}");
+    }
+    // The defaults pass.
+    assert!(Client::builder(addr).build().is_ok());
+}

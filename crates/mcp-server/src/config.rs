@@ -70,3 +70,32 @@ impl Default for ServerConfig {
         }
     }
 }
+
+impl ServerConfig {
+    /// Checks for settings that cannot work: a zero size, queue or in-flight limit (every
+    /// request refused), a zero connection limit (every client turned away), a zero
+    /// timeout (every connection declared dead at once). `max_subscriptions` and
+    /// `max_notify_in_flight` may be 0: that turns subscriptions or one-way messages off.
+    /// The error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        let counts = [
+            ("max_message_len", self.max_message_len),
+            ("max_in_flight", self.max_in_flight),
+            ("max_in_flight_bytes", self.max_in_flight_bytes),
+            ("write_queue_limit", self.write_queue_limit),
+            ("max_connections", self.max_connections),
+        ];
+        if let Some((field, _)) = counts.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{field} must be at least 1"));
+        }
+        let durations = [
+            ("write_stall_timeout", self.write_stall_timeout),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("heartbeat_timeout", self.heartbeat_timeout),
+        ];
+        if let Some((field, _)) = durations.iter().find(|(_, value)| value.is_zero()) {
+            return Err(format!("{field} must be longer than zero"));
+        }
+        Ok(())
+    }
+}

@@ -32,6 +32,9 @@ pub enum Error {
     /// A value to publish could not be encoded in the chosen format.
     #[error("cannot publish: {0}")]
     Encode(#[source] EncodeError),
+    /// A setting that cannot work ([`ServerConfig::check`](crate::ServerConfig::check)).
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// The server task ended abnormally (it panicked or was aborted).
     #[error("the server task ended abnormally: {0}")]
     Task(String),

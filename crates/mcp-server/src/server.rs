@@ -230,6 +230,7 @@ impl ServerBuilder {
         self,
         addr: impl ToSocketAddrs + fmt::Display,
     ) -> Result<ServerHandle, Error> {
+        self.config.check().map_err(Error::Config)?;
         let shown = addr.to_string();
         let listener = TcpListener::bind(addr)
             .await
@@ -242,6 +243,7 @@ impl ServerBuilder {
 
     /// Starts serving connections accepted from `listener` on the current tokio runtime.
     pub fn serve_with_listener(self, listener: TcpListener) -> Result<ServerHandle, Error> {
+        self.config.check().map_err(Error::Config)?;
         let local_addr = listener.local_addr().map_err(Error::Listener)?;
         let (shutdown, _) = watch::channel(None);
         let (open, _) = watch::channel(0);

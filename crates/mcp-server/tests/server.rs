@@ -1023,40 +1023,68 @@ async fn a_client_that_reads_late_still_gets_every_answer() {
     stop(handle).await;
 }
 
-/// With `run_handlers_inline(false)` every request has its own task from the start: a
-/// handler that blocks before it first waits does not hold up the next request of the
-/// same connection. Here `compute` blocks its thread until the test has the answer to the
-/// `echo` sent after it (at most 10 s); inline, `echo` could not be answered until then, and
-/// `compute`'s answer would come first.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Where a handler's first poll runs: by default in the connection's task (the same task
+/// for every request of a connection), with `run_handlers_inline(false)` in a task of the
+/// request's own, so that a handler that computes before it first waits does not hold up
+/// the connection's other requests. Told apart by the tokio task id the handler sees.
+#[tokio::test]
 async fn handlers_run_in_their_own_task_when_not_inline() {
-    use std::sync::{Arc, Condvar, Mutex};
-    let released = Arc::new((Mutex::new(false), Condvar::new()));
-    let gate = Arc::clone(&released);
-    let (handle, _) = server_with(move |b| {
-        b.run_handlers_inline(false)
-            .route_raw("compute", move |_ctx, body| {
-                let gate = Arc::clone(&gate);
-                async move {
-                    // Blocks its worker thread before any await, as CPU-bound work would.
-                    let (lock, cvar) = &*gate;
-                    let open = lock.lock().unwrap();
-                    let _open = cvar
-                        .wait_timeout_while(open, Duration::from_secs(10), |open| !*open)
-                        .unwrap();
-                    Ok(Reply::new(body))
-                }
-            })
-    })
-    .await;
-    let mut c = RawClient::connect(handle.local_addr()).await;
-    c.request(1, format::RAW, "compute", b"slow").await;
-    c.request(2, format::RAW, "echo", b"fast").await;
-    let first = response(c.recv().await);
-    let (lock, cvar) = &*released;
-    *lock.lock().unwrap() = true;
-    cvar.notify_all();
-    assert_eq!(first, (2, format::RAW, b"fast".to_vec()));
-    assert_eq!(response(c.recv().await), (1, format::RAW, b"slow".to_vec()));
+    for inline in [true, false] {
+        let (handle, _) = server_with(move |b| {
+            b.run_handlers_inline(inline)
+                .route_raw("whoami", |_ctx, _body| async move {
+                    let id = tokio::task::try_id().map(|id| id.to_string());
+                    Ok(Reply::new(id.unwrap_or_default().into_bytes()))
+                })
+        })
+        .await;
+        let mut c = RawClient::connect(handle.local_addr()).await;
+        let mut tasks = Vec::new();
+        for id in 1..=3 {
+            c.request(id, format::RAW, "whoami", b"").await;
+            let (answered, _, task) = response(c.recv().await);
+            assert_eq!(answered, id);
+            assert!(!task.is_empty(), "handlers run inside a tokio task");
+            tasks.push(task);
+        }
+        let same = tasks.windows(2).all(|w| w[0] == w[1]);
+        assert_eq!(same, inline, "inline {inline}: tasks {tasks:?}");
+        stop(handle).await;
+    }
+}
+
+/// A setting that cannot work is refused before anything is bound, naming the setting.
+#[tokio::test]
+async fn settings_that_cannot_work_are_refused_by_name() {
+    let zero_in_flight = {
+        let mut config = mcp_server::ServerConfig::default();
+        config.max_in_flight = 0;
+        config
+    };
+    let zero_heartbeat = {
+        let mut config = mcp_server::ServerConfig::default();
+        config.heartbeat_timeout = Duration::ZERO;
+        config
+    };
+    for (config, field) in [
+        (zero_in_flight, "max_in_flight"),
+        (zero_heartbeat, "heartbeat_timeout"),
+    ] {
+        let err = mcp_server::Server::builder()
+            .config(config)
+            .bind("127.0.0.1:0")
+            .await
+            .expect_err(field);
+        assert!(matches!(err, mcp_server::Error::Config(_)), "{err}");
+        assert!(err.to_string().contains(field), "{err}");
+    }
+    // Subscriptions may be turned off.
+    let mut no_subscriptions = mcp_server::ServerConfig::default();
+    no_subscriptions.max_subscriptions = 0;
+    let handle = mcp_server::Server::builder()
+        .config(no_subscriptions)
+        .bind("127.0.0.1:0")
+        .await
+        .expect("a server without subscriptions");
     stop(handle).await;
 }

@@ -210,3 +210,71 @@ impl Default for PoolConfig {
         }
     }
 }
+
+impl ConnectionConfig {
+    /// Checks for settings that cannot work (a zero limit or timeout, which would refuse
+    /// every call or declare every connection dead at once); the error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        nonzero_duration("connect_timeout", self.connect_timeout)?;
+        nonzero_duration("heartbeat.interval", self.heartbeat.interval)?;
+        nonzero_duration("heartbeat.timeout", self.heartbeat.timeout)?;
+        nonzero_duration("wire.write_stall_timeout", self.wire.write_stall_timeout)?;
+        nonzero_duration("subscribe_timeout", self.subscribe_timeout)?;
+        nonzero("wire.max_message_len", self.wire.max_message_len)?;
+        nonzero("wire.write_queue_limit", self.wire.write_queue_limit)?;
+        nonzero("max_in_flight", self.max_in_flight)?;
+        nonzero("max_abandoned_ids", self.max_abandoned_ids)?;
+        nonzero("push_queue", self.push_queue)?;
+        nonzero("push_queue_bytes", self.push_queue_bytes)
+    }
+}
+
+impl PoolConfig {
+    /// [`ConnectionConfig::check`], and the pool's own settings: at least one connection,
+    /// a warm minimum no larger than the maximum, a backoff that grows (a finite factor of
+    /// at least 1, at least one try, a first delay no longer than the cap), non-zero
+    /// periods.
+    pub fn check(&self) -> Result<(), String> {
+        self.connection.check()?;
+        nonzero("max_connections", self.max_connections)?;
+        if self.min_connections > self.max_connections {
+            return Err(format!(
+                "min_connections ({}) is above max_connections ({})",
+                self.min_connections, self.max_connections
+            ));
+        }
+        nonzero_duration("default_timeout", self.default_timeout)?;
+        nonzero_duration("maintenance_interval", self.maintenance_interval)?;
+        let b = &self.backoff;
+        if !(b.multiplier.is_finite() && b.multiplier >= 1.0) {
+            return Err(format!(
+                "backoff.multiplier must be a finite number of at least 1, not {}",
+                b.multiplier
+            ));
+        }
+        if b.max_tries == 0 {
+            return Err("backoff.max_tries must be at least 1".into());
+        }
+        if b.initial > b.max {
+            return Err(format!(
+                "backoff.initial ({:?}) is above backoff.max ({:?})",
+                b.initial, b.max
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn nonzero(field: &str, value: usize) -> Result<(), String> {
+    if value == 0 {
+        return Err(format!("{field} must be at least 1"));
+    }
+    Ok(())
+}
+
+fn nonzero_duration(field: &str, value: Duration) -> Result<(), String> {
+    if value.is_zero() {
+        return Err(format!("{field} must be longer than zero"));
+    }
+    Ok(())
+}

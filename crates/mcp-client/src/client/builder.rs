@@ -153,6 +153,22 @@ impl<F: Format> ClientBuilder<F> {
                 "a client must be built inside a tokio runtime",
             ));
         }
+        // A setting that cannot work is refused here, with its name, rather than showing
+        // up later as calls that all time out or connections that all die.
+        let timing = [
+            ("timeout", self.timing.timeout),
+            ("attempt_timeout", self.timing.attempt_timeout),
+        ];
+        for (field, value) in timing {
+            if value.is_zero() {
+                return Err(Error::invalid(format!(
+                    "invalid configuration: {field} must be longer than zero"
+                )));
+            }
+        }
+        self.pool
+            .check()
+            .map_err(|e| Error::invalid(format!("invalid configuration: {e}")))?;
         let pool = Pool::new(self.addr.clone(), self.pool.clone());
         Ok(self.build_with(Backend::Pool(pool)))
     }
