@@ -9,3 +9,26 @@
 
 pub mod mcp_echo;
 pub mod raw_echo;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
+
+/// Listens on `127.0.0.1:0` and runs `connection` in a task for every client, until the
+/// runtime ends; returns the address.
+async fn serve_on_loopback<F, Fut>(connection: F) -> io::Result<SocketAddr>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = io::Result<()>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(connection(stream));
+        }
+    });
+    Ok(addr)
+}

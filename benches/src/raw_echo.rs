@@ -13,21 +13,14 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 const HEADER: usize = 8;
 
 /// Starts the echo server on `127.0.0.1:0`; it runs until the runtime ends.
 pub async fn serve() -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(echo_connection(stream));
-        }
-    });
-    Ok(addr)
+    crate::serve_on_loopback(echo_connection).await
 }
 
 async fn echo_connection(mut stream: TcpStream) -> io::Result<()> {

@@ -456,6 +456,18 @@ impl PoolShared {
                 || (open == 0 && self.router.has_subscribers()))
     }
 
+    /// A place on an open connection with room, if one is free now (dead connections are
+    /// dropped from the list first); an error once the pool is closed.
+    fn take_open(
+        state: &mut PoolState,
+    ) -> Result<Option<(Connection, InFlightPermit)>, TransportError> {
+        if state.closed {
+            return Err(TransportError::shutdown(Phase::Pool));
+        }
+        Self::prune(state);
+        Ok(Self::pick(state))
+    }
+
     /// The least-loaded open connection with room, and a place in its window.
     fn pick(state: &PoolState) -> Option<(Connection, InFlightPermit)> {
         // On every call: one pass for the least loaded, no list. Its place is taken with an
@@ -528,15 +540,8 @@ impl PoolShared {
         // waiter (registering and leaving the wake-up list costs two locks of its own on
         // every call). The loop below registers before it looks, so that a place freed in
         // between is never missed.
-        {
-            let mut state = lock(&self.state);
-            if state.closed {
-                return Err(TransportError::shutdown(Phase::Pool));
-            }
-            Self::prune(&mut state);
-            if let Some(found) = Self::pick(&state) {
-                return Ok(found);
-            }
+        if let Some(found) = Self::take_open(&mut lock(&self.state))? {
+            return Ok(found);
         }
         let mut waiting: Option<Waiting<'_>> = None;
         let mut my_gen = None;
@@ -546,11 +551,7 @@ impl PoolShared {
             notified.as_mut().enable();
             let reason = {
                 let mut state = lock(&self.state);
-                if state.closed {
-                    return Err(TransportError::shutdown(Phase::Pool));
-                }
-                Self::prune(&mut state);
-                if let Some(found) = Self::pick(&state) {
+                if let Some(found) = Self::take_open(&mut state)? {
                     return Ok(found);
                 }
                 let series = *my_gen.get_or_insert_with(|| {
