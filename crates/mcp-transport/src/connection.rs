@@ -577,8 +577,15 @@ impl Connection {
     }
 
     /// Closes now: pending calls fail with [`ErrorKind::Shutdown`] ("may have been
-    /// processed"), the socket is closed and the tasks end.
+    /// processed"), a GOAWAY (last id 0: no more requests from this side, PROTOCOL.md
+    /// section 6) is written after what is queued, the socket is closed and the tasks end.
     pub fn close(&self) {
+        // Best effort: a connection already failing has nobody to tell.
+        let _ = self.shared.writer.send(Envelope::GoAway(GoAway {
+            last_id: 0,
+            code: GoAwayCode::SHUTTING_DOWN,
+            reason: "",
+        }));
         self.shared.request_close();
     }
 

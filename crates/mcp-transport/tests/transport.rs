@@ -1539,3 +1539,21 @@ async fn metadata_from_entries_matches_pairs_and_keeps_the_checks() {
     // The connection is still usable.
     assert!(within(call_meta(&conn, &block)).await.is_ok());
 }
+
+/// Closing a connection tells the server first: GOAWAY with last id 0 ("no more requests
+/// from this side", PROTOCOL.md section 6), then the end of the stream.
+#[tokio::test]
+async fn close_sends_goaway_then_ends_the_stream() {
+    let listener = TestListener::bind().await;
+    let conn = connect(listener.addr(), conn_config()).await;
+    let mut peer = listener.accept().await;
+    conn.close();
+    match peer.recv().await {
+        Received::Envelope(OwnedEnvelope::GoAway { last_id, code, .. }) => {
+            assert_eq!(last_id, 0);
+            assert_eq!(code, mcp_codec::GoAwayCode::SHUTTING_DOWN);
+        }
+        other => panic!("expected GOAWAY, got {other:?}"),
+    }
+    assert_eq!(peer.recv().await, Received::Closed);
+}

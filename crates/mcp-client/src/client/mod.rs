@@ -304,9 +304,9 @@ impl<F: Format> Client<F> {
 
     /// Closes the client: new calls fail with [`Error::is_closed`] at once, calls in flight
     /// get up to the close timeout (builder, default 5 s) to finish, then the connections
-    /// are closed (sockets shut, subscription streams ended, background tasks joined); the
-    /// server learns of it from the closed socket, as no answer is owed either way. Every
-    /// clone is closed. Returns how many calls were still in flight when the grace period
+    /// are closed (a GOAWAY with last id 0 tells the server no more requests come, then
+    /// the sockets are shut, subscription streams ended and background tasks joined).
+    /// Every clone is closed. Returns how many calls were still in flight when the grace period
     /// ran out (they fail as closed).
     pub async fn close(&self) -> usize {
         self.close_within(self.shared.timing.close_timeout).await
