@@ -9,44 +9,20 @@
 //!   the subscribers end with the error; the unanswered request does not stay pending nor
 //!   keep a draining connection open.
 
-use std::future::Future;
 use std::time::Duration;
 
 use mcp_codec::{Envelope, OwnedEnvelope, Ping};
 use mcp_test_support::{Peer, Received, STEP, TestListener, encode, error, notify};
 use mcp_transport::{
-    BackoffConfig, CallOptions, Connection, ConnectionConfig, ErrorKind, Pool, PoolConfig,
-    PushOverflow, Subscription,
+    CallOptions, Connection, ConnectionConfig, ErrorKind, Pool, PushOverflow, Subscription,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
 
-async fn within<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, f)
-        .await
-        .expect("finished in time")
-}
+mod common;
 
-fn conn_config() -> ConnectionConfig {
-    ConnectionConfig {
-        connect_timeout: Duration::from_secs(2),
-        ..ConnectionConfig::default()
-    }
-}
-
-fn pool_config(connection: ConnectionConfig) -> PoolConfig {
-    PoolConfig {
-        connection,
-        backoff: BackoffConfig {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(200),
-            ..BackoffConfig::default()
-        },
-        maintenance_interval: Duration::from_millis(50),
-        ..PoolConfig::default()
-    }
-}
+use common::{conn_config, pool_config_with as pool_config, within};
 
 /// `count` PING frames back to back.
 fn pings(count: u64) -> Vec<u8> {

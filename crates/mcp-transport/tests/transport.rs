@@ -2,7 +2,6 @@
 //! against the scriptable peers of `mcp-test-support`, plus virtual-time tests
 //! (`tokio::time::pause`) for backoff and heartbeat.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,11 +20,9 @@ use mcp_transport::{
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-async fn within<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, f)
-        .await
-        .expect("finished in time")
-}
+mod common;
+
+use common::{conn_config, pool_config_with, within};
 
 /// Connects a bare connection, bounded (on top of the connect timeout of `config`).
 async fn connect(addr: SocketAddr, config: ConnectionConfig) -> Connection {
@@ -34,24 +31,8 @@ async fn connect(addr: SocketAddr, config: ConnectionConfig) -> Connection {
         .expect("connects")
 }
 
-fn conn_config() -> ConnectionConfig {
-    ConnectionConfig {
-        connect_timeout: Duration::from_secs(2),
-        ..ConnectionConfig::default()
-    }
-}
-
 fn pool_config() -> PoolConfig {
-    PoolConfig {
-        connection: conn_config(),
-        backoff: BackoffConfig {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(200),
-            ..BackoffConfig::default()
-        },
-        maintenance_interval: Duration::from_millis(50),
-        ..PoolConfig::default()
-    }
+    pool_config_with(conn_config())
 }
 
 fn body(reply: Result<Reply, TransportError>) -> Bytes {
