@@ -69,35 +69,13 @@ fn small_frame_round_trip(c: &mut Criterion) {
 fn small_request_round_trip(c: &mut Criterion) {
     // A whole REQUEST with a 64-byte body (83 payload bytes) encoded, decoded and parsed:
     // the frame round trip plus envelope writing and validation.
-    let body = [0x5au8; 64];
-    let request = Request {
-        id: 42,
-        flags: Flags::NONE,
-        format: format::RAW,
-        method: "user.get",
-        meta: Metadata::EMPTY,
-        body: &body,
-    };
-    let mut buf = [0u8; 128];
-    c.bench_function("request_64B/encode+decode+parse", |b| {
-        b.iter(|| {
-            let len = black_box(&request).encode(&mut buf).expect("fits");
-            match decode_frame(black_box(&buf[..len])) {
-                Ok(Decoded::Frame { frame, .. }) => match Envelope::parse(frame) {
-                    Ok(Envelope::Request(r)) => r.body.len(),
-                    _ => unreachable!("valid request"),
-                },
-                _ => unreachable!("valid frame"),
-            }
-        })
-    });
+    request_round_trip(c, "request_64B/encode+decode+parse", Metadata::EMPTY);
 }
 
 fn traced_request_round_trip(c: &mut Criterion) {
     // The same REQUEST carrying what mcp-client puts on every call: a W3C `traceparent`
     // and a `deadline`, so the cost of that metadata on the wire can be read off against
     // `request_64B`.
-    let body = [0x5au8; 64];
     let deadline = 2000u32.to_be_bytes();
     let pairs: [(&str, &[u8]); 2] = [
         (
@@ -106,16 +84,26 @@ fn traced_request_round_trip(c: &mut Criterion) {
         ),
         ("deadline", &deadline),
     ];
+    request_round_trip(
+        c,
+        "request_64B_traced/encode+decode+parse",
+        Metadata::from_pairs(&pairs),
+    );
+}
+
+/// A REQUEST with a 64-byte body and `meta`, encoded, decoded and parsed.
+fn request_round_trip(c: &mut Criterion, name: &str, meta: Metadata<'_>) {
+    let body = [0x5au8; 64];
     let request = Request {
         id: 42,
         flags: Flags::NONE,
         format: format::RAW,
         method: "user.get",
-        meta: Metadata::from_pairs(&pairs),
+        meta,
         body: &body,
     };
     let mut buf = [0u8; 256];
-    c.bench_function("request_64B_traced/encode+decode+parse", |b| {
+    c.bench_function(name, |b| {
         b.iter(|| {
             let len = black_box(&request).encode(&mut buf).expect("fits");
             match decode_frame(black_box(&buf[..len])) {
