@@ -7,10 +7,16 @@
 //!
 //! Architecture invariant: every call gets exactly one outcome. The pending table owns the
 //! sender of each call's oneshot; whoever removes the entry (the driver on an answer, a
-//! GOAWAY or the connection's end; the caller on its timeout or drop) is the only one who
-//! can complete or abandon it, and all removals happen under one lock.
+//! deadline, a GOAWAY or the connection's end; the caller when it drops its future) is the
+//! only one who can complete or abandon it, and all removals happen under one lock.
+//!
+//! Deadlines are kept in the pending table, not in a timer per call: the driver runs one
+//! timer, set to the earliest deadline in the table, and when it fires gives up on every
+//! entry that is due. Registering and clearing a tokio timer for each call cost about as
+//! much as the rest of the transport's per-call work, and almost every call is answered
+//! long before its deadline.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -185,13 +191,22 @@ struct Completions {
     refused: Vec<(Resubscribe, TransportError)>,
 }
 
+/// One entry of the pending table: who waits, and until when.
+#[derive(Debug)]
+struct Entry {
+    waiter: Waiter,
+    /// When to give up on the request (CANCEL, a timeout for the caller); `None`: never.
+    deadline: Option<Instant>,
+}
+
 #[derive(Debug)]
 enum Waiter {
     Caller(oneshot::Sender<Outcome>),
     /// Nobody waits: `$unsubscribe` sent from a destructor, or `$subscribe` sent again for
     /// the local subscribers of a pattern (after a reconnect). The answer is discarded,
     /// except that a refused `$subscribe` ends its subscribers. Given up on after the
-    /// subscribe timeout ([`ConnState::detached`]).
+    /// subscribe timeout: nobody else would, and an unanswered one would otherwise stay in
+    /// `pending` for good and keep a draining connection open.
     Detached(Option<Resubscribe>),
 }
 
@@ -212,15 +227,14 @@ enum Life {
 #[derive(Debug)]
 struct ConnState {
     next_id: u32,
-    pending: IdMap<Waiter>,
+    pending: IdMap<Entry>,
     /// Ids given up on (CANCEL sent, or refused by GOAWAY) whose answer may still come;
     /// never reused while here. An id leaves when its late answer arrives.
     abandoned: IdSet,
-    /// When each detached request is given up on, oldest first (one timeout for all, so
-    /// deadlines come in order). Nobody else would time them out: without this an
-    /// unanswered one would stay in `pending` for good and keep a draining connection
-    /// open. An entry whose answer came is skipped when its deadline is reached.
-    detached: VecDeque<(Instant, u32)>,
+    /// When the driver's deadline timer fires: at or before the earliest deadline in
+    /// `pending` (`None` when no entry has one). It may be earlier than every deadline
+    /// left (their calls were answered); firing then only finds the next one.
+    timer: Option<Instant>,
     life: Life,
     close_requested: bool,
     close_reason: Option<TransportError>,
@@ -448,7 +462,7 @@ impl Connection {
                 next_id: 1,
                 pending: IdMap::default(),
                 abandoned: IdSet::default(),
-                detached: VecDeque::new(),
+                timer: None,
                 life: Life::Open,
                 close_requested: false,
                 close_reason: None,
@@ -488,8 +502,8 @@ impl Connection {
         self.shared.wait_writable(deadline).await?;
         let pending = self
             .shared
-            .start(Some(permit), method, format, meta, body)?;
-        pending.wait(deadline).await
+            .start(Some(permit), method, format, meta, body, deadline)?;
+        pending.wait().await
     }
 
     /// Sends a one-way NOTIFY to the server, waiting for queue space if the write queue is
@@ -645,6 +659,7 @@ impl Connection {
         self.shared.wait_writable(deadline).await
     }
 
+    /// Queues a REQUEST; the call is given up on (CANCEL, a timeout) at `deadline`.
     pub(crate) fn start_call(
         &self,
         permit: InFlightPermit,
@@ -652,8 +667,10 @@ impl Connection {
         format: u8,
         meta: &Meta,
         body: &[u8],
+        deadline: Option<Instant>,
     ) -> Result<PendingCall, TransportError> {
-        self.shared.start(Some(permit), method, format, meta, body)
+        self.shared
+            .start(Some(permit), method, format, meta, body, deadline)
     }
 
     pub(crate) fn notify_now(
@@ -810,6 +827,7 @@ impl ConnShared {
         format: u8,
         meta: &Meta,
         body: &[u8],
+        deadline: Option<Instant>,
     ) -> Result<PendingCall, TransportError> {
         let (tx, rx) = oneshot::channel();
         let mut state = lock(&self.state);
@@ -818,8 +836,16 @@ impl ConnShared {
         }
         let id = state.alloc_id();
         self.send_request(id, method, format, meta, body)?;
-        state.pending.insert(id, Waiter::Caller(tx));
-        state.last_active = Instant::now();
+        // No clock read here for `last_active`: a call in flight keeps the connection from
+        // being idle, and its answer (or its end) updates `last_active`.
+        self.track(
+            &mut state,
+            id,
+            Entry {
+                waiter: Waiter::Caller(tx),
+                deadline,
+            },
+        );
         drop(state);
         Ok(PendingCall {
             shared: self.clone(),
@@ -897,43 +923,72 @@ impl ConnShared {
             .send_request(id, method, format::RAW, &Meta::new(), body)
             .is_ok()
         {
-            state.pending.insert(id, Waiter::Detached(resubscribe));
-            let was_idle = state.detached.is_empty();
-            let deadline = Instant::now() + self.config.subscribe_timeout;
-            state.detached.push_back((deadline, id));
-            if was_idle {
-                // The driver arms its timer for detached requests when woken.
-                self.control.notify_one();
-            }
+            let entry = Entry {
+                waiter: Waiter::Detached(resubscribe),
+                deadline: Some(Instant::now() + self.config.subscribe_timeout),
+            };
+            self.track(&mut state, id, entry);
         }
     }
 
-    /// Gives up on the detached requests whose deadline passed, like a caller that timed
-    /// out (CANCEL, id kept out of use); a `$subscribe` among them ends its subscribers.
-    /// Returns the next deadline, if any.
-    fn expire_detached(&self) -> Option<Instant> {
+    /// Records a request in the pending table; if its deadline is earlier than the driver's
+    /// timer, brings the timer forward (the driver re-arms when woken).
+    fn track(&self, state: &mut ConnState, id: u32, entry: Entry) {
+        if let Some(deadline) = entry.deadline {
+            if state.timer.is_none_or(|timer| deadline < timer) {
+                state.timer = Some(deadline);
+                self.control.notify_one();
+            }
+        }
+        state.pending.insert(id, entry);
+    }
+
+    /// Gives up on every request whose deadline passed, as [`ConnShared::abandon`] does
+    /// (CANCEL, id kept out of use): a caller gets a timeout, a `$subscribe` sent again
+    /// ends its subscribers. Returns when the timer should fire next.
+    ///
+    /// One pass over the pending table, which the in-flight window bounds; it runs when
+    /// the earliest deadline comes, which for calls answered in time is rarely.
+    fn expire(&self) -> Option<Instant> {
         let now = Instant::now();
-        let mut expired = Vec::new();
+        let mut callers = Vec::new();
+        let mut resubscribes = Vec::new();
         let next = {
             let mut state = lock(&self.state);
-            while let Some(&(deadline, id)) = state.detached.front() {
-                if deadline > now {
-                    break;
-                }
-                state.detached.pop_front();
-                if matches!(state.pending.get(&id), Some(Waiter::Detached(_))) {
-                    if let Some(Waiter::Detached(Some(resubscribe))) =
-                        self.abandon_locked(&mut state, id)
-                    {
-                        expired.push(resubscribe);
-                    }
+            let mut next: Option<Instant> = None;
+            let mut due = Vec::new();
+            for (&id, entry) in &state.pending {
+                match entry.deadline {
+                    Some(deadline) if deadline <= now => due.push(id),
+                    Some(deadline) => next = Some(next.map_or(deadline, |n| n.min(deadline))),
+                    None => {}
                 }
             }
+            for id in due {
+                let Some(entry) = state.pending.remove(&id) else {
+                    continue;
+                };
+                self.gave_up(&mut state, id, now);
+                match entry.waiter {
+                    Waiter::Caller(tx) => callers.push(tx),
+                    Waiter::Detached(Some(resubscribe)) => resubscribes.push(resubscribe),
+                    Waiter::Detached(None) => {}
+                }
+            }
+            state.timer = next;
             self.after_removal(&state);
-            state.detached.front().map(|&(deadline, _)| deadline)
+            next
         };
+        for tx in callers {
+            // The caller may have dropped its future a moment ago: then nobody wants it.
+            let _ = tx.send(Err(TransportError::timeout(
+                Phase::Response,
+                Processed::Maybe,
+                "no answer before the deadline; the request was cancelled",
+            )));
+        }
         let timeout = self.config.subscribe_timeout;
-        for resubscribe in expired {
+        for resubscribe in resubscribes {
             let err = TransportError::timeout(
                 Phase::Response,
                 Processed::Maybe,
@@ -949,28 +1004,27 @@ impl ConnShared {
         next
     }
 
-    /// The next deadline of a detached request, if any.
-    fn next_detached(&self) -> Option<Instant> {
-        lock(&self.state)
-            .detached
-            .front()
-            .map(|&(deadline, _)| deadline)
+    /// When the driver's deadline timer should fire, if any request has a deadline.
+    fn timer(&self) -> Option<Instant> {
+        lock(&self.state).timer
     }
 
-    /// The caller gave up on `id` (timeout or dropped future): CANCEL it, and keep the id
-    /// out of use while its answer may still come.
+    /// The caller gave up on `id` (dropped its future): CANCEL it, and keep the id out of
+    /// use while its answer may still come.
     fn abandon(&self, id: u32) {
         let mut state = lock(&self.state);
-        if self.abandon_locked(&mut state, id).is_some() {
+        if state.pending.remove(&id).is_some() {
+            self.gave_up(&mut state, id, Instant::now());
             self.after_removal(&state);
         }
     }
 
-    /// [`ConnShared::abandon`] under the lock; returns the entry removed. The caller runs
+    /// After `id` was taken out of the pending table unanswered: CANCEL it, keep the id out
+    /// of use, and replace the connection if too many ids are given up on. The caller runs
     /// `after_removal`.
-    fn abandon_locked(&self, state: &mut ConnState, id: u32) -> Option<Waiter> {
-        let waiter = state.pending.remove(&id)?;
+    fn gave_up(&self, state: &mut ConnState, id: u32, now: Instant) {
         state.abandoned.insert(id);
+        state.last_active = now;
         if state.life != Life::Closed && self.writer.send(Envelope::Cancel(Cancel { id })).is_ok() {
             self.counters.cancels_sent.fetch_add(1, Ordering::Relaxed);
         }
@@ -987,7 +1041,6 @@ impl ConnShared {
                 signal.changed();
             }
         }
-        Some(waiter)
     }
 
     fn after_removal(&self, state: &ConnState) {
@@ -1041,18 +1094,20 @@ impl ConnShared {
     fn complete(&self, id: u32, outcome: Outcome) {
         let mut batch = Completions::default();
         batch.answers.push((id, outcome));
-        self.complete_all(&mut batch);
+        self.complete_all(&mut batch, Instant::now());
     }
 
-    /// Hands out every answer of one read under a single lock of the pending table.
-    fn complete_all(&self, batch: &mut Completions) {
+    /// Hands out every answer of one read under a single lock of the pending table; `now`
+    /// is when the read was handled.
+    fn complete_all(&self, batch: &mut Completions, now: Instant) {
         if batch.answers.is_empty() {
             return;
         }
         {
             let mut state = lock(&self.state);
+            state.last_active = now;
             for (id, outcome) in batch.answers.drain(..) {
-                match state.pending.remove(&id) {
+                match state.pending.remove(&id).map(|entry| entry.waiter) {
                     Some(Waiter::Caller(tx)) => batch.ready.push((tx, outcome)),
                     Some(Waiter::Detached(Some(resubscribe))) => {
                         // Only a refusal ends the subscribers: an ERROR 6 or a lost
@@ -1110,7 +1165,7 @@ impl ConnShared {
                 Ok(())
             }
             other => {
-                self.complete_all(batch);
+                self.complete_all(batch, Instant::now());
                 self.on_inbound(other)
             }
         }
@@ -1136,9 +1191,9 @@ impl ConnShared {
             .collect();
         let mut waiters = Vec::with_capacity(refused.len());
         for id in refused {
-            if let Some(waiter) = state.pending.remove(&id) {
+            if let Some(entry) = state.pending.remove(&id) {
                 state.abandoned.insert(id);
-                waiters.push(waiter);
+                waiters.push(entry.waiter);
             }
         }
         self.after_removal(&state);
@@ -1233,7 +1288,11 @@ impl ConnShared {
             state.life = Life::Closed;
             state.ended_at.get_or_insert_with(Instant::now);
             state.close_reason = Some(reason.clone());
-            state.pending.drain().map(|(_, w)| w).collect()
+            state
+                .pending
+                .drain()
+                .map(|(_, entry)| entry.waiter)
+                .collect()
         };
         self.slots.close();
         let err = reason.with(Phase::Response, Processed::Maybe);
@@ -1281,6 +1340,9 @@ async fn drive(
     mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
     token: Option<Arc<()>>,
 ) {
+    // Deadlines are the driver's to enforce: if this task is dropped before it ends the
+    // connection (its runtime shut down), the guard ends it, so no caller waits for good.
+    let mut unfinished = Unfinished(Some(shared.clone()));
     let heartbeat = shared.config.heartbeat;
     let mut last_rx = Instant::now();
     let mut frames_at_rx = 0;
@@ -1292,7 +1354,7 @@ async fn drive(
     tokio::pin!(writer_exit);
     let mut writer_done = false;
     let mut batch = Completions::default();
-    // The deadline of the oldest detached request, when there is one.
+    // The earliest deadline in the pending table, when one has a deadline.
     let expiry = tokio::time::sleep_until(last_rx);
     tokio::pin!(expiry);
     let mut expiry_armed = false;
@@ -1304,7 +1366,7 @@ async fn drive(
                 if let Some(stop) = shared.control_reason() {
                     break stop;
                 }
-                if let Some(at) = shared.next_detached() {
+                if let Some(at) = shared.timer() {
                     expiry.as_mut().reset(at);
                     expiry_armed = true;
                 }
@@ -1316,6 +1378,13 @@ async fn drive(
                     _ => closed("the connection's writer ended"),
                 };
                 break (reason, false);
+            }
+            // Before the reader: a peer that keeps it busy must not hold deadlines back.
+            _ = &mut expiry, if expiry_armed => {
+                match shared.expire() {
+                    Some(at) => expiry.as_mut().reset(at),
+                    None => expiry_armed = false,
+                }
             }
             first = reader.next() => {
                 // Everything this read brought is handled before waiting again: one pass
@@ -1349,18 +1418,12 @@ async fn drive(
                         other => other,
                     };
                 };
-                shared.complete_all(&mut batch);
                 last_rx = Instant::now();
+                shared.complete_all(&mut batch, last_rx);
                 frames_at_rx = reader.frames();
                 ping_at = None;
                 if let Some(stop) = stop {
                     break stop;
-                }
-            }
-            _ = &mut expiry, if expiry_armed => {
-                match shared.expire_detached() {
-                    Some(at) => expiry.as_mut().reset(at),
-                    None => expiry_armed = false,
                 }
             }
             _ = &mut sleep => {
@@ -1397,6 +1460,7 @@ async fn drive(
     };
 
     tracing::debug!(peer = %shared.peer, %reason, "connection closing");
+    unfinished.0 = None;
     shared.finish(&reason);
     if flush {
         shared.writer.close();
@@ -1412,16 +1476,25 @@ async fn drive(
     drop(token);
 }
 
+/// Ends the connection if the driver is dropped before it could (see `drive`).
+struct Unfinished(Option<Arc<ConnShared>>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.finish(&closed(
+                "the connection's task was stopped (its runtime shut down)",
+            ));
+            shared.writer.abort();
+        }
+    }
+}
+
 impl PendingCall {
-    /// Waits for the outcome until `deadline`; on timeout the call is cancelled.
-    pub(crate) async fn wait(mut self, deadline: Option<Instant>) -> Result<Reply, TransportError> {
-        let received = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, &mut self.rx).await {
-                Ok(received) => received,
-                Err(_) => return self.time_out(),
-            },
-            None => (&mut self.rx).await,
-        };
+    /// Waits for the outcome: an answer, a timeout at the deadline given to `start` (the
+    /// driver cancels the request then), or the connection's end.
+    pub(crate) async fn wait(mut self) -> Result<Reply, TransportError> {
+        let received = (&mut self.rx).await;
         self.done = true;
         self.permit.take();
         match received {
@@ -1429,22 +1502,6 @@ impl PendingCall {
             // Every removal from the pending table sends; a lost sender means the
             // connection state was torn down without it, which is a lost connection.
             Err(_) => Err(closed("connection lost")),
-        }
-    }
-
-    fn time_out(&mut self) -> Result<Reply, TransportError> {
-        self.done = true;
-        self.permit.take();
-        // Removes the entry and sends CANCEL only if no outcome was sent yet.
-        self.shared.abandon(self.id);
-        // The answer may have been sent between the timer and the lock: deliver it.
-        match self.rx.try_recv() {
-            Ok(outcome) => outcome,
-            Err(_) => Err(TransportError::timeout(
-                Phase::Response,
-                Processed::Maybe,
-                "no answer before the deadline; the request was cancelled",
-            )),
         }
     }
 }
@@ -1466,7 +1523,7 @@ mod tests {
             next_id,
             pending: IdMap::default(),
             abandoned: IdSet::default(),
-            detached: VecDeque::new(),
+            timer: None,
             life: Life::Open,
             close_requested: false,
             close_reason: None,
@@ -1479,7 +1536,13 @@ mod tests {
     #[test]
     fn ids_increase_wrap_and_skip_zero_in_flight_and_abandoned() {
         let mut s = state(u32::MAX - 1);
-        s.pending.insert(u32::MAX, Waiter::Detached(None));
+        s.pending.insert(
+            u32::MAX,
+            Entry {
+                waiter: Waiter::Detached(None),
+                deadline: None,
+            },
+        );
         s.abandoned.insert(1);
         assert_eq!(s.alloc_id(), u32::MAX - 1);
         // u32::MAX is in flight, 0 is reserved, 1 may still get a late answer.

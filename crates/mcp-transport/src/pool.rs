@@ -253,8 +253,8 @@ impl Pool {
         loop {
             let (conn, permit) = self.shared.acquire(deadline).await?;
             conn.wait_writable(deadline).await?;
-            match conn.start_call(permit, method, format, meta, body) {
-                Ok(pending) => return pending.wait(deadline).await,
+            match conn.start_call(permit, method, format, meta, body, deadline) {
+                Ok(pending) => return pending.wait().await,
                 // The connection started draining or closed after we picked it; the request
                 // never left this process, so another connection may take it.
                 Err(err) if err.is_retryable_elsewhere() => continue,

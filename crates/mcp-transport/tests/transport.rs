@@ -783,6 +783,100 @@ async fn t14_timeout_cancel_sent_late_answer_discarded() {
     assert_eq!(stats.cancels_sent, 1);
 }
 
+/// Deadlines live in the pending table under one driver timer: a call with an earlier
+/// deadline that starts after one with a later deadline brings the timer forward (it
+/// times out first, CANCEL first), and a call without a deadline is left alone.
+#[tokio::test]
+async fn t14_deadlines_an_earlier_one_started_later_fires_first() {
+    let listener = TestListener::bind().await;
+    let conn = connect(listener.addr(), conn_config()).await;
+    let mut peer = listener.accept().await;
+    let started = Instant::now();
+    let timed = |ms: u64, tag: &'static [u8]| {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let reply = conn
+                .call(
+                    "echo",
+                    0,
+                    &Meta::new(),
+                    tag,
+                    CallOptions::timeout(Duration::from_millis(ms)),
+                )
+                .await;
+            (reply, Instant::now())
+        })
+    };
+    let late = timed(1500, b"late");
+    let late_req = peer.recv_request().await;
+    let early = timed(100, b"early");
+    let early_req = peer.recv_request().await;
+    let forever = tokio::spawn({
+        let conn = conn.clone();
+        async move { call(&conn, "echo", b"forever").await }
+    });
+    let forever_req = peer.recv_request().await;
+
+    assert_eq!(peer.recv_cancel().await, early_req.id);
+    assert_eq!(peer.recv_cancel().await, late_req.id);
+    let (early, early_at) = within(early).await.unwrap();
+    let (late, late_at) = within(late).await.unwrap();
+    let early = early.expect_err("early times out");
+    assert!(early.is_timeout(), "{early}");
+    assert!(late.expect_err("late times out").is_timeout());
+    assert!(
+        early_at - started >= Duration::from_millis(100),
+        "not before its deadline"
+    );
+    // Had the timer stayed at the first call's deadline, this would fire only then.
+    assert!(
+        early_at - started < Duration::from_millis(1500),
+        "the earlier deadline fired before the later one"
+    );
+    assert!(
+        late_at - started >= Duration::from_millis(1500),
+        "not before its deadline"
+    );
+
+    // No deadline: still pending, and answered normally.
+    assert!(!forever.is_finished());
+    peer.respond(forever_req.id, b"forever").await;
+    assert_eq!(body(within(forever).await.unwrap()), &b"forever"[..]);
+    assert_eq!(conn.stats().cancels_sent, 2);
+}
+
+/// Deadlines are the connection driver's to enforce, so when the runtime running it shuts
+/// down, calls made from another runtime fail at once instead of waiting for good.
+#[tokio::test]
+async fn t14_driver_runtime_shut_down_fails_pending_calls() {
+    let listener = TestListener::bind().await;
+    let other = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = listener.addr();
+    let conn = within(async {
+        other
+            .spawn(async move { Connection::connect(addr, conn_config()).await })
+            .await
+            .unwrap()
+    })
+    .await
+    .expect("connects");
+    let mut peer = listener.accept().await;
+    let pending = tokio::spawn({
+        let conn = conn.clone();
+        async move { call(&conn, "echo", b"x").await }
+    });
+    peer.recv_request().await;
+    other.shutdown_background();
+    let err = within(pending).await.unwrap().expect_err("driver gone");
+    assert_eq!(err.kind(), &ErrorKind::ConnectionClosed, "{err}");
+    assert_eq!(err.processed(), Processed::Maybe);
+    assert!(conn.is_closed());
+}
+
 /// 15. Pool exhausted: the wait is bounded, the error says why, and no connection or
 /// place leaks after cancellations.
 #[tokio::test]
