@@ -23,8 +23,10 @@
 //!
 //! `cargo bench -p mcp-benches --bench ceiling` (settings from the environment:
 //! `MCP_BENCH_SECS` (default 5), `MCP_BENCH_CONCURRENCY` (64), `MCP_BENCH_SIZE` (64),
-//! `MCP_BENCH_ROUNDS` (3, pairs measured in turn, best of each reported)). Under
-//! `cargo test --benches` it runs one quick round (300 ms per pair).
+//! `MCP_BENCH_ROUNDS` (3, pairs measured in turn, best of each reported),
+//! `MCP_BENCH_PAIRS` (the letters of the pairs to measure, e.g. `ad`; all by default: the
+//! summary needs all five)). Under `cargo test --benches` it runs one quick round (300 ms
+//! per pair).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +65,10 @@ impl Pair {
         Pair::ClientServer,
         Pair::ConnectionServer,
     ];
+
+    fn letter(self) -> char {
+        self.label().chars().nth(1).unwrap_or('?')
+    }
 
     fn label(self) -> &'static str {
         match self {
@@ -231,9 +237,14 @@ fn main() {
         config.concurrency,
         duration.as_secs_f64()
     );
+    let only = std::env::var("MCP_BENCH_PAIRS").unwrap_or_default();
+    let wanted = |pair: Pair| only.is_empty() || only.contains(pair.letter());
     let mut best: [Option<LoadReport>; 5] = Default::default();
     for round in 1..=rounds {
         for (pair, best) in Pair::ALL.into_iter().zip(best.iter_mut()) {
+            if !wanted(pair) {
+                continue;
+            }
             let report = rt.block_on(pair.measure(&config, size));
             println!("round {round}: {}", line(pair.label(), &report));
             if best
@@ -243,6 +254,9 @@ fn main() {
                 *best = Some(report);
             }
         }
+    }
+    if !Pair::ALL.into_iter().all(wanted) {
+        return;
     }
     let best = best.map(|b| b.expect("one round"));
     let raw = best[0].requests_per_second();
