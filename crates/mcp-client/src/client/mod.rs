@@ -391,13 +391,21 @@ impl<F: Format> Client<F> {
         // `deadline` already (the limiter's queue, each attempt's deadline that the
         // transport enforces, a backoff started only if it ends in time), and a timer per
         // call is measurable on the hot path.
-        let calls = self.attempts(method, format, body, options, &context, deadline, slot);
+        let calls = self.attempts(
+            method, format, body, options, &context, start, deadline, slot,
+        );
         // A disabled span (no subscriber interested) is skipped rather than entered and
         // exited on every poll.
         let result = if span.is_disabled() {
             calls.await
         } else {
             calls.instrument(span).await
+        };
+        // A successful call brings the time its answer came (read once for the breaker
+        // and the latency); a failure reads the clock here.
+        let (result, end) = match result {
+            Ok((response, end)) => (Ok(response), end),
+            Err(e) => (Err(e), Instant::now()),
         };
 
         let answered = match &result {
@@ -407,7 +415,7 @@ impl<F: Format> Client<F> {
         shared.recorder.finished(
             result.as_ref().map(drop).map_err(Error::kind),
             answered,
-            start.elapsed(),
+            end.saturating_duration_since(start),
         );
         if let Err(e) = &result {
             tracing::debug!(error = %e, "call failed");
@@ -415,7 +423,12 @@ impl<F: Format> Client<F> {
         result
     }
 
-    /// Steps 3 to 6 of the call path: a slot, then attempts under the retry policy.
+    /// Steps 3 to 6 of the call path: a slot, then attempts under the retry policy. A
+    /// success comes with the time its answer came.
+    ///
+    /// The clock is read as little as the policies allow (a read costs about as much as
+    /// the breaker and the retry budget together): `start` stands for "now" until
+    /// something waits, and the end of the attempt that succeeded is the call's end.
     #[allow(clippy::too_many_arguments)] // the pieces of one call, kept apart on purpose
     async fn attempts(
         &self,
@@ -424,17 +437,25 @@ impl<F: Format> Client<F> {
         body: Bytes,
         options: &CallOptions,
         context: &TraceContext,
+        start: Instant,
         deadline: Instant,
         slot: Option<Slot>,
-    ) -> Result<RawResponse, Error> {
+    ) -> Result<(RawResponse, Instant), Error> {
         let shared = &*self.shared;
-        let _slot = match slot {
-            Some(slot) => slot,
-            None => shared
-                .limiter
-                .acquire(deadline)
-                .await
-                .map_err(|e| e.for_call(options.idempotent, 0))?,
+        let (_slot, ready_at) = match slot {
+            Some(slot) => (slot, start),
+            None => match shared.limiter.try_acquire() {
+                Ok(Some(slot)) => (slot, start),
+                Ok(None) => {
+                    let slot = shared
+                        .limiter
+                        .acquire(deadline)
+                        .await
+                        .map_err(|e| e.for_call(options.idempotent, 0))?;
+                    (slot, Instant::now())
+                }
+                Err(e) => return Err(e.for_call(options.idempotent, 0)),
+            },
         };
         let attempt_timeout = options
             .attempt_timeout
@@ -444,11 +465,17 @@ impl<F: Format> Client<F> {
             .run(
                 options.idempotent,
                 !options.no_retry,
+                ready_at,
                 deadline,
                 |number, other_connection| {
                     let body = body.clone();
                     async move {
-                        let now = Instant::now();
+                        // A retry starts after a backoff sleep: only then is `ready_at` old.
+                        let now = if number == 1 {
+                            ready_at
+                        } else {
+                            Instant::now()
+                        };
                         let attempt_deadline = later(now, attempt_timeout).min(deadline);
                         let permit = shared.breaker.acquire(now)?;
                         let meta = outgoing_meta(
@@ -487,8 +514,9 @@ impl<F: Format> Client<F> {
                                 _ => e,
                             }
                         });
-                        permit.record(Outcome::of(&result), Instant::now());
-                        result
+                        let end = Instant::now();
+                        permit.record(Outcome::of(&result), end);
+                        result.map(|response| (response, end))
                     }
                 },
             )

@@ -24,6 +24,8 @@ struct Seen {
     format: FormatId,
     traceparent: String,
     deadline_ms: Option<u32>,
+    /// The attempt's deadline, from the fake's start.
+    until: Duration,
     meta: Vec<(String, Vec<u8>)>,
     body: Bytes,
     other_connection: bool,
@@ -75,6 +77,7 @@ impl Fake for Scripted {
                 )
                 .unwrap(),
                 deadline_ms: attempt.meta.deadline_ms(),
+                until: attempt.deadline.saturating_duration_since(self.start),
                 meta: attempt
                     .meta
                     .iter()
@@ -321,6 +324,42 @@ async fn the_breaker_opens_fails_fast_and_recovers() {
     let _: Value = client.call("x", &json!(1)).await.expect("probe succeeds");
     assert_eq!(client.metrics().breaker, BreakerState::Closed);
     assert_eq!(client.metrics().breaker_opened, 1);
+}
+
+/// A call that waited for a slot gets a whole attempt budget from when its attempt starts,
+/// not from when the call started (and the `deadline` it sends says so).
+#[tokio::test(start_paused = true)]
+async fn a_call_queued_for_a_slot_gets_its_whole_attempt_budget() {
+    // The first call holds the only slot for 2 s; the second (1.5 s per attempt) waits
+    // for it meanwhile.
+    let fake = Scripted::new(|n, _| if n == 1 { Step::Hang } else { Step::Echo });
+    let client = client(fake.clone(), |b| {
+        b.limit(LimitConfig::new(1))
+            .attempt_timeout(Duration::from_millis(1500))
+            .timeout(Duration::from_secs(5))
+            .retry(RetryConfig::disabled())
+    });
+    let first = {
+        let client = client.clone();
+        let options = CallOptions::new().attempt_timeout(Duration::from_secs(2));
+        tokio::spawn(async move {
+            client
+                .call_with::<_, Value>("slow", &json!(1), options)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let second: Value = client
+        .call("echo", &json!(2))
+        .await
+        .expect("its attempt starts when the slot frees");
+    assert_eq!(second, json!(2));
+    assert!(first.await.expect("task").expect_err("hung").is_timeout());
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].at >= Duration::from_secs(2), "{:?}", seen[1].at);
+    assert_eq!(seen[1].until, seen[1].at + Duration::from_millis(1500));
+    assert_eq!(seen[1].deadline_ms, Some(1500));
 }
 
 #[tokio::test(start_paused = true)]

@@ -120,12 +120,19 @@ impl Limiter {
         }
     }
 
+    /// A slot if one is free now, without waiting or counting a rejection.
+    pub(crate) fn try_acquire(&self) -> Result<Option<Slot>, Error> {
+        match Arc::clone(&self.semaphore).try_acquire_owned() {
+            Ok(permit) => Ok(Some(self.slot(permit))),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(Error::closed()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Ok(None),
+        }
+    }
+
     /// Takes a slot, waiting until `deadline` at most in [`LimitMode::Wait`].
     pub(crate) async fn acquire(&self, deadline: Instant) -> Result<Slot, Error> {
-        match Arc::clone(&self.semaphore).try_acquire_owned() {
-            Ok(permit) => return Ok(self.slot(permit)),
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::closed()),
-            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        if let Some(slot) = self.try_acquire()? {
+            return Ok(slot);
         }
         if self.config.mode == LimitMode::FailFast {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);

@@ -156,6 +156,7 @@ impl Retry {
         &self,
         idempotent: bool,
         allowed: bool,
+        now: Instant,
         deadline: Instant,
         mut attempt: F,
     ) -> Result<T, Error>
@@ -163,7 +164,7 @@ impl Retry {
         F: FnMut(u32, bool) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        self.budget.deposit(Instant::now());
+        self.budget.deposit(now);
         let mut number = 1u32;
         let mut other_connection = false;
         loop {

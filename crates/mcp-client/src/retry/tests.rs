@@ -27,7 +27,7 @@ async fn drive(
     let start = Instant::now();
     let mut starts = Vec::new();
     let result = retry
-        .run(idempotent, true, start + budget, |n, _| {
+        .run(idempotent, true, start, start + budget, |n, _| {
             starts.push(start.elapsed());
             let outcome = if ok_at == Some(n) {
                 Ok(n)
@@ -118,6 +118,7 @@ async fn unavailable_asks_for_another_connection() {
         .run(
             false,
             true,
+            Instant::now(),
             Instant::now() + Duration::from_secs(5),
             |n, other| {
                 seen.lock().unwrap().push(other);
@@ -166,6 +167,7 @@ async fn the_budget_bounds_retries_during_an_outage() {
             .run(
                 false,
                 true,
+                Instant::now(),
                 Instant::now() + Duration::from_secs(5),
                 |_, _| {
                     attempts.fetch_add(1, Ordering::Relaxed);
@@ -219,6 +221,7 @@ async fn a_call_may_opt_out_of_retries() {
         .run(
             true,
             false,
+            Instant::now(),
             Instant::now() + Duration::from_secs(5),
             |_, _| {
                 attempts += 1;
