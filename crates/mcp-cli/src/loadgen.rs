@@ -153,12 +153,15 @@ where
                 errors: BTreeMap::new(),
                 latency_ns: histogram(),
             };
+            // Closed loop: when the last call ended, which is when the next one starts (one
+            // clock read per call: the harness's own cost is part of every figure).
+            let mut last_done = None;
             loop {
                 // Closed loop: the next call starts when the last one ends. Open loop: the
                 // next call is due at its slot in a fixed schedule, and its latency counts
                 // from that slot, so a stalled system is charged for the calls it delayed.
                 let due = match interval {
-                    None => Instant::now(),
+                    None => last_done.unwrap_or_else(Instant::now),
                     Some(every) => {
                         let n = ticket.fetch_add(1, Ordering::Relaxed);
                         let due = start + every.mul_f64(n as f64);
@@ -175,13 +178,18 @@ where
                 };
                 // A call due after the end, or one that could not even start before it, is
                 // not made: the run ends on time however far behind the system fell.
-                if due >= end || Instant::now() >= end {
+                if due >= end || (interval.is_some() && Instant::now() >= end) {
                     break;
                 }
-                // Timed from the slot, or from the start when that came first.
-                let from = due.min(Instant::now());
+                // Timed from the slot, or from the start when that came first (closed loop:
+                // the slot is the start).
+                let from = match interval {
+                    None => due,
+                    Some(_) => due.min(Instant::now()),
+                };
                 let outcome = call().await;
                 let done = Instant::now();
+                last_done = Some(done);
                 let measured = due >= measure_from;
                 match outcome {
                     Ok(()) => {

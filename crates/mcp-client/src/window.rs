@@ -49,7 +49,12 @@ impl Window {
 
     fn epoch(&self, now: Instant) -> u64 {
         let since = now.saturating_duration_since(self.origin);
-        u64::try_from(since.as_nanos() / self.slot.as_nanos()).unwrap_or(u64::MAX)
+        // In u64 nanoseconds (584 years) when they fit: a u128 division is a library call,
+        // and this runs on every call (breaker, retry budget).
+        match (u64::try_from(since.as_nanos()), u64::try_from(self.slot.as_nanos())) {
+            (Ok(since), Ok(slot)) => since / slot,
+            _ => u64::try_from(since.as_nanos() / self.slot.as_nanos()).unwrap_or(u64::MAX),
+        }
     }
 
     /// Adds to the counters of the current slot.
