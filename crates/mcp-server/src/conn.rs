@@ -5,10 +5,8 @@
 //! shared with the client; the decisions are [`ConnState`] and [`Heartbeat`], which have no
 //! I/O. This file is the glue: one `select!` loop per connection.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
@@ -25,11 +23,12 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::Status;
-use crate::handler::{Handler, NotifyContext, ReceivedMeta, Reply, RequestContext};
+use crate::handler::{
+    Call, CancelCell, Invoke, NotifyContext, ReceivedMeta, Reply, RequestContext,
+};
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::pattern::Pattern;
 use crate::server::Shared;
@@ -142,6 +141,9 @@ pub(crate) struct Conn {
     notify_bytes: Arc<Semaphore>,
     /// Frames seen by the reader at the last sign of life.
     frames_seen: u64,
+    /// The cancellation cell of a request answered in its first poll that nothing kept:
+    /// the next request takes it rather than allocating one.
+    spare_cancel: Option<CancelCell>,
     /// When the shutdown grace ends, once shutdown started.
     grace: Option<Instant>,
     /// False once the client's end of stream was read.
@@ -182,6 +184,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
             config.max_in_flight_bytes,
         ))),
         frames_seen: 0,
+        spare_cancel: None,
         grace: None,
         reading: true,
         shared,
@@ -400,20 +403,34 @@ impl Conn {
     }
 
     fn request(&mut self, request: InboundRequest, now: Instant) -> Option<End> {
+        // The method is checked as UTF-8 each time it is read, and looked up once, here:
+        // the route decides the admission and is the handler that runs.
+        let method = request.method();
+        let route = self.shared.router.handler(method);
         // A message of several frames is handed over when its last frame arrives, so its
         // deadline counts from then, not from its head frame: at most a few milliseconds
         // more lenient than PROTOCOL.md section 3, and never stricter.
         let head = RequestHead {
             id: request.id(),
             format: request.format(),
-            method: request.method(),
+            method,
+            routed: route.is_some(),
             deadline_ms: request.meta().deadline_ms(),
             body_len: request.body().len(),
             arrived: now,
         };
-        let verdict = self.state.admit(&head, &self.shared.router, now);
+        let verdict = self.state.admit(&head, now);
         match verdict {
-            Verdict::Run { deadline } => self.start(request, deadline),
+            Verdict::Run { deadline } => {
+                let Some((method, handler)) = route else {
+                    // `admit` runs only routed requests; answer rather than panic if that
+                    // ever changes.
+                    self.send_error(request.id(), ErrorCode::UNKNOWN_METHOD, "no such method");
+                    return None;
+                };
+                let route = (method.clone(), handler.clone());
+                self.start(request, route, deadline);
+            }
             Verdict::Subscribe => self.subscribe(&request, true),
             Verdict::Unsubscribe => self.subscribe(&request, false),
             other => return self.apply(request.id(), other, None),
@@ -421,21 +438,21 @@ impl Conn {
         None
     }
 
-    fn start(&mut self, request: InboundRequest, deadline: Option<Instant>) {
-        let Some((method, handler)) = self.shared.router.handler(request.method()) else {
-            // `admit` checked the route; answer rather than panic if that ever changes.
-            self.send_error(request.id(), ErrorCode::UNKNOWN_METHOD, "no such method");
-            return;
-        };
-        let (method, handler) = (method.clone(), handler.clone());
+    fn start(
+        &mut self,
+        request: InboundRequest,
+        (method, handler): (Arc<str>, Arc<dyn Invoke>),
+        deadline: Option<Instant>,
+    ) {
         self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
         let id = request.id();
         let format = request.format();
         let body_len = request.body().len();
-        let cancel = CancellationToken::new();
+        let span = tracing::debug_span!("request", conn = self.id, id, method = &*method);
+        let cancel = self.spare_cancel.take().unwrap_or_default();
         let ctx = RequestContext {
             id,
-            method: method.clone(),
+            method,
             format: FormatId::new(format),
             meta: ReceivedMeta::new(request.meta().clone()),
             deadline,
@@ -443,14 +460,14 @@ impl Conn {
             cancel: cancel.clone(),
         };
         let body = request.into_body();
-        let span = tracing::debug_span!("request", conn = self.id, id, method = &*method);
         // The handler's first poll runs here, in the connection's task: most handlers
         // finish without waiting, and are then answered without a task, a timer and a
         // round trip through the completion channel. Only one that waits is spawned.
         let first = if self.shared.config.run_handlers_inline {
             span.in_scope(|| poll_first(handler, ctx, body))
         } else {
-            First::Pending(Box::pin(async move { handler.call(ctx, body).await }))
+            // The handler itself (a closure, say) runs in its task too.
+            First::Pending(Box::pin(async move { handler.invoke(ctx, body).await }))
         };
         let call = match first {
             First::Pending(call) => call,
@@ -459,6 +476,7 @@ impl Conn {
                     // Nothing ran it but this poll: the request is done, and was never
                     // recorded as in flight (a CANCEL for it is one of an unknown id).
                     self.answer(id, format, result);
+                    self.spare_cancel = cancel.into_unused();
                     return;
                 }
                 // Answers wait while the client's queue is full: through the task, as for
@@ -656,9 +674,6 @@ impl Conn {
     }
 }
 
-/// A handler's future, as [`Handler::call`] returns it.
-type Call = Pin<Box<dyn Future<Output = Result<Reply, Status>> + Send>>;
-
 /// What the first poll of a handler gave.
 enum First {
     /// It finished (or panicked, which is answered ERROR 9 as in its task).
@@ -672,10 +687,10 @@ enum First {
 /// The poll uses a waker that does nothing: a future that is not ready is spawned, and a
 /// new task always polls its future, which then registers the task's own waker (anything
 /// that happened in between is seen by that poll).
-fn poll_first(handler: Arc<dyn Handler>, ctx: RequestContext, body: Bytes) -> First {
+fn poll_first(handler: Arc<dyn Invoke>, ctx: RequestContext, body: Bytes) -> First {
     let polled = panic::catch_unwind(AssertUnwindSafe(|| {
-        // The task outlives this function, so the future owns the handler.
-        let mut call: Call = Box::pin(async move { handler.call(ctx, body).await });
+        // The task outlives this function, so the future owns what it needs.
+        let mut call = handler.invoke(ctx, body);
         let mut cx = Context::from_waker(Waker::noop());
         match call.as_mut().poll(&mut cx) {
             Poll::Ready(result) => First::Ready(result),

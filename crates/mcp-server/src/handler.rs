@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
@@ -26,7 +27,7 @@ pub struct RequestContext {
     pub(crate) meta: ReceivedMeta,
     pub(crate) deadline: Option<Instant>,
     pub(crate) peer: SocketAddr,
-    pub(crate) cancel: CancellationToken,
+    pub(crate) cancel: CancelCell,
 }
 
 impl RequestContext {
@@ -85,12 +86,50 @@ impl RequestContext {
     /// The handler's future is dropped at that moment anyway; the token is for work it
     /// handed elsewhere (a blocking thread, another task) that should stop too.
     pub fn cancellation(&self) -> &CancellationToken {
-        &self.cancel
+        self.cancel.token()
     }
 
     /// Resolves when the request is abandoned (see [`RequestContext::cancellation`]).
     pub async fn cancelled(&self) {
-        self.cancel.cancelled().await;
+        self.cancel.token().cancelled().await;
+    }
+}
+
+/// The cancellation token of one request, made when first asked for.
+///
+/// Most handlers never look at their token, and a `CancellationToken` costs an allocation
+/// of its own plus reference counting under a lock on every clone and drop. The cell is
+/// shared by the request's contexts (a clone of the context is the same request) and by
+/// the connection, which calls [`CancelCell::cancel`] when it stops the request: whichever
+/// side comes first makes the token, so a handler that asks after the stop gets a token
+/// already cancelled.
+#[derive(Clone, Default)]
+pub(crate) struct CancelCell(Arc<OnceLock<CancellationToken>>);
+
+impl CancelCell {
+    fn token(&self) -> &CancellationToken {
+        self.0.get_or_init(CancellationToken::new)
+    }
+
+    /// Cancels the token, made now if nobody asked for it yet.
+    pub(crate) fn cancel(&self) {
+        self.token().cancel();
+    }
+
+    /// The cell, if this is its only handle (no context of the request is left anywhere)
+    /// and no token was made: it is then as new, and can serve another request.
+    pub(crate) fn into_unused(mut self) -> Option<Self> {
+        let unused = Arc::get_mut(&mut self.0).is_some_and(|token| token.get().is_none());
+        unused.then_some(self)
+    }
+}
+
+impl fmt::Debug for CancelCell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cancelled = self.0.get().is_some_and(CancellationToken::is_cancelled);
+        f.debug_struct("CancelCell")
+            .field("cancelled", &cancelled)
+            .finish()
     }
 }
 
@@ -195,6 +234,31 @@ pub trait Handler: Send + Sync + 'static {
     async fn call(&self, ctx: RequestContext, body: Bytes) -> Result<Reply, Status>;
 }
 
+/// A handler's future as the connection runs it: owning all it needs, so that it can go on
+/// in a task of its own.
+pub(crate) type Call = Pin<Box<dyn Future<Output = Result<Reply, Status>> + Send>>;
+
+/// How the router keeps a handler: started into one [`Call`].
+///
+/// [`Handler::call`] (an `async_trait` method) boxes its future, which borrows the handler,
+/// so running it in a task takes a second box that owns both. The server's own handlers
+/// ([`HandlerFn`], [`TypedHandler`]) skip that: their future owns what it needs, so one box
+/// is enough. Any other [`Handler`] goes through [`Dyn`], as before.
+pub(crate) trait Invoke: Send + Sync + 'static {
+    /// Starts the handler on one request. Runs no more of it than its first poll would
+    /// (for a closure, the closure itself), so it is called where that poll is.
+    fn invoke(self: Arc<Self>, ctx: RequestContext, body: Bytes) -> Call;
+}
+
+/// Any [`Handler`], invoked through [`Handler::call`].
+pub(crate) struct Dyn<H>(pub(crate) H);
+
+impl<H: Handler> Invoke for Dyn<H> {
+    fn invoke(self: Arc<Self>, ctx: RequestContext, body: Bytes) -> Call {
+        Box::pin(async move { self.0.call(ctx, body).await })
+    }
+}
+
 /// A [`Handler`] from an async closure `Fn(RequestContext, Bytes) -> impl Future<Output =
 /// Result<Reply, Status>>`; see [`handler_fn`].
 pub struct HandlerFn<F> {
@@ -224,6 +288,17 @@ where
 {
     async fn call(&self, ctx: RequestContext, body: Bytes) -> Result<Reply, Status> {
         (self.f)(ctx, body).await
+    }
+}
+
+impl<F, Fut> Invoke for HandlerFn<F>
+where
+    F: Fn(RequestContext, Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Reply, Status>> + Send + 'static,
+{
+    fn invoke(self: Arc<Self>, ctx: RequestContext, body: Bytes) -> Call {
+        // The closure's future owns its inputs: the only box is its own.
+        Box::pin((self.f)(ctx, body))
     }
 }
 
@@ -268,12 +343,38 @@ where
     Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
 {
     async fn call(&self, ctx: RequestContext, body: Bytes) -> Result<Reply, Status> {
+        self.handle(ctx, body).await
+    }
+}
+
+impl<F, Req, Resp, Func, Fut> TypedHandler<F, Req, Resp, Func>
+where
+    F: Decode<Req> + Encode<Resp>,
+    Func: Fn(RequestContext, Req) -> Fut,
+    Fut: Future<Output = Result<Resp, Status>>,
+{
+    /// Decodes, calls, encodes: what [`Handler::call`] and [`Invoke::invoke`] both run.
+    async fn handle(&self, ctx: RequestContext, body: Bytes) -> Result<Reply, Status> {
         let request = self.format.decode_body(ctx.format(), body)?;
         let response = (self.f)(ctx, request).await?;
         let body = self
             .format
             .encode_to_bytes(&response, &mut BytesMut::new())?;
         Ok(Reply::new(body))
+    }
+}
+
+impl<F, Req, Resp, Func, Fut> Invoke for TypedHandler<F, Req, Resp, Func>
+where
+    F: Decode<Req> + Encode<Resp>,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    Func: Fn(RequestContext, Req) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+{
+    fn invoke(self: Arc<Self>, ctx: RequestContext, body: Bytes) -> Call {
+        // One box owning the handler, where `Handler::call` would box a future borrowing it.
+        Box::pin(async move { self.handle(ctx, body).await })
     }
 }
 
@@ -355,5 +456,28 @@ where
 {
     async fn notify(&self, ctx: NotifyContext, body: Bytes) {
         (self.f)(ctx, body).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancel_cell_is_reused_only_when_nobody_can_see_it() {
+        let cell = CancelCell::default();
+        let cell = cell.into_unused().expect("a new cell is unused");
+        // A context of the request still holds it: the request is not over for them.
+        let kept = cell.clone();
+        assert!(cell.into_unused().is_none());
+        // A token was made: whoever took it may still wait on it.
+        let _ = kept.token();
+        assert!(kept.clone().into_unused().is_none());
+        assert!(kept.into_unused().is_none());
+        // Cancelling before anyone asked makes the token, already cancelled.
+        let cell = CancelCell::default();
+        cell.cancel();
+        assert!(cell.token().is_cancelled());
+        assert!(cell.into_unused().is_none());
     }
 }

@@ -8,9 +8,9 @@ use mcp_codec::ErrorCode;
 use mcp_format::FormatId;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::router::{Router, SUBSCRIBE, UNSUBSCRIBE};
+use crate::handler::CancelCell;
+use crate::router::{SUBSCRIBE, UNSUBSCRIBE};
 
 /// Per-connection limits on requests (PROTOCOL.md section 6).
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +28,9 @@ pub(crate) struct RequestHead<'a> {
     pub(crate) id: u32,
     pub(crate) format: u8,
     pub(crate) method: &'a str,
+    /// Whether the router has a handler for `method` (the caller looked it up once, for
+    /// this and to start the handler).
+    pub(crate) routed: bool,
     pub(crate) deadline_ms: Option<u32>,
     pub(crate) body_len: usize,
     /// When the head frame arrived: the deadline counts from here.
@@ -55,7 +58,7 @@ pub(crate) struct InFlight {
     generation: u64,
     body_len: usize,
     abort: AbortHandle,
-    cancel: CancellationToken,
+    cancel: CancelCell,
 }
 
 impl InFlight {
@@ -99,23 +102,17 @@ impl ConnState {
     /// concern the connection to the ones that concern this request, and from permanent
     /// answers (2, 3, 4) to the retryable one (5), so that a request a retry cannot fix is
     /// never answered "overloaded".
-    pub(crate) fn admit(
-        &mut self,
-        head: &RequestHead<'_>,
-        router: &Router,
-        now: Instant,
-    ) -> Verdict {
+    pub(crate) fn admit(&mut self, head: &RequestHead<'_>, now: Instant) -> Verdict {
         if let Some(verdict) = self.check_id(head.id) {
             return verdict;
         }
-        if !router.knows(head.method) {
-            return Verdict::Answer(ErrorCode::UNKNOWN_METHOD, "no such method");
-        }
-        // `$subscribe` takes the topic's bytes whatever the format byte says.
-        match head.method {
-            SUBSCRIBE => return Verdict::Subscribe,
-            UNSUBSCRIBE => return Verdict::Unsubscribe,
-            _ => {}
+        if !head.routed {
+            // `$subscribe` takes the topic's bytes whatever the format byte says.
+            return match head.method {
+                SUBSCRIBE => Verdict::Subscribe,
+                UNSUBSCRIBE => Verdict::Unsubscribe,
+                _ => Verdict::Answer(ErrorCode::UNKNOWN_METHOD, "no such method"),
+            };
         }
         if FormatId::new(head.format).is_reserved() {
             return Verdict::Answer(ErrorCode::UNSUPPORTED_FORMAT, "reserved body format");
@@ -186,7 +183,7 @@ impl ConnState {
         body_len: usize,
         generation: u64,
         abort: AbortHandle,
-        cancel: CancellationToken,
+        cancel: CancelCell,
     ) {
         self.in_flight_bytes += body_len;
         self.in_flight.insert(
@@ -256,6 +253,7 @@ mod tests {
 
     use super::*;
     use crate::handler::Reply;
+    use crate::router::Router;
 
     fn router() -> Router {
         Router::new().route_raw("echo", |_, body: Bytes| async move { Ok(Reply::new(body)) })
@@ -266,6 +264,7 @@ mod tests {
             id,
             format: 1,
             method,
+            routed: router().handler(method).is_some(),
             deadline_ms: None,
             body_len: 10,
             arrived,
@@ -291,53 +290,51 @@ mod tests {
             body_len,
             generation,
             task.abort_handle(),
-            CancellationToken::new(),
+            CancelCell::default(),
         );
         generation
     }
 
     #[test]
     fn admission_order() {
-        let r = router();
         let now = Instant::now();
         let mut s = state(1, 100);
         assert_eq!(
-            s.admit(&head(1, "nope", now), &r, now),
+            s.admit(&head(1, "nope", now), now),
             Verdict::Answer(ErrorCode::UNKNOWN_METHOD, "no such method")
         );
         let mut reserved = head(1, "echo", now);
         reserved.format = 3;
         assert!(matches!(
-            s.admit(&reserved, &r, now),
+            s.admit(&reserved, now),
             Verdict::Answer(ErrorCode::UNSUPPORTED_FORMAT, _)
         ));
         reserved.format = 200;
-        assert_eq!(s.admit(&reserved, &r, now), Verdict::Run { deadline: None });
+        assert_eq!(s.admit(&reserved, now), Verdict::Run { deadline: None });
         let mut sub = head(1, SUBSCRIBE, now);
         sub.format = 77;
-        assert_eq!(s.admit(&sub, &r, now), Verdict::Subscribe);
+        assert_eq!(s.admit(&sub, now), Verdict::Subscribe);
         sub.method = UNSUBSCRIBE;
-        assert_eq!(s.admit(&sub, &r, now), Verdict::Unsubscribe);
+        assert_eq!(s.admit(&sub, now), Verdict::Unsubscribe);
     }
 
     #[test]
     fn deadline_counts_from_arrival() {
-        let r = router();
         let t0 = Instant::now();
         let mut s = state(10, 100);
         let mut h = head(1, "echo", t0);
         h.deadline_ms = Some(0);
         assert!(matches!(
-            s.admit(&h, &r, t0),
+            s.admit(&h, t0),
             Verdict::Answer(ErrorCode::DEADLINE_EXCEEDED, _)
         ));
         h.deadline_ms = Some(50);
         assert!(matches!(
-            s.admit(&h, &r, t0 + Duration::from_millis(50)),
+            s.admit(&h, t0 + Duration::from_millis(50)),
             Verdict::Answer(ErrorCode::DEADLINE_EXCEEDED, _)
         ));
         assert_eq!(
-            s.admit(&h, &r, t0 + Duration::from_millis(49)),
+            s.admit(&h, t0 + Duration::from_millis(49)),
             Verdict::Run {
                 deadline: Some(t0 + Duration::from_millis(50))
             }
@@ -346,17 +343,16 @@ mod tests {
 
     #[test]
     fn limits_and_duplicates() {
-        let r = router();
         let now = Instant::now();
         let mut s = state(2, 15);
         assert_eq!(
-            s.admit(&head(1, "echo", now), &r, now),
+            s.admit(&head(1, "echo", now), now),
             Verdict::Run { deadline: None }
         );
         let g1 = run(&mut s, 1, 10);
         // Duplicate of a running id: close.
         assert!(matches!(
-            s.admit(&head(1, "echo", now), &r, now),
+            s.admit(&head(1, "echo", now), now),
             Verdict::Close(ErrorCode::MALFORMED, _)
         ));
         assert!(matches!(
@@ -365,27 +361,27 @@ mod tests {
         ));
         // 10 + 10 bytes > 15: overloaded.
         assert!(matches!(
-            s.admit(&head(2, "echo", now), &r, now),
+            s.admit(&head(2, "echo", now), now),
             Verdict::Answer(ErrorCode::OVERLOADED, _)
         ));
         let mut small = head(2, "echo", now);
         small.body_len = 5;
-        assert_eq!(s.admit(&small, &r, now), Verdict::Run { deadline: None });
+        assert_eq!(s.admit(&small, now), Verdict::Run { deadline: None });
         run(&mut s, 2, 5);
         let mut tiny = head(3, "echo", now);
         tiny.body_len = 0;
         assert!(matches!(
-            s.admit(&tiny, &r, now),
+            s.admit(&tiny, now),
             Verdict::Answer(ErrorCode::OVERLOADED, _)
         ));
         assert!(s.finish(1, g1));
         assert!(!s.finish(1, g1), "finished twice");
-        assert_eq!(s.admit(&tiny, &r, now), Verdict::Run { deadline: None });
+        assert_eq!(s.admit(&tiny, now), Verdict::Run { deadline: None });
         // One request larger than the byte budget is admitted when alone.
         let mut s = state(2, 15);
         let mut big = head(9, "echo", now);
         big.body_len = 1000;
-        assert_eq!(s.admit(&big, &r, now), Verdict::Run { deadline: None });
+        assert_eq!(s.admit(&big, now), Verdict::Run { deadline: None });
     }
 
     #[test]
@@ -404,16 +400,15 @@ mod tests {
 
     #[test]
     fn goaway_last_id_and_draining() {
-        let r = router();
         let now = Instant::now();
         let mut s = state(10, 100);
-        s.admit(&head(5, "echo", now), &r, now);
+        s.admit(&head(5, "echo", now), now);
         let g5 = run(&mut s, 5, 1);
-        s.admit(&head(6, "nope", now), &r, now);
+        s.admit(&head(6, "nope", now), now);
         assert_eq!(s.send_goaway(), Some(6));
         assert_eq!(s.send_goaway(), None);
         assert!(matches!(
-            s.admit(&head(7, "echo", now), &r, now),
+            s.admit(&head(7, "echo", now), now),
             Verdict::Answer(ErrorCode::UNAVAILABLE, _)
         ));
         assert!(matches!(
@@ -429,7 +424,7 @@ mod tests {
         s.peer_goaway();
         assert!(s.drained());
         assert!(matches!(
-            s.admit(&head(1, "echo", now), &r, now),
+            s.admit(&head(1, "echo", now), now),
             Verdict::Answer(ErrorCode::UNAVAILABLE, _)
         ));
     }

@@ -423,6 +423,130 @@ async fn cancel_stops_the_handler_and_nothing_is_sent_for_it() {
     stop(handle).await;
 }
 
+/// What the `watch` handler reports: which request, and which of its tokens saw the
+/// cancellation (`asked_before`: taken while the handler ran, if its body is `ask`;
+/// `asked_after`: asked for through a clone of the context once the handler's future had
+/// been dropped, first if the body is not `ask`).
+type Seen = (u32, &'static str);
+
+/// A server with `watch`, a handler that never finishes on its own, and `keep`, which
+/// finishes at once, both handing a clone of their context to other tasks.
+async fn token_server() -> (ServerHandle, tokio::sync::mpsc::UnboundedReceiver<Seen>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Seen>();
+    let keep_tx = tx.clone();
+    let (handle, _) = server_with(move |b| {
+        b.route_raw("watch", move |ctx, body| {
+            let tx = tx.clone();
+            async move {
+                let id = ctx.id();
+                if &body[..] == b"ask" {
+                    let before = ctx.cancellation().clone();
+                    let seen = tx.clone();
+                    tokio::spawn(async move {
+                        before.cancelled().await;
+                        let _ = seen.send((id, "asked_before"));
+                    });
+                }
+                // Told when this future is dropped; only then is the token asked for.
+                let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+                let later = ctx.clone();
+                tokio::spawn(async move {
+                    let _ = dropped_rx.await;
+                    if timeout(Duration::from_millis(100), later.cancelled())
+                        .await
+                        .is_ok()
+                    {
+                        let _ = tx.send((id, "asked_after"));
+                    }
+                });
+                let _told_on_drop = dropped_tx;
+                std::future::pending::<Result<Reply, Status>>().await
+            }
+        })
+        .route_raw("keep", move |ctx, body| {
+            let tx = keep_tx.clone();
+            async move {
+                tokio::spawn(async move {
+                    if timeout(Duration::from_millis(500), ctx.cancelled())
+                        .await
+                        .is_ok()
+                    {
+                        let _ = tx.send((ctx.id(), "cancelled"));
+                    }
+                });
+                Ok(Reply::new(body))
+            }
+        })
+    })
+    .await;
+    (handle, rx)
+}
+
+/// The tokens of request `id` that saw the cancellation, in any order.
+async fn cancelled_tokens(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    id: u32,
+    expected: &[&'static str],
+) {
+    let mut seen = Vec::new();
+    for _ in expected {
+        let (got, which) = timeout(WAIT, rx.recv())
+            .await
+            .expect("token not cancelled")
+            .expect("channel open");
+        assert_eq!(got, id);
+        seen.push(which);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn cancel_and_deadline_cancel_the_token_whenever_it_is_asked_for() {
+    let (handle, mut rx) = token_server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    // Asked for while the handler runs, and (the same token) after it was stopped.
+    c.request(1, format::RAW, "watch", b"ask").await;
+    c.ping_pong(1).await;
+    c.send(Envelope::Cancel(Cancel { id: 1 })).await;
+    cancelled_tokens(&mut rx, 1, &["asked_after", "asked_before"]).await;
+    // Asked for only after the stop: the token is already cancelled.
+    c.request(2, format::RAW, "watch", b"").await;
+    c.ping_pong(2).await;
+    c.send(Envelope::Cancel(Cancel { id: 2 })).await;
+    cancelled_tokens(&mut rx, 2, &["asked_after"]).await;
+
+    let ms = 50u32.to_be_bytes();
+    for (id, body, expected) in [
+        (3, &b"ask"[..], &["asked_after", "asked_before"][..]),
+        (4, &b""[..], &["asked_after"][..]),
+    ] {
+        c.request_with_meta(id, format::RAW, "watch", &[("deadline", &ms)], body)
+            .await;
+        let (got, code, _) = error(c.recv().await);
+        assert_eq!((got, code), (id, ErrorCode::DEADLINE_EXCEEDED));
+        cancelled_tokens(&mut rx, id, expected).await;
+    }
+
+    // A request answered at once is over, not abandoned: its token is never cancelled,
+    // not by a CANCEL that comes after its answer, nor by the cancellation of the request
+    // after it, nor by the connection closing.
+    c.request(5, format::RAW, "keep", b"k").await;
+    assert_eq!(response(c.recv().await), (5, format::RAW, b"k".to_vec()));
+    c.request(6, format::RAW, "watch", b"").await;
+    c.ping_pong(6).await;
+    c.send(Envelope::Cancel(Cancel { id: 6 })).await;
+    cancelled_tokens(&mut rx, 6, &["asked_after"]).await;
+    c.send(Envelope::Cancel(Cancel { id: 5 })).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "a finished request's token was cancelled"
+    );
+    stop(handle).await;
+}
+
 #[tokio::test]
 async fn malformed_request_with_readable_id_is_error_1_and_the_connection_stays() {
     let (handle, _) = server().await;
@@ -946,6 +1070,53 @@ async fn handlers_finishing_at_once_or_after_waiting_are_answered_alike() {
     }))
     .await;
     c.expect_closed().await;
+    stop(handle).await;
+}
+
+/// A handler written against the trait, as an application would, rather than a closure.
+struct Upper {
+    /// Wait once before answering (the handler then goes on in a task of its own).
+    wait: bool,
+}
+
+#[async_trait::async_trait]
+impl mcp_server::Handler for Upper {
+    async fn call(&self, ctx: mcp_server::RequestContext, body: Bytes) -> Result<Reply, Status> {
+        if self.wait {
+            tokio::task::yield_now().await;
+        }
+        if &body[..] == b"panic" {
+            panic!("handler panic (expected by the test)");
+        }
+        let mut out = body.to_ascii_uppercase();
+        out.extend_from_slice(ctx.method().as_bytes());
+        Ok(Reply::new(out))
+    }
+}
+
+#[tokio::test]
+async fn trait_handlers_are_answered_like_closures() {
+    let (handle, _) = server_with(|b| {
+        b.route("upper", Upper { wait: false })
+            .route("upper_later", Upper { wait: true })
+    })
+    .await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(1, format::RAW, "upper", b"a.").await;
+    assert_eq!(
+        response(c.recv().await),
+        (1, format::RAW, b"A.upper".to_vec())
+    );
+    c.request(2, format::RAW, "upper_later", b"b.").await;
+    assert_eq!(
+        response(c.recv().await),
+        (2, format::RAW, b"B.upper_later".to_vec())
+    );
+    for (id, method) in [(3, "upper"), (4, "upper_later")] {
+        c.request(id, format::RAW, method, b"panic").await;
+        let (got, code, _) = error(c.recv().await);
+        assert_eq!((got, code), (id, ErrorCode::INTERNAL));
+    }
     stop(handle).await;
 }
 
