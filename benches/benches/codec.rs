@@ -91,6 +91,44 @@ fn traced_request_round_trip(c: &mut Criterion) {
     );
 }
 
+fn traced_block_request_round_trip(c: &mut Criterion) {
+    // The same metadata as `request_64B_traced`, as the transport hands it to the codec:
+    // laid out as one block (`Meta::from_entries`), checked by `Metadata::from_wire` on
+    // every call and copied whole by the encoder.
+    let traceparent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut block = vec![11u8];
+    block.extend_from_slice(b"traceparent");
+    block.extend_from_slice(&(traceparent.len() as u16).to_be_bytes());
+    block.extend_from_slice(traceparent);
+    block.push(8);
+    block.extend_from_slice(b"deadline");
+    block.extend_from_slice(&4u16.to_be_bytes());
+    block.extend_from_slice(&2000u32.to_be_bytes());
+    let body = [0x5au8; 64];
+    let mut buf = [0u8; 256];
+    c.bench_function("request_64B_traced_block/check+encode+decode+parse", |b| {
+        b.iter(|| {
+            let meta = Metadata::from_wire(2, black_box(&block)).expect("valid block");
+            let request = Request {
+                id: 42,
+                flags: Flags::NONE,
+                format: format::RAW,
+                method: "user.get",
+                meta,
+                body: &body,
+            };
+            let len = black_box(&request).encode(&mut buf).expect("fits");
+            match decode_frame(black_box(&buf[..len])) {
+                Ok(Decoded::Frame { frame, .. }) => match Envelope::parse(frame) {
+                    Ok(Envelope::Request(r)) => r.body.len() + r.meta.len(),
+                    _ => unreachable!("valid request"),
+                },
+                _ => unreachable!("valid frame"),
+            }
+        })
+    });
+}
+
 /// A REQUEST with a 64-byte body and `meta`, encoded, decoded and parsed.
 fn request_round_trip(c: &mut Criterion, name: &str, meta: Metadata<'_>) {
     let body = [0x5au8; 64];
@@ -122,6 +160,7 @@ criterion_group!(
     frame_throughput,
     small_frame_round_trip,
     small_request_round_trip,
-    traced_request_round_trip
+    traced_request_round_trip,
+    traced_block_request_round_trip
 );
 criterion_main!(benches);

@@ -358,12 +358,13 @@ impl<'a> Request<'a> {
         Ok(4 + 1 + 1 + 1 + short_len("method", self.method)? + self.meta.encoded_len()?)
     }
 
+    #[inline]
     fn write_envelope<S: Sink>(&self, w: &mut PayloadWriter<'_, S>, flags: Flags) {
-        w.put_u32(self.id);
-        w.put_u8(flags.bits());
-        w.put_u8(self.format);
-        w.put_u8(self.method.len() as u8);
-        w.put(self.method.as_bytes());
+        let [a, b, c, d] = self.id.to_be_bytes();
+        // Lossless cast: the method's length was checked by `envelope_len`.
+        let method_len = self.method.len() as u8;
+        w.put_gathered(&[a, b, c, d, flags.bits(), self.format, method_len]);
+        w.put_gathered(self.method.as_bytes());
         self.meta.write(w);
     }
 }
@@ -386,10 +387,10 @@ impl<'a> Response<'a> {
         Ok(4 + 1 + 1 + self.meta.encoded_len()?)
     }
 
+    #[inline]
     fn write_envelope<S: Sink>(&self, w: &mut PayloadWriter<'_, S>, flags: Flags) {
-        w.put_u32(self.id);
-        w.put_u8(flags.bits());
-        w.put_u8(self.format);
+        let [a, b, c, d] = self.id.to_be_bytes();
+        w.put_gathered(&[a, b, c, d, flags.bits(), self.format]);
         self.meta.write(w);
     }
 }
@@ -411,11 +412,11 @@ impl<'a> Notify<'a> {
         Ok(1 + 1 + 1 + short_len("topic", self.topic)? + self.meta.encoded_len()?)
     }
 
+    #[inline]
     fn write_envelope<S: Sink>(&self, w: &mut PayloadWriter<'_, S>, flags: Flags) {
-        w.put_u8(flags.bits());
-        w.put_u8(self.format);
-        w.put_u8(self.topic.len() as u8);
-        w.put(self.topic.as_bytes());
+        // Lossless cast: the topic's length was checked by `envelope_len`.
+        w.put_gathered(&[flags.bits(), self.format, self.topic.len() as u8]);
+        w.put_gathered(self.topic.as_bytes());
         self.meta.write(w);
     }
 }
@@ -590,6 +591,20 @@ impl<'a> Envelope<'a> {
     /// Appends this envelope as one frame to `out`.
     #[cfg(feature = "alloc")]
     pub fn encode_to_vec(&self, out: &mut alloc::vec::Vec<u8>) -> Result<usize, Error> {
+        let len = checked_payload_len(self.payload_len()?)?;
+        out.reserve(len + FRAME_OVERHEAD);
+        self.write_one(out, len, None)?;
+        Ok(len + FRAME_OVERHEAD)
+    }
+
+    /// Appends this envelope as one frame to a `BytesMut`, growing it as needed.
+    ///
+    /// Faster than [`Envelope::encode_to_buf`] for small frames: the fields written are
+    /// read back and fed to the CRC as one run, where a write-only `BufMut` takes a CRC run
+    /// for each field. On error, `out` may hold part of a frame: truncate it to its length
+    /// before the call.
+    #[cfg(feature = "bytes")]
+    pub fn encode_to_bytes(&self, out: &mut bytes::BytesMut) -> Result<usize, Error> {
         let len = checked_payload_len(self.payload_len()?)?;
         out.reserve(len + FRAME_OVERHEAD);
         self.write_one(out, len, None)?;
@@ -781,6 +796,19 @@ impl<'a> MessageFrames<'a> {
     /// Appends every remaining frame to `out`.
     #[cfg(feature = "alloc")]
     pub fn write_all_to_vec(&mut self, out: &mut alloc::vec::Vec<u8>) -> Result<usize, Error> {
+        let start = out.len();
+        out.reserve(self.total_len());
+        while self.next_len().is_some() {
+            self.write_next_to(out)?;
+        }
+        Ok(out.len() - start)
+    }
+
+    /// Appends every remaining frame to a `BytesMut`, growing it as needed (see
+    /// [`Envelope::encode_to_bytes`]). On error, `out` may hold part of a frame: truncate
+    /// it to its length before the call.
+    #[cfg(feature = "bytes")]
+    pub fn write_all_to_bytes(&mut self, out: &mut bytes::BytesMut) -> Result<usize, Error> {
         let start = out.len();
         out.reserve(self.total_len());
         while self.next_len().is_some() {

@@ -34,38 +34,104 @@ pub const MAX_FRAME_LEN: usize = MAX_PAYLOAD_LEN + FRAME_OVERHEAD;
 static CRC16: crc::Crc<u16, crc::Table<16>> =
     crc::Crc::<u16, crc::Table<16>>::new(&crc::CRC_16_IBM_3740);
 
+/// The slice-by-16 table: `TABLE[k][x]` is the CRC register after the byte `x` followed by
+/// `k` zero bytes, starting from a zero register.
+type CrcTable = [[u16; 256]; 16];
+
 /// Computes the frame CRC over `bytes` (CRC-16/IBM-3740, check value 0x29B1).
 #[inline]
 pub fn checksum(bytes: &[u8]) -> u16 {
-    CRC16.checksum(bytes)
+    crc_update(CRC_INIT, bytes)
 }
 
 /// The CRC register before any byte (the algorithm's init value).
 const CRC_INIT: u16 = 0xFFFF;
 
+/// One slice-by-16 step: the register advanced over a 16-byte block.
+///
+/// The crc crate's step, over its own `Table<16>`. Reading all 16 bytes as single bytes (as
+/// the crc crate does) makes the loop bound by loads; taking the first 8 from one 8-byte
+/// word by shifts moves half of that work to the ALUs.
+#[inline(always)]
+fn step16(table: &CrcTable, crc: u16, b: &[u8; 16]) -> u16 {
+    let word = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let byte = |k: u32| usize::from((word >> (8 * k)) as u8);
+    let [hi, lo] = crc.to_be_bytes();
+    table[0][usize::from(b[15])]
+        ^ table[1][usize::from(b[14])]
+        ^ table[2][usize::from(b[13])]
+        ^ table[3][usize::from(b[12])]
+        ^ table[4][usize::from(b[11])]
+        ^ table[5][usize::from(b[10])]
+        ^ table[6][usize::from(b[9])]
+        ^ table[7][usize::from(b[8])]
+        ^ table[8][byte(7)]
+        ^ table[9][byte(6)]
+        ^ table[10][byte(5)]
+        ^ table[11][byte(4)]
+        ^ table[12][byte(3)]
+        ^ table[13][byte(2)]
+        ^ table[14][byte(1) ^ usize::from(lo)]
+        ^ table[15][byte(0) ^ usize::from(hi)]
+}
+
+/// The register advanced over a run of fewer than 16 bytes, in one step.
+///
+/// The crc crate feeds such a run (the tail of every input) one byte at a time, and each of
+/// those steps waits for the one before: about 7 cycles a byte, so up to 100 cycles for a
+/// 15-byte tail. Small frames are mostly tails (a REQUEST with `traceparent` and `deadline`
+/// had 24 tail bytes on its encoding side alone). The slice-by-16 table does any length
+/// from 2 to 16 in one step (slice-by-k: byte `j` of a `k`-byte run goes through
+/// `table[k - 1 - j]`, the register's two bytes through the first two), so the lookups of a
+/// tail are independent of each other and only the final XOR waits for the register.
+#[inline(always)]
+fn step_short(table: &CrcTable, crc: u16, run: &[u8]) -> u16 {
+    debug_assert!(run.len() <= 16);
+    match run {
+        [] => crc,
+        [b] => table[0][usize::from((crc >> 8) as u8 ^ b)] ^ (crc << 8),
+        [b0, b1, rest @ ..] => {
+            let [hi, lo] = crc.to_be_bytes();
+            // `& 15` keeps every index in bounds without a panic path; the run is at most
+            // 16 bytes, so it changes nothing.
+            let k = run.len();
+            let mut acc = table[(k - 1) & 15][usize::from(b0 ^ hi)]
+                ^ table[(k - 2) & 15][usize::from(b1 ^ lo)];
+            for (j, &b) in rest.iter().enumerate() {
+                acc ^= table[(k - 3 - j) & 15][usize::from(b)];
+            }
+            acc
+        }
+    }
+}
+
 /// Advances the CRC register over `bytes`.
 ///
 /// For CRC-16/IBM-3740 the register *is* the checksum: the input and output are not
-/// reflected and the final XOR is 0, so a digest started from a register value and
-/// finalised gives the next register value (`crc_update(CRC_INIT, b) == checksum(b)`,
-/// checked by the tests below).
+/// reflected and the final XOR is 0, so the register after some bytes, started from
+/// `CRC_INIT`, is their checksum (`crc_update(CRC_INIT, b) == checksum(b)`), and a run can
+/// be fed in pieces. The tests below check it against the crc crate for every length and
+/// starting register that matters.
 #[inline]
-fn crc_update(crc: u16, bytes: &[u8]) -> u16 {
-    let mut digest = CRC16.digest_with_initial(crc);
-    digest.update(bytes);
-    digest.finalize()
+fn crc_update(mut crc: u16, bytes: &[u8]) -> u16 {
+    let table = CRC16.table();
+    let mut blocks = bytes.chunks_exact(16);
+    for block in &mut blocks {
+        // `chunks_exact(16)` makes the conversion infallible; the fallback only keeps the
+        // code free of a panic path.
+        crc = step16(table, crc, block.try_into().unwrap_or(&[0; 16]));
+    }
+    step_short(table, crc, blocks.remainder())
 }
 
 /// Copies `src` to the front of `dst` and advances the CRC register over it, in one loop.
 ///
-/// This is the crc crate's slice-by-16 step, written out over the crate's own `Table<16>`
-/// so that each 16-byte block is stored to the output in the same iteration that feeds the
-/// table lookups: the copy then hides behind the lookups instead of costing a pass of its
-/// own. A separate copy then CRC measured 0.89 of CRC-alone throughput at 4 KiB; this loop
+/// Each 16-byte block is stored to the output in the same iteration that feeds the table
+/// lookups: the copy then hides behind the lookups instead of costing a pass of its own. A
+/// separate copy then CRC measured 0.89 of CRC-alone throughput at 4 KiB; this loop
 /// measures 0.87 to 0.97 at 4 KiB (it varies from run to run) and 0.90 at 64 KiB
-/// (BENCHMARKS.md). It is used only for encoding; decoding and [`checksum`]
-/// use the crate's loop, and the tests below check the two agree for every length and
-/// alignment that matters.
+/// (BENCHMARKS.md). It is used only for encoding; the tests below check it against the crc
+/// crate for every length and alignment that matters.
 ///
 /// `dst` must be at least as long as `src`; callers size it exactly. (Were it shorter, only
 /// its length would be copied and counted: wrong, but never a panic.)
@@ -81,37 +147,12 @@ fn copy_with_crc(mut crc: u16, src: &[u8], dst: &mut [u8]) -> u16 {
         // `chunks_exact(16)` makes the conversion infallible; the fallback only keeps the
         // code free of a panic path.
         let b: &[u8; 16] = block.try_into().unwrap_or(&[0; 16]);
-        // The CRC step needs each byte as a table index. Reading all 16 as single bytes
-        // (as the crc crate does) makes the loop bound by loads; taking the first 8 from one
-        // 8-byte word by shifts moves half of that work to the ALUs, which pays for the copy.
-        let word = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
         out.copy_from_slice(b);
-        let byte = |k: u32| usize::from((word >> (8 * k)) as u8);
-        let [hi, lo] = crc.to_be_bytes();
-        crc = table[0][usize::from(b[15])]
-            ^ table[1][usize::from(b[14])]
-            ^ table[2][usize::from(b[13])]
-            ^ table[3][usize::from(b[12])]
-            ^ table[4][usize::from(b[11])]
-            ^ table[5][usize::from(b[10])]
-            ^ table[6][usize::from(b[9])]
-            ^ table[7][usize::from(b[8])]
-            ^ table[8][byte(7)]
-            ^ table[9][byte(6)]
-            ^ table[10][byte(5)]
-            ^ table[11][byte(4)]
-            ^ table[12][byte(3)]
-            ^ table[13][byte(2)]
-            ^ table[14][byte(1) ^ usize::from(lo)]
-            ^ table[15][byte(0) ^ usize::from(hi)];
+        crc = step16(table, crc, b);
     }
     let tail = blocks.remainder();
-    let out = out.into_remainder();
-    for (&byte, slot) in tail.iter().zip(out.iter_mut()) {
-        *slot = byte;
-        crc = table[0][usize::from((crc >> 8) as u8 ^ byte)] ^ (crc << 8);
-    }
-    crc
+    out.into_remainder().copy_from_slice(tail);
+    step_short(table, crc, tail)
 }
 
 /// The frame types of MCP 1.2.
@@ -458,13 +499,15 @@ pub(crate) fn encode_frame(type_byte: u8, payload: &[u8], out: &mut [u8]) -> Res
 
 /// Where encoded bytes go: a checked slice, a `Vec`, or a `bytes::BufMut`.
 ///
-/// How the CRC is fed depends on the sink. The crc crate's slice-by-16 table is fast only
-/// on runs of 16 bytes or more; fed one small field at a time it falls back to one table
-/// step per byte. A sink that can show back what it holds (a slice or a `Vec`,
-/// `READBACK = true`) therefore lets the small envelope fields pile up and feeds them to the
-/// CRC as one run read back from the output, while a long piece (a body, a chunk, a
-/// metadata value) is fed straight from the caller's bytes, which are not waiting in the
-/// store buffer. A write-only sink (`BufMut`) feeds every piece on its way out.
+/// How the CRC is fed depends on the sink. The slice-by-16 table is fast on runs of 16
+/// bytes or more and costs a step of its own for the tail of every run, so each run fed
+/// separately costs more than its bytes. A sink that can show back what it holds (a slice
+/// or a `Vec`, `READBACK = true`) therefore lets the envelope's fields pile up (numbers,
+/// method or topic, metadata keys and values up to 256 bytes: `PayloadWriter::put_gathered`)
+/// and feeds them to the CRC as one run read back from the output, while a long piece (a
+/// body, a chunk, a long metadata value) is fed straight from the caller's bytes, which are
+/// not waiting in the store buffer. A write-only sink (`BufMut`) feeds every piece on its
+/// way out.
 pub(crate) trait Sink {
     /// Whether [`Sink::written_since`] gives the bytes back.
     const READBACK: bool;
@@ -549,6 +592,28 @@ impl Sink for alloc::vec::Vec<u8> {
     }
 }
 
+/// A `BytesMut` shows back what it holds, like a `Vec`: the envelope's fields are fed to
+/// the CRC as one run (a write-only `BufMut` feeds every field as a run of its own).
+#[cfg(feature = "bytes")]
+impl Sink for bytes::BytesMut {
+    const READBACK: bool = true;
+
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+
+    #[inline]
+    fn position(&self) -> usize {
+        self.len()
+    }
+
+    #[inline]
+    fn written_since(&self, from: usize) -> &[u8] {
+        self.get(from..).unwrap_or(&[])
+    }
+}
+
 /// Adapts any `bytes::BufMut` (a `BytesMut`, a `Vec<u8>`, ...) as a sink.
 #[cfg(feature = "bytes")]
 pub(crate) struct BufSink<'b, B: bytes::BufMut>(pub(crate) &'b mut B);
@@ -608,19 +673,36 @@ impl<S: Sink> PayloadWriter<'_, S> {
         }
     }
 
-    #[inline]
+    /// Writes a piece of the envelope (a number, a method or topic, a metadata key or short
+    /// value: at most a few hundred bytes) to be fed to the CRC with the pieces around it
+    /// as one run, whatever its length.
+    ///
+    /// Feeding the envelope in several runs costs a CRC tail step and a call for each run;
+    /// with [`PayloadWriter::put`]'s rule, a `traceparent` value (55 bytes) split the
+    /// envelope of every traced REQUEST into three runs.
+    #[inline(always)]
+    pub(crate) fn put_gathered(&mut self, bytes: &[u8]) {
+        if S::READBACK {
+            self.sink.put(bytes);
+        } else {
+            self.crc = self.sink.put_with_crc(bytes, self.crc);
+        }
+        self.written += bytes.len();
+    }
+
+    #[inline(always)]
     pub(crate) fn put_u8(&mut self, v: u8) {
-        self.put(&[v]);
+        self.put_gathered(&[v]);
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn put_u16(&mut self, v: u16) {
-        self.put(&v.to_be_bytes());
+        self.put_gathered(&v.to_be_bytes());
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn put_u32(&mut self, v: u32) {
-        self.put(&v.to_be_bytes());
+        self.put_gathered(&v.to_be_bytes());
     }
 }
 
@@ -680,6 +762,42 @@ mod tests {
         out
     }
 
+    /// The crc crate's own loop, the reference for ours.
+    fn reference(init: u16, bytes: &[u8]) -> u16 {
+        let mut digest = CRC16.digest_with_initial(init);
+        digest.update(bytes);
+        digest.finalize()
+    }
+
+    #[test]
+    fn crc_matches_the_crate() {
+        let data = bytes(2);
+        for start in 0..17 {
+            for len in 0..(data.len() - start) {
+                let run = &data[start..start + len];
+                assert_eq!(
+                    checksum(run),
+                    CRC16.checksum(run),
+                    "start {start} len {len}"
+                );
+                for init in [CRC_INIT, 0x0000, 0x1D0F, 0x8000, 0x00FF, checksum(b"MC")] {
+                    assert_eq!(crc_update(init, run), reference(init, run));
+                }
+            }
+        }
+        // Every byte value through the one-step tail, at every position of every length.
+        for len in 1..16 {
+            for pos in 0..len {
+                for value in 0..=255u8 {
+                    let mut run = [0x5Au8; 15];
+                    run[pos] = value;
+                    let run = &run[..len];
+                    assert_eq!(crc_update(0xBEEF, run), reference(0xBEEF, run));
+                }
+            }
+        }
+    }
+
     #[test]
     fn register_is_the_checksum() {
         assert_eq!(crc_update(CRC_INIT, b"123456789"), 0x29B1);
@@ -702,7 +820,7 @@ mod tests {
                 for init in [CRC_INIT, 0x0000, 0x1D0F, checksum(b"MC")] {
                     let mut dst = [0xAAu8; 310];
                     let crc = copy_with_crc(init, src, &mut dst[3..]);
-                    assert_eq!(crc, crc_update(init, src), "start {start} len {len}");
+                    assert_eq!(crc, reference(init, src), "start {start} len {len}");
                     assert_eq!(&dst[3..3 + len], src);
                     assert!(dst[3 + len..].iter().all(|&b| b == 0xAA));
                     assert!(dst[..3].iter().all(|&b| b == 0xAA));

@@ -15,12 +15,14 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
-    pub(crate) fn position(&self) -> usize {
-        self.pos
+    /// The bytes not read yet, without consuming them.
+    pub(crate) fn remaining(&self) -> &'a [u8] {
+        self.buf.get(self.pos..).unwrap_or(&[])
     }
 
-    pub(crate) fn since(&self, start: usize) -> &'a [u8] {
-        &self.buf[start..self.pos]
+    /// Consumes `n` bytes (at most what remains).
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.pos = self.pos.saturating_add(n).min(self.buf.len());
     }
 
     pub(crate) fn bytes(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], Error> {

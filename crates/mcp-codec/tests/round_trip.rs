@@ -119,6 +119,34 @@ mod with_bytes {
     use mcp_codec::{Error, MessageFrames};
     use proptest::prelude::*;
 
+    /// A message of several CONTINUATION frames comes out the same through every sink.
+    #[test]
+    fn a_message_of_several_frames_is_the_same_in_bytes_and_vec() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let meta = [(
+            "traceparent",
+            &b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"[..],
+        )];
+        let envelope = mcp_codec::Envelope::Request(mcp_codec::Request {
+            id: 9,
+            flags: mcp_codec::Flags::NONE,
+            format: 1,
+            method: "upload",
+            meta: mcp_codec::Metadata::from_pairs(&meta),
+            body: &body,
+        });
+        let frames = MessageFrames::new(envelope).unwrap();
+        let mut vec = Vec::new();
+        frames.clone().write_all_to_vec(&mut vec).unwrap();
+        let mut buf = bytes::BytesMut::new();
+        frames.clone().write_all_to_bytes(&mut buf).unwrap();
+        assert!(vec.len() > body.len() + 2 * 16, "several frames");
+        assert_eq!(&buf[..], &vec[..]);
+        let mut by_buf = bytes::BytesMut::new();
+        frames.clone().write_all_to_buf(&mut by_buf).unwrap();
+        assert_eq!(&by_buf[..], &vec[..]);
+    }
+
     proptest! {
         /// `encode_to_buf` puts exactly the bytes `encode` writes into a `BufMut`.
         #[test]
@@ -135,6 +163,37 @@ mod with_bytes {
             let mut slice: &mut [u8] = &mut fixed;
             envelope.encode_to_buf(&mut slice).unwrap();
             prop_assert_eq!(&fixed, &wire);
+        }
+
+        /// `encode_to_bytes` appends exactly the bytes `encode` writes, after what the
+        /// buffer already holds (the CRC is fed from what was written, not from its start).
+        #[test]
+        fn encode_to_bytes_matches_encode(
+            spec in spec(300),
+            prefix in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let envelope = spec.envelope();
+            let wire = encode(&envelope);
+            let mut buf = bytes::BytesMut::from(&prefix[..]);
+            let n = envelope.encode_to_bytes(&mut buf).unwrap();
+            prop_assert_eq!(n, wire.len());
+            prop_assert_eq!(&buf[..prefix.len()], &prefix[..]);
+            prop_assert_eq!(&buf[prefix.len()..], &wire[..]);
+        }
+
+        /// `MessageFrames::write_all_to_bytes` writes what `write_all_to_vec` writes.
+        #[test]
+        fn message_frames_to_bytes_matches_vec(spec in spec(300), prefix in 0usize..40) {
+            let envelope = spec.envelope();
+            let Ok(frames) = MessageFrames::new(envelope) else {
+                return Ok(()); // not a message
+            };
+            let mut vec = vec![7u8; prefix];
+            frames.clone().write_all_to_vec(&mut vec).unwrap();
+            let mut buf = bytes::BytesMut::from(&vec![7u8; prefix][..]);
+            let n = frames.clone().write_all_to_bytes(&mut buf).unwrap();
+            prop_assert_eq!(n, vec.len() - prefix);
+            prop_assert_eq!(&buf[..], &vec[..]);
         }
 
         /// A `BufMut` without room is refused before anything is written.

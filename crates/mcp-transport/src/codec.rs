@@ -249,16 +249,16 @@ pub(crate) fn encode_envelope(
                     limit: max_message_len,
                 });
             }
-            let mut frames = MessageFrames::new(envelope)?;
-            dst.reserve(frames.total_len());
             let start = dst.len();
-            frames
-                .write_all_to_buf(dst)
+            MessageFrames::new(envelope)?
+                .write_all_to_bytes(dst)
                 .inspect_err(|_| dst.truncate(start))
         }
         None => {
-            dst.reserve(envelope.encoded_len()?);
-            envelope.encode_to_buf(dst)
+            let start = dst.len();
+            envelope
+                .encode_to_bytes(dst)
+                .inspect_err(|_| dst.truncate(start))
         }
     }
 }

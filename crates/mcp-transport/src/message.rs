@@ -170,17 +170,30 @@ impl Meta {
 
     /// The value of the first entry with `key`.
     pub fn get(&self, key: &str) -> Option<&[u8]> {
-        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+        // Keys compared as bytes: no entry's key needs its UTF-8 check to be compared.
+        let mut it = self.iter();
+        while let Some((k, v)) = it.next_raw() {
+            if k == key.as_bytes() {
+                return Some(v);
+            }
+        }
+        None
     }
 
     /// The `deadline` entry in milliseconds: the smallest 4-byte value if repeated, values
     /// of another length ignored (PROTOCOL.md section 3).
     pub fn deadline_ms(&self) -> Option<u32> {
-        self.iter()
-            .filter(|(k, _)| *k == DEADLINE)
-            .filter_map(|(_, v)| <[u8; 4]>::try_from(v).ok())
-            .map(u32::from_be_bytes)
-            .min()
+        let mut it = self.iter();
+        let mut min = None;
+        while let Some((k, v)) = it.next_raw() {
+            if k == DEADLINE.as_bytes() {
+                if let Ok(v) = <[u8; 4]>::try_from(v) {
+                    let v = u32::from_be_bytes(v);
+                    min = Some(min.map_or(v, |m: u32| m.min(v)));
+                }
+            }
+        }
+        min
     }
 
     /// Metadata received in a frame: `block` is the whole metadata block (count byte
@@ -214,8 +227,19 @@ impl Meta {
 
     /// Runs `f` with a borrowed codec view of these entries, built on the stack for up to
     /// eight entries, so that encoding a request allocates nothing.
+    ///
+    /// Entries already laid out as a block (received, or built by [`Meta::from_entries`])
+    /// are handed over as that block, checked once as a receiver would check it, so that
+    /// encoding copies it whole instead of walking the entries again; a block that fails
+    /// the check goes the way of pairs, so that encoding refuses it with the usual error.
     pub fn with_metadata<R>(&self, f: impl FnOnce(Metadata<'_>) -> R) -> R {
-        let n = self.len();
+        let n = match &self.repr {
+            MetaRepr::Wire { count, entries } => match Metadata::from_wire(*count, entries) {
+                Ok(block) => return f(block),
+                Err(_) => usize::from(*count),
+            },
+            MetaRepr::Pairs(p) => p.len(),
+        };
         if n == 0 {
             return f(Metadata::EMPTY);
         }
@@ -261,12 +285,11 @@ enum IterRepr<'a> {
     Pairs(std::slice::Iter<'a, (Cow<'static, str>, Bytes)>),
 }
 
-impl<'a> Iterator for MetaIter<'a> {
-    type Item = (&'a str, &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<'a> MetaIter<'a> {
+    /// The next entry with its key as bytes (no UTF-8 check), for lookups by key.
+    fn next_raw(&mut self) -> Option<(&'a [u8], &'a [u8])> {
         match &mut self.inner {
-            IterRepr::Pairs(it) => it.next().map(|(k, v)| (k.as_ref(), v.as_ref())),
+            IterRepr::Pairs(it) => it.next().map(|(k, v)| (k.as_bytes(), v.as_ref())),
             IterRepr::Wire { count, rest } => {
                 if *count == 0 {
                     return None;
@@ -280,6 +303,20 @@ impl<'a> Iterator for MetaIter<'a> {
                 let value = tail.get(2..2 + value_len)?;
                 *rest = tail.get(2 + value_len..)?;
                 *count -= 1;
+                Some((key, value))
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for MetaIter<'a> {
+    type Item = (&'a str, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.inner {
+            IterRepr::Pairs(it) => it.next().map(|(k, v)| (k.as_ref(), v.as_ref())),
+            IterRepr::Wire { .. } => {
+                let (key, value) = self.next_raw()?;
                 Some((std::str::from_utf8(key).ok()?, value))
             }
         }
