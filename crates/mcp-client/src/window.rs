@@ -51,7 +51,10 @@ impl Window {
         let since = now.saturating_duration_since(self.origin);
         // In u64 nanoseconds (584 years) when they fit: a u128 division is a library call,
         // and this runs on every call (breaker, retry budget).
-        match (u64::try_from(since.as_nanos()), u64::try_from(self.slot.as_nanos())) {
+        match (
+            u64::try_from(since.as_nanos()),
+            u64::try_from(self.slot.as_nanos()),
+        ) {
             (Ok(since), Ok(slot)) => since / slot,
             _ => u64::try_from(since.as_nanos() / self.slot.as_nanos()).unwrap_or(u64::MAX),
         }
