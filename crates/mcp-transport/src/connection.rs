@@ -498,8 +498,14 @@ impl Connection {
         opts: CallOptions,
     ) -> Result<Reply, TransportError> {
         let deadline = opts.resolve(None);
-        let permit = self.shared.acquire(deadline).await?;
-        self.shared.wait_writable(deadline).await?;
+        // The waits are boxed (see `Pool::call`): only a call that waits pays for them.
+        let permit = match self.shared.try_acquire()? {
+            Some(permit) => permit,
+            None => Box::pin(self.shared.acquire(deadline)).await?,
+        };
+        if self.shared.writer.is_full() {
+            Box::pin(self.shared.wait_writable(deadline)).await?;
+        }
         let pending = self
             .shared
             .start(Some(permit), method, format, meta, body, deadline)?;
@@ -652,11 +658,18 @@ impl Connection {
         self.shared.try_acquire().ok().flatten()
     }
 
+    /// Waits until the write queue is under its limit, at most until `deadline`; at once
+    /// when it is.
     pub(crate) async fn wait_writable(
         &self,
         deadline: Option<Instant>,
     ) -> Result<(), TransportError> {
-        self.shared.wait_writable(deadline).await
+        if self.shared.writer.is_full() {
+            // Boxed: the wait (a notification and a timer) is rare, and a future holding
+            // it inline would make every call's future larger, and every call moves it.
+            Box::pin(self.shared.wait_writable(deadline)).await?;
+        }
+        Ok(())
     }
 
     /// Queues a REQUEST; the call is given up on (CANCEL, a timeout) at `deadline`.

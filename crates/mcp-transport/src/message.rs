@@ -37,6 +37,9 @@ impl Default for MetaRepr {
 /// Entries up to which [`Meta`] hands the codec a borrowed view built on the stack.
 const STACK_META: usize = 8;
 
+/// Bytes up to which [`Meta::from_entries`] lays a block out on the stack in one pass.
+const STACK_BLOCK: usize = 256;
+
 impl Meta {
     /// No entries.
     pub const fn new() -> Self {
@@ -58,13 +61,25 @@ impl Meta {
         I::IntoIter: Clone,
     {
         let entries = entries.into_iter();
-        let mut count = 0usize;
+        // The usual block (a `traceparent` and a `deadline`: 84 bytes) is laid out in one
+        // pass on the stack and copied once; a longer one takes a second pass.
+        let mut stack = [0u8; STACK_BLOCK];
         let mut len = 0usize;
+        let mut count = 0usize;
         let mut fits = true;
         for (key, value) in entries.clone() {
-            count += 1;
-            len += 1 + key.len() + 2 + value.len();
+            let entry = 1 + key.len() + 2 + value.len();
             fits &= (1..=255).contains(&key.len()) && value.len() <= usize::from(u16::MAX);
+            if fits && len + entry <= STACK_BLOCK {
+                // Both lengths were checked just above.
+                stack[len] = key.len() as u8;
+                stack[len + 1..][..key.len()].copy_from_slice(key.as_bytes());
+                let at = len + 1 + key.len();
+                stack[at..at + 2].copy_from_slice(&(value.len() as u16).to_be_bytes());
+                stack[at + 2..][..value.len()].copy_from_slice(value);
+            }
+            len += entry;
+            count += 1;
         }
         if count == 0 {
             return Meta::new();
@@ -72,18 +87,23 @@ impl Meta {
         let (Ok(count), true) = (u8::try_from(count), fits) else {
             return Meta::copied(entries);
         };
-        let mut block = bytes::BytesMut::with_capacity(len);
-        for (key, value) in entries {
-            // Both lengths were checked above.
-            block.extend_from_slice(&[key.len() as u8]);
-            block.extend_from_slice(key.as_bytes());
-            block.extend_from_slice(&(value.len() as u16).to_be_bytes());
-            block.extend_from_slice(value);
-        }
+        let block = if len <= STACK_BLOCK {
+            Bytes::copy_from_slice(&stack[..len])
+        } else {
+            let mut block = bytes::BytesMut::with_capacity(len);
+            for (key, value) in entries {
+                // Both lengths were checked in the first pass.
+                block.extend_from_slice(&[key.len() as u8]);
+                block.extend_from_slice(key.as_bytes());
+                block.extend_from_slice(&(value.len() as u16).to_be_bytes());
+                block.extend_from_slice(value);
+            }
+            block.freeze()
+        };
         Meta {
             repr: MetaRepr::Wire {
                 count,
-                entries: block.freeze(),
+                entries: block,
             },
         }
     }

@@ -251,7 +251,14 @@ impl Pool {
     ) -> Result<Reply, TransportError> {
         let deadline = opts.resolve(Some(self.shared.config.default_timeout));
         loop {
-            let (conn, permit) = self.shared.acquire(deadline).await?;
+            // Waiting for a connection or for room in its queue is boxed: those waits
+            // (notifications, timers) are rare, and held inline they made this future about
+            // 500 bytes, which every caller's future embeds and moves at each await.
+            let found = PoolShared::take_open(&mut lock(&self.shared.state))?;
+            let (conn, permit) = match found {
+                Some(found) => found,
+                None => Box::pin(self.shared.acquire(deadline)).await?,
+            };
             conn.wait_writable(deadline).await?;
             match conn.start_call(permit, method, format, meta, body, deadline) {
                 Ok(pending) => return pending.wait().await,

@@ -1592,6 +1592,16 @@ async fn metadata_from_entries_matches_pairs_and_keeps_the_checks() {
     assert_eq!(block.deadline_ms(), Some(5000));
     assert_eq!(block.iter().collect::<Vec<_>>(), entries.to_vec());
     assert!(Meta::from_entries(std::iter::empty::<(&str, &[u8])>()).is_empty());
+    // A block too long to lay out on the stack (the first entry fits there, the second
+    // does not) comes out the same.
+    let (a, b) = (vec![1u8; 200], vec![2u8; 100]);
+    let long: [(&str, &[u8]); 2] = [("a", &a), ("b", &b)];
+    let long_pairs = Meta::new().with("a", a.clone()).with("b", b.clone());
+    assert_eq!(Meta::from_entries(long), long_pairs);
+    assert_eq!(
+        Meta::from_entries(long).iter().collect::<Vec<_>>(),
+        long.to_vec()
+    );
     // Appending to a block turns it into pairs without losing anything.
     let mut grown = block.clone();
     grown.push("extra", &b"1"[..]);

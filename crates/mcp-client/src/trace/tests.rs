@@ -166,3 +166,20 @@ fn deadline_is_big_endian_milliseconds_rounded_down() {
     assert_eq!(deadline_value(Duration::ZERO), [0; 4]);
     assert_eq!(deadline_value(Duration::from_secs(u64::MAX)), [0xff; 4]);
 }
+
+#[test]
+fn every_byte_is_written_as_its_two_lowercase_hex_digits() {
+    for b in 0..=255u8 {
+        let mut trace_id = [1u8; 16];
+        trace_id[7] = b;
+        let ctx = TraceContext::new(trace_id, [b, 1, 2, 3, 4, 5, 6, b], 1).expect("valid ids");
+        let expected: String = trace_id.iter().map(|x| format!("{x:02x}")).collect();
+        assert_eq!(ctx.trace_id_hex(), expected);
+        assert_eq!(ctx.span_id_hex(), format!("{b:02x}010203040506{b:02x}"));
+        let text = ctx.to_traceparent();
+        assert_eq!(
+            TraceContext::parse(&text).expect("parses back").span_id(),
+            ctx.span_id()
+        );
+    }
+}
