@@ -476,13 +476,16 @@ impl<F: Format> Client<F> {
                         } else {
                             Instant::now()
                         };
-                        let attempt_deadline = later(now, attempt_timeout).min(deadline);
+                        // The attempt's own timeout, unless the call's budget ends first
+                        // (then the time left of it, which takes a subtraction).
+                        let own = later(now, attempt_timeout);
+                        let (attempt_deadline, remaining) = if own <= deadline {
+                            (own, attempt_timeout)
+                        } else {
+                            (deadline, deadline.saturating_duration_since(now))
+                        };
                         let permit = shared.breaker.acquire(now)?;
-                        let meta = outgoing_meta(
-                            options,
-                            context,
-                            Some(attempt_deadline.saturating_duration_since(now)),
-                        );
+                        let meta = outgoing_meta(options, context, Some(remaining));
                         tracing::trace!(attempt = number, "sending");
                         let result = shared
                             .backend
