@@ -11,18 +11,27 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use mcp_format::Format;
-use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::PollSemaphore;
 
 use crate::client::{Client, RawRequest, RawResponse};
 use crate::error::Error;
-use crate::limit::LimitMode;
+use crate::limit::{LimitMode, Slot};
 
-/// The slot reservation of one `Client` handle.
-#[derive(Debug)]
+/// `Sync` as well: a `Client` handle holds it and is shared by reference across awaits.
+type SlotFuture = Pin<Box<dyn Future<Output = Result<Slot, Error>> + Send + Sync>>;
+
+/// The slot reservation of one `Client` handle: the slot, or the wait for one.
 pub(crate) struct Ready {
-    semaphore: PollSemaphore,
-    permit: Option<OwnedSemaphorePermit>,
+    waiting: Option<SlotFuture>,
+    slot: Option<Slot>,
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ready")
+            .field("waiting", &self.waiting.is_some())
+            .field("slot", &self.slot.is_some())
+            .finish()
+    }
 }
 
 impl<F: Format> tower_service::Service<RawRequest> for Client<F> {
@@ -40,30 +49,39 @@ impl<F: Format> tower_service::Service<RawRequest> for Client<F> {
         let limiter = &self.shared.limiter;
         let ready = self.ready.get_or_insert_with(|| {
             Box::new(Ready {
-                semaphore: PollSemaphore::new(limiter.semaphore()),
-                permit: None,
+                waiting: None,
+                slot: None,
             })
         });
-        if ready.permit.is_some() {
+        if ready.slot.is_some() {
             return Poll::Ready(Ok(()));
         }
-        match ready.semaphore.poll_acquire(cx) {
-            Poll::Ready(Some(permit)) => {
-                ready.permit = Some(permit);
+        if ready.waiting.is_none() {
+            match limiter.try_acquire() {
+                Ok(Some(slot)) => {
+                    ready.slot = Some(slot);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(None) => ready.waiting = Some(Box::pin(limiter.acquire_owned())),
+                // The limiter closes when the client does.
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        let Some(waiting) = ready.waiting.as_mut() else {
+            return Poll::Pending;
+        };
+        match waiting.as_mut().poll(cx) {
+            Poll::Ready(result) => {
+                ready.waiting = None;
+                ready.slot = Some(result?);
                 Poll::Ready(Ok(()))
             }
-            // The semaphore closes when the client does.
-            Poll::Ready(None) => Poll::Ready(Err(Error::closed())),
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn call(&mut self, request: RawRequest) -> Self::Future {
-        let slot = self
-            .ready
-            .as_mut()
-            .and_then(|r| r.permit.take())
-            .map(|permit| self.shared.limiter.slot_from(permit));
+        let slot = self.ready.as_mut().and_then(|r| r.slot.take());
         let client = self.clone();
         Box::pin(async move {
             client

@@ -289,6 +289,73 @@ async fn the_client_is_a_tower_service() {
         .expect("shutdown");
 }
 
+/// `poll_ready` past the limit waits, and is woken when the slot another handle reserved
+/// is used and given back; a handle dropped with a reserved slot gives it back too.
+#[cfg(feature = "tower")]
+#[tokio::test]
+async fn poll_ready_past_the_limit_waits_for_a_slot() {
+    use std::task::Poll;
+    use tower_service::Service;
+
+    let server = serve(user_server()).await;
+    let mut first = client_for(&server)
+        .limit(mcp_client::LimitConfig::new(1))
+        .build()
+        .expect("build");
+    let mut second = first.clone();
+    bounded(
+        "first ready",
+        std::future::poll_fn(|cx| first.poll_ready(cx)),
+    )
+    .await
+    .expect("ready");
+    // The only slot is reserved by `first`: `second` is not ready.
+    let pending = std::future::poll_fn(|cx| Poll::Ready(second.poll_ready(cx))).await;
+    assert!(pending.is_pending());
+    assert_eq!(first.metrics().queued, 0, "poll_ready waits are not calls");
+    let waiter = tokio::spawn(async move {
+        std::future::poll_fn(|cx| second.poll_ready(cx)).await?;
+        Service::call(
+            &mut second,
+            RawRequest::new("raw.reverse", FormatId::RAW, &b"ab"[..]),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished(), "still waiting for the slot");
+    let answer = bounded(
+        "first call",
+        Service::call(
+            &mut first,
+            RawRequest::new("raw.reverse", FormatId::RAW, &b"xyz"[..]),
+        ),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(&answer.body()[..], b"zyx");
+    let answer = bounded("second call", waiter)
+        .await
+        .expect("task")
+        .expect("answer once the slot was free");
+    assert_eq!(&answer.body()[..], b"ba");
+
+    // A reserved slot goes back when its handle is dropped.
+    let mut third = first.clone();
+    bounded(
+        "third ready",
+        std::future::poll_fn(|cx| third.poll_ready(cx)),
+    )
+    .await
+    .expect("ready");
+    assert_eq!(first.metrics().in_flight, 1);
+    drop(third);
+    assert_eq!(first.metrics().in_flight, 0);
+    bounded("close", first.close()).await;
+    bounded("shutdown", server.shutdown(Duration::from_secs(1)))
+        .await
+        .expect("shutdown");
+}
+
 #[test]
 fn the_blocking_client_calls_without_async() {
     // The server needs a runtime of its own, on another thread.

@@ -104,7 +104,9 @@ impl PoolSignal {
     /// One place freed: wake one waiter (waking all would make a crowd of waiters
     /// quadratic).
     fn capacity_freed(&self) {
-        if self.waiters.load(Ordering::Acquire) > 0 {
+        // SeqCst, as in `Slots`: the waiter counts itself then looks for room, this side
+        // frees room then looks for waiters; one single order makes one see the other.
+        if self.waiters.load(Ordering::SeqCst) > 0 {
             self.notify.notify_one();
         }
     }
@@ -155,7 +157,11 @@ struct Slots {
 
 impl Slots {
     fn try_take(self: &Arc<Self>) -> Option<InFlightPermit> {
-        let mut used = self.used.load(Ordering::Relaxed);
+        // SeqCst on `used` and `waiters` (here, in `acquire` and in the permit's drop): a
+        // waiter counts itself and then looks at `used`, a releaser gives back and then
+        // looks at `waiters`; only a single order of all four guarantees one sees the
+        // other, so that no wake-up is lost. (On x86 these cost what AcqRel does.)
+        let mut used = self.used.load(Ordering::SeqCst);
         loop {
             if used >= self.max {
                 return None;
@@ -163,8 +169,8 @@ impl Slots {
             match self.used.compare_exchange_weak(
                 used,
                 used + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
             ) {
                 Ok(_) => {
                     return Some(InFlightPermit {
@@ -342,8 +348,8 @@ pub(crate) struct InFlightPermit {
 impl Drop for InFlightPermit {
     fn drop(&mut self) {
         let slots = &self.slots;
-        slots.used.fetch_sub(1, Ordering::AcqRel);
-        if slots.waiters.load(Ordering::Acquire) > 0 {
+        slots.used.fetch_sub(1, Ordering::SeqCst);
+        if slots.waiters.load(Ordering::SeqCst) > 0 {
             slots.freed.notify_one();
         }
         if let Some(signal) = &slots.signal {
@@ -782,10 +788,10 @@ impl ConnShared {
         struct Waiting<'a>(&'a Slots);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
-                self.0.waiters.fetch_sub(1, Ordering::AcqRel);
+                self.0.waiters.fetch_sub(1, Ordering::SeqCst);
             }
         }
-        self.slots.waiters.fetch_add(1, Ordering::AcqRel);
+        self.slots.waiters.fetch_add(1, Ordering::SeqCst);
         let _waiting = Waiting(&self.slots);
         loop {
             let freed = self.slots.freed.notified();

@@ -182,7 +182,7 @@ struct Waiting<'a>(&'a PoolShared);
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         lock(&self.0.state).waiters -= 1;
-        self.0.signal.waiters.fetch_sub(1, Ordering::AcqRel);
+        self.0.signal.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -545,12 +545,15 @@ impl PoolShared {
     ) -> Result<(Connection, InFlightPermit), TransportError> {
         // The common case first: a connection with room, taken without registering as a
         // waiter (registering and leaving the wake-up list costs two locks of its own on
-        // every call). The loop below registers before it looks, so that a place freed in
-        // between is never missed.
+        // every call). Then register, and only then look again (below): a place freed
+        // after the look above but before the registration would otherwise wake nobody,
+        // since the permit that frees it does not take the pool's lock.
         if let Some(found) = Self::take_open(&mut lock(&self.state))? {
             return Ok(found);
         }
-        let mut waiting: Option<Waiting<'_>> = None;
+        lock(&self.state).waiters += 1;
+        self.signal.waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(self);
         let mut my_gen = None;
         loop {
             let notified = self.signal.notify.notified();
@@ -588,11 +591,6 @@ impl PoolShared {
                         Processed::No,
                         "every connection is at its maximum in flight",
                     ));
-                }
-                if waiting.is_none() {
-                    state.waiters += 1;
-                    self.signal.waiters.fetch_add(1, Ordering::AcqRel);
-                    waiting = Some(Waiting(self));
                 }
                 if self.want_connect(&state) {
                     self.signal.connector.notify_one();

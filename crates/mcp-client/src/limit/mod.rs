@@ -13,13 +13,18 @@
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::{Error, Phase, Processed};
+
+/// The largest limit: far past any real one, and small enough that counting never
+/// overflows.
+const MAX_IN_FLIGHT: usize = usize::MAX >> 3;
 
 /// What a call does when the client already has its maximum of calls outstanding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +62,7 @@ impl LimitConfig {
     /// The most calls outstanding at once (at least 1).
     #[must_use]
     pub fn max_in_flight(mut self, max: usize) -> Self {
-        self.max_in_flight = max.clamp(1, Semaphore::MAX_PERMITS);
+        self.max_in_flight = max.clamp(1, MAX_IN_FLIGHT);
         self
     }
 
@@ -69,64 +74,133 @@ impl LimitConfig {
     }
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    in_flight: AtomicUsize,
+/// What the limiter's handles share.
+///
+/// The count of slots taken is an atomic counter, taken and given back with one atomic
+/// operation each on the call path; only callers that wait register with `freed`. (A tokio
+/// `Semaphore` takes a lock on every release; this is the same scheme as the transport's
+/// in-flight window.)
+#[derive(Debug)]
+struct Shared {
+    max: usize,
+    /// Slots taken: the calls in flight.
+    used: AtomicUsize,
+    /// Callers waiting for a slot (registered with `freed`).
+    waiters: AtomicUsize,
+    closed: AtomicBool,
+    /// Woken when a slot is given back while someone waits, and at close.
+    freed: Notify,
+    /// Woken when `used` drops to zero.
+    idle: Notify,
     queued: AtomicUsize,
     rejected: AtomicUsize,
-    /// Woken when `in_flight` drops to zero.
-    idle: Notify,
+}
+
+impl Shared {
+    /// A slot if one is free (no waiting, no counting).
+    fn try_take(self: &Arc<Self>) -> Result<Option<Slot>, Error> {
+        // SeqCst here and in `Slot::drop` and `wait`: a waiter announces itself and then
+        // looks at `used`, a releaser gives back and then looks at `waiters`; with a
+        // single order of all four, one of them sees the other, so no wake-up is lost.
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::closed());
+        }
+        let mut used = self.used.load(Ordering::SeqCst);
+        loop {
+            if used >= self.max {
+                return Ok(None);
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    return Ok(Some(Slot {
+                        shared: Arc::clone(self),
+                    }));
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Waits for a slot, until `deadline` if there is one.
+    async fn wait(self: Arc<Self>, deadline: Option<Instant>) -> Result<Slot, Error> {
+        struct Waiting<'a>(&'a Shared);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.waiters.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self);
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before looking, so a slot given back in between wakes this.
+            freed.as_mut().enable();
+            if let Some(slot) = self.try_take()? {
+                return Ok(slot);
+            }
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                        return Err(Error::timeout(Phase::Queue, Processed::No));
+                    }
+                }
+                None => freed.await,
+            }
+        }
+    }
 }
 
 /// The limiter of one client.
 #[derive(Debug)]
 pub(crate) struct Limiter {
     config: LimitConfig,
-    semaphore: Arc<Semaphore>,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
 }
 
 /// A slot under the limit, held for the whole call (retries included); dropping it frees
 /// the slot.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    _permit: OwnedSemaphorePermit,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if self.counters.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.counters.idle.notify_waiters();
+        let shared = &self.shared;
+        let before = shared.used.fetch_sub(1, Ordering::SeqCst);
+        if shared.waiters.load(Ordering::SeqCst) > 0 {
+            shared.freed.notify_one();
+        }
+        if before == 1 {
+            shared.idle.notify_waiters();
         }
     }
 }
 
 impl Limiter {
     pub(crate) fn new(config: LimitConfig) -> Self {
-        let semaphore = Arc::new(Semaphore::new(config.max_in_flight));
-        Self {
-            config,
-            semaphore,
-            counters: Arc::default(),
-        }
-    }
-
-    fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
-        self.counters.in_flight.fetch_add(1, Ordering::AcqRel);
-        Slot {
-            _permit: permit,
-            counters: Arc::clone(&self.counters),
-        }
+        let shared = Arc::new(Shared {
+            max: config.max_in_flight,
+            used: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            freed: Notify::new(),
+            idle: Notify::new(),
+            queued: AtomicUsize::new(0),
+            rejected: AtomicUsize::new(0),
+        });
+        Self { config, shared }
     }
 
     /// A slot if one is free now, without waiting or counting a rejection.
     pub(crate) fn try_acquire(&self) -> Result<Option<Slot>, Error> {
-        match Arc::clone(&self.semaphore).try_acquire_owned() {
-            Ok(permit) => Ok(Some(self.slot(permit))),
-            Err(tokio::sync::TryAcquireError::Closed) => Err(Error::closed()),
-            Err(tokio::sync::TryAcquireError::NoPermits) => Ok(None),
-        }
+        self.shared.try_take()
     }
 
     /// Takes a slot, waiting until `deadline` at most in [`LimitMode::Wait`].
@@ -135,44 +209,36 @@ impl Limiter {
             return Ok(slot);
         }
         if self.config.mode == LimitMode::FailFast {
-            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            self.shared.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(Error::overloaded());
         }
-        self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        let waited =
-            tokio::time::timeout_at(deadline, Arc::clone(&self.semaphore).acquire_owned()).await;
-        self.counters.queued.fetch_sub(1, Ordering::Relaxed);
-        match waited {
-            Ok(Ok(permit)) => Ok(self.slot(permit)),
-            Ok(Err(_closed)) => Err(Error::closed()),
-            Err(_elapsed) => Err(Error::timeout(Phase::Queue, Processed::No)),
-        }
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        let waited = Arc::clone(&self.shared).wait(Some(deadline)).await;
+        self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        waited
     }
 
-    /// The semaphore behind the limit, for `poll_ready`-style callers that wait on their
-    /// own.
+    /// Waits for a slot with no deadline (a `poll_ready` caller bounds its own wait); the
+    /// future owns what it needs.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn semaphore(&self) -> Arc<Semaphore> {
-        Arc::clone(&self.semaphore)
-    }
-
-    /// Wraps a permit obtained from [`Limiter::semaphore`] into a slot.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn slot_from(&self, permit: OwnedSemaphorePermit) -> Slot {
-        self.slot(permit)
+    pub(crate) fn acquire_owned(
+        &self,
+    ) -> impl Future<Output = Result<Slot, Error>> + Send + Sync + 'static {
+        Arc::clone(&self.shared).wait(None)
     }
 
     /// Refuses new calls from now on, and wakes the calls waiting for a slot with a
     /// "closed" error.
     pub(crate) fn close(&self) {
-        self.semaphore.close();
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.freed.notify_waiters();
     }
 
     /// Waits until no call holds a slot.
     pub(crate) async fn drained(&self) {
         loop {
-            let idle = self.counters.idle.notified();
-            if self.counters.in_flight.load(Ordering::Acquire) == 0 {
+            let idle = self.shared.idle.notified();
+            if self.shared.used.load(Ordering::Acquire) == 0 {
                 return;
             }
             idle.await;
@@ -181,19 +247,19 @@ impl Limiter {
 
     /// Calls holding a slot.
     pub(crate) fn in_flight(&self) -> usize {
-        self.counters.in_flight.load(Ordering::Relaxed)
+        self.shared.used.load(Ordering::Relaxed)
     }
 
     /// Calls waiting for a slot.
     pub(crate) fn queued(&self) -> usize {
-        self.counters.queued.load(Ordering::Relaxed)
+        self.shared.queued.load(Ordering::Relaxed)
     }
 
     /// Calls refused at once by [`LimitMode::FailFast`] (the metrics count them as
     /// `overloaded` errors).
     #[cfg(test)]
     pub(crate) fn rejected(&self) -> usize {
-        self.counters.rejected.load(Ordering::Relaxed)
+        self.shared.rejected.load(Ordering::Relaxed)
     }
 
     /// The configured mode.
