@@ -549,7 +549,15 @@ fn outgoing_meta(
     let traceparent = context.traceparent_bytes();
     let deadline = remaining.map(trace::deadline_value);
     // One buffer for every entry (built on every attempt: one allocation, not one per
-    // value).
+    // value). Most calls send exactly a `traceparent` and a `deadline`: that block is laid
+    // out from a plain array, without the filter and chain the general case needs.
+    if let (true, None, Some(deadline)) = (
+        options.metadata.is_empty(),
+        context.tracestate(),
+        deadline.as_ref(),
+    ) {
+        return Meta::from_entries([(TRACEPARENT, &traceparent[..]), (DEADLINE, &deadline[..])]);
+    }
     let callers = options
         .metadata
         .iter()
