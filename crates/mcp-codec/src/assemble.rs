@@ -3,7 +3,7 @@
 use alloc::vec::Vec;
 
 use crate::Error;
-use crate::envelope::{Continuation, Envelope, Request};
+use crate::envelope::{Continuation, Envelope, Flags, Request};
 use crate::frame::{Frame, FrameType};
 
 /// The default maximum message size: 16 MiB of body.
@@ -110,6 +110,19 @@ impl Assembler {
     /// Whether a message is in progress (its last frame not yet seen).
     pub fn in_message(&self) -> bool {
         matches!(self.state, State::Collecting { .. } | State::Skipping)
+    }
+
+    /// Whether a REQUEST, RESPONSE or NOTIFY that a receiver parsed itself from the next
+    /// frame, with these `flags` and a body of `body_len` bytes, is a whole message by
+    /// itself: no message is in progress, MORE is clear and the body is within the maximum.
+    ///
+    /// For such a frame [`Assembler::push`] would return [`Assembled::Envelope`] with the
+    /// same envelope and change nothing, so the receiver may take the message as it is and
+    /// skip `push` (and a second parse): the fast path of the common single-frame message.
+    /// Any other frame, one that failed to parse included, goes to `push`.
+    #[inline]
+    pub fn is_whole(&self, flags: Flags, body_len: usize) -> bool {
+        !flags.more() && body_len <= self.max_message_len && !self.in_message()
     }
 
     /// Takes the next frame of the stream.

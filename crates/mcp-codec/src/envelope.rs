@@ -295,6 +295,46 @@ fn read_flags(r: &mut Reader<'_>) -> Result<Flags, Error> {
     Flags::from_wire(r.u8("flags")?)
 }
 
+/// A request id read from its four bytes: never 0.
+#[inline(always)]
+fn nonzero_id(bytes: [u8; 4]) -> Result<u32, Error> {
+    match u32::from_be_bytes(bytes) {
+        0 => Err(Error::ZeroId),
+        id => Ok(id),
+    }
+}
+
+/// The error for a payload shorter than its message's fixed fields: `read` reads them in
+/// wire order, as a reader would, and fails at the first field cut short or checked
+/// wrong. (A payload this short always fails one of them.)
+#[cold]
+#[inline(never)]
+fn short_head<T>(payload: &[u8], read: impl FnOnce(&mut Reader<'_>) -> Result<T, Error>) -> Error {
+    read(&mut Reader::new(payload))
+        .err()
+        .unwrap_or(Error::Truncated { field: "envelope" })
+}
+
+/// A method or topic whose one-byte length `len` was read: 1..=255 bytes of UTF-8 at the
+/// front of `rest`, and what follows it. The checks and errors of `Reader::short_str`.
+#[inline(always)]
+fn short_str<'a>(
+    len: u8,
+    rest: &'a [u8],
+    field: &'static str,
+) -> Result<(&'a str, &'a [u8]), Error> {
+    if len == 0 {
+        return Err(Error::Empty { field });
+    }
+    let Some((text, rest)) = rest.split_at_checked(usize::from(len)) else {
+        return Err(Error::Truncated { field });
+    };
+    match core::str::from_utf8(text) {
+        Ok(text) => Ok((text, rest)),
+        Err(_) => Err(Error::InvalidUtf8 { field }),
+    }
+}
+
 fn read_text<'a>(r: &mut Reader<'a>, field: &'static str) -> Result<&'a str, Error> {
     core::str::from_utf8(r.rest()).map_err(|_| Error::InvalidUtf8 { field })
 }
@@ -333,15 +373,29 @@ fn nonzero(id: u32) -> Result<(), Error> {
 
 impl<'a> Request<'a> {
     /// Parses a REQUEST payload.
+    #[inline]
     pub fn parse(payload: &'a [u8]) -> Result<Self, Error> {
-        let mut r = Reader::new(payload);
+        // The fixed fields under one bounds check, each checked in wire order.
+        let Some((&[a, b, c, d, flags, format, method_len], rest)) = payload.split_first_chunk()
+        else {
+            return Err(short_head(payload, |r| {
+                read_id(r)?;
+                read_flags(r)?;
+                r.u8("format")?;
+                r.u8("method")
+            }));
+        };
+        let id = nonzero_id([a, b, c, d])?;
+        let flags = Flags::from_wire(flags)?;
+        let (method, rest) = short_str(method_len, rest, "method")?;
+        let (meta, body) = Metadata::split(rest)?;
         Ok(Request {
-            id: read_id(&mut r)?,
-            flags: read_flags(&mut r)?,
-            format: r.u8("format")?,
-            method: r.short_str("method")?,
-            meta: Metadata::read(&mut r)?,
-            body: r.rest(),
+            id,
+            flags,
+            format,
+            method,
+            meta,
+            body,
         })
     }
 
@@ -371,14 +425,25 @@ impl<'a> Request<'a> {
 
 impl<'a> Response<'a> {
     /// Parses a RESPONSE payload.
+    #[inline]
     pub fn parse(payload: &'a [u8]) -> Result<Self, Error> {
-        let mut r = Reader::new(payload);
+        // The fixed fields under one bounds check, each checked in wire order.
+        let Some((&[a, b, c, d, flags, format], rest)) = payload.split_first_chunk() else {
+            return Err(short_head(payload, |r| {
+                read_id(r)?;
+                read_flags(r)?;
+                r.u8("format")
+            }));
+        };
+        let id = nonzero_id([a, b, c, d])?;
+        let flags = Flags::from_wire(flags)?;
+        let (meta, body) = Metadata::split(rest)?;
         Ok(Response {
-            id: read_id(&mut r)?,
-            flags: read_flags(&mut r)?,
-            format: r.u8("format")?,
-            meta: Metadata::read(&mut r)?,
-            body: r.rest(),
+            id,
+            flags,
+            format,
+            meta,
+            body,
         })
     }
 
@@ -397,14 +462,25 @@ impl<'a> Response<'a> {
 
 impl<'a> Notify<'a> {
     /// Parses a NOTIFY payload.
+    #[inline]
     pub fn parse(payload: &'a [u8]) -> Result<Self, Error> {
-        let mut r = Reader::new(payload);
+        // The fixed fields under one bounds check, each checked in wire order.
+        let Some((&[flags, format, topic_len], rest)) = payload.split_first_chunk() else {
+            return Err(short_head(payload, |r| {
+                read_flags(r)?;
+                r.u8("format")?;
+                r.u8("topic")
+            }));
+        };
+        let flags = Flags::from_wire(flags)?;
+        let (topic, rest) = short_str(topic_len, rest, "topic")?;
+        let (meta, body) = Metadata::split(rest)?;
         Ok(Notify {
-            flags: read_flags(&mut r)?,
-            format: r.u8("format")?,
-            topic: r.short_str("topic")?,
-            meta: Metadata::read(&mut r)?,
-            body: r.rest(),
+            flags,
+            format,
+            topic,
+            meta,
+            body,
         })
     }
 
@@ -853,5 +929,152 @@ impl<'a> MessageFrames<'a> {
         Envelope::Continuation(chunk).write_one(sink, 1 + n, None)?;
         self.offset += n;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parses of REQUEST, RESPONSE and NOTIFY as they were written with the reader,
+    /// field by field: a reference for the sliced ones.
+    mod reference {
+        use super::*;
+
+        fn short_str<'a>(r: &mut Reader<'a>, field: &'static str) -> Result<&'a str, Error> {
+            let len = r.u8(field)?;
+            if len == 0 {
+                return Err(Error::Empty { field });
+            }
+            let bytes = r.bytes(usize::from(len), field)?;
+            core::str::from_utf8(bytes).map_err(|_| Error::InvalidUtf8 { field })
+        }
+
+        fn meta<'a>(r: &mut Reader<'a>) -> Result<(Metadata<'a>, &'a [u8]), Error> {
+            let count = r.u8("metadata count")?;
+            let rest = r.rest();
+            let used = if count == 0 {
+                0
+            } else {
+                crate::meta::scan_entries(count, rest)?
+            };
+            let (entries, body) = rest.split_at(used);
+            Ok((Metadata::from_wire(count, entries)?, body))
+        }
+
+        pub(super) fn request(payload: &[u8]) -> Result<Request<'_>, Error> {
+            let mut r = Reader::new(payload);
+            let id = read_id(&mut r)?;
+            let flags = read_flags(&mut r)?;
+            let format = r.u8("format")?;
+            let method = short_str(&mut r, "method")?;
+            let (meta, body) = meta(&mut r)?;
+            Ok(Request {
+                id,
+                flags,
+                format,
+                method,
+                meta,
+                body,
+            })
+        }
+
+        pub(super) fn response(payload: &[u8]) -> Result<Response<'_>, Error> {
+            let mut r = Reader::new(payload);
+            let id = read_id(&mut r)?;
+            let flags = read_flags(&mut r)?;
+            let format = r.u8("format")?;
+            let (meta, body) = meta(&mut r)?;
+            Ok(Response {
+                id,
+                flags,
+                format,
+                meta,
+                body,
+            })
+        }
+
+        pub(super) fn notify(payload: &[u8]) -> Result<Notify<'_>, Error> {
+            let mut r = Reader::new(payload);
+            let flags = read_flags(&mut r)?;
+            let format = r.u8("format")?;
+            let topic = short_str(&mut r, "topic")?;
+            let (meta, body) = meta(&mut r)?;
+            Ok(Notify {
+                flags,
+                format,
+                topic,
+                meta,
+                body,
+            })
+        }
+    }
+
+    /// Calls `check` on every prefix of `good`, and on every prefix with one byte replaced
+    /// by each of a few values that break a field (zero, MORE, reserved flags, a byte that
+    /// is not UTF-8, a key byte out of range, lengths past the end), or two of its first
+    /// twelve bytes (so that two faults meet and the order of the checks shows).
+    fn mutations(good: &[u8], mut check: impl FnMut(&[u8])) {
+        const VALUES: [u8; 10] = [0, 1, 2, 3, 0x80, 0xC3, 0xFF, b'A', b'/', b'z'];
+        let mut buf = [0u8; 128];
+        for len in 0..=good.len() {
+            buf[..len].copy_from_slice(&good[..len]);
+            check(&buf[..len]);
+            for pos in 0..len {
+                for value in VALUES {
+                    buf[..len].copy_from_slice(&good[..len]);
+                    buf[pos] = value;
+                    check(&buf[..len]);
+                    for second in pos + 1..len.min(12) {
+                        for other in VALUES {
+                            let kept = buf[second];
+                            buf[second] = other;
+                            check(&buf[..len]);
+                            buf[second] = kept;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A payload of `head` followed by a block of two entries and a 3-byte body.
+    fn with_meta(head: &[u8]) -> ([u8; 64], usize) {
+        let tail: &[u8] = &[
+            2, 2, b'k', b'1', 0, 1, b'v', 8, b'd', b'e', b'a', b'd', b'l', b'i', b'n', b'e', 0, 4,
+            0, 0, 0, 9, b'b', b'o', b'd',
+        ];
+        let mut out = [0u8; 64];
+        out[..head.len()].copy_from_slice(head);
+        out[head.len()..head.len() + tail.len()].copy_from_slice(tail);
+        (out, head.len() + tail.len())
+    }
+
+    #[test]
+    fn sliced_parses_agree_with_the_reader() {
+        let mut checked = 0;
+        let (request, len) = with_meta(&[0, 0, 0, 7, 0, 1, 4, b'e', b'c', b'h', b'o']);
+        mutations(&request[..len], |p| {
+            assert_eq!(Request::parse(p), reference::request(p), "{p:?}");
+            checked += 1;
+        });
+        let (response, len) = with_meta(&[0, 0, 1, 0, 0, 2]);
+        mutations(&response[..len], |p| {
+            assert_eq!(Response::parse(p), reference::response(p), "{p:?}");
+            checked += 1;
+        });
+        let (notify, len) = with_meta(&[0, 1, 3, b'a', b'.', b'b']);
+        mutations(&notify[..len], |p| {
+            assert_eq!(Notify::parse(p), reference::notify(p), "{p:?}");
+            checked += 1;
+        });
+        assert!(checked > 10_000, "{checked}");
+        // The reference accepts the unmutated payloads, so both paths were compared on
+        // success as well as on every kind of failure.
+        assert!(reference::request(&request[..36]).is_ok());
+        assert_eq!(
+            Request::parse(&request[..36]).map(|r| (r.method, r.meta.len(), r.body)),
+            Ok(("echo", 2, &b"bod"[..]))
+        );
     }
 }

@@ -4,7 +4,6 @@ use core::fmt;
 
 use crate::Error;
 use crate::frame::{PayloadWriter, Sink};
-use crate::read::Reader;
 
 /// The well-known key carrying a W3C `traceparent`.
 pub const TRACEPARENT: &str = "traceparent";
@@ -81,7 +80,7 @@ static KEY_BYTE: [bool; 256] = {
 /// reading the fields in wire order: the first field cut short, or the first invalid key
 /// before it.
 #[inline]
-fn scan_entries(count: u8, buf: &[u8]) -> Result<usize, Error> {
+pub(crate) fn scan_entries(count: u8, buf: &[u8]) -> Result<usize, Error> {
     let mut at = 0usize;
     for _ in 0..count {
         let Some(&key_len) = buf.get(at) else {
@@ -231,29 +230,27 @@ impl<'a> Metadata<'a> {
         }
     }
 
-    /// Reads and validates a metadata block at the reader's position.
+    /// Reads and validates the metadata block at the front of `buf`; returns it and the
+    /// bytes after it (the body).
     #[inline]
-    pub(crate) fn read(r: &mut Reader<'a>) -> Result<Self, Error> {
-        let count = r.u8("metadata count")?;
-        let rest = r.remaining();
-        if count == 0 {
-            // No metadata, the common case of a RESPONSE: no call into the scan.
-            return Ok(Metadata {
-                repr: Repr::Wire {
-                    count,
-                    entries: rest.get(..0).unwrap_or(rest),
-                },
-            });
-        }
-        let used = scan_entries(count, rest)?;
-        r.advance(used);
-        Ok(Metadata {
-            repr: Repr::Wire {
-                count,
-                // `used` is at most `rest.len()`.
-                entries: rest.get(..used).unwrap_or(rest),
+    pub(crate) fn split(buf: &'a [u8]) -> Result<(Self, &'a [u8]), Error> {
+        let Some((&count, rest)) = buf.split_first() else {
+            return Err(truncated("metadata count"));
+        };
+        // No metadata, the common case of a RESPONSE: no call into the scan.
+        let used = if count == 0 {
+            0
+        } else {
+            scan_entries(count, rest)?
+        };
+        // `used` is at most `rest.len()`.
+        let (entries, rest) = rest.split_at_checked(used).unwrap_or((rest, &[]));
+        Ok((
+            Metadata {
+                repr: Repr::Wire { count, entries },
             },
-        })
+            rest,
+        ))
     }
 
     /// The number of entries.

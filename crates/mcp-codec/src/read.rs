@@ -15,16 +15,6 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
-    /// The bytes not read yet, without consuming them.
-    pub(crate) fn remaining(&self) -> &'a [u8] {
-        self.buf.get(self.pos..).unwrap_or(&[])
-    }
-
-    /// Consumes `n` bytes (at most what remains).
-    pub(crate) fn advance(&mut self, n: usize) {
-        self.pos = self.pos.saturating_add(n).min(self.buf.len());
-    }
-
     pub(crate) fn bytes(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], Error> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
         let end = end.ok_or(Error::Truncated { field })?;
@@ -50,16 +40,6 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, Error> {
         Ok(u32::from_be_bytes(self.array(field)?))
-    }
-
-    /// A `len u8 | bytes` field of 1..=255 bytes of UTF-8.
-    pub(crate) fn short_str(&mut self, field: &'static str) -> Result<&'a str, Error> {
-        let len = self.u8(field)?;
-        if len == 0 {
-            return Err(Error::Empty { field });
-        }
-        let bytes = self.bytes(usize::from(len), field)?;
-        core::str::from_utf8(bytes).map_err(|_| Error::InvalidUtf8 { field })
     }
 
     pub(crate) fn rest(&mut self) -> &'a [u8] {

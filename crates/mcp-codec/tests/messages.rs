@@ -836,3 +836,105 @@ fn error_codes_display_their_number_and_name() {
     assert_eq!(ErrorCode(1404).to_string(), "1404");
     assert_eq!(format!("{:?}", ErrorCode::TOO_LARGE), "7(TOO_LARGE)");
 }
+
+/// The assembler in each of its states: idle, collecting a message, skipping the rest of a
+/// refused request, and idle again after a message of several frames.
+fn assemblers(limit: usize) -> Vec<(&'static str, Assembler)> {
+    let head = |id: u32| {
+        let envelope = Envelope::Request(Request {
+            id,
+            flags: Flags::MORE,
+            ..request(&[9; 4])
+        });
+        let mut wire = vec![0u8; envelope.encoded_len().unwrap()];
+        envelope.encode(&mut wire).unwrap();
+        wire
+    };
+    let last = {
+        let envelope = Envelope::Continuation(Continuation {
+            flags: Flags::NONE,
+            chunk: &[1],
+        });
+        let mut wire = vec![0u8; envelope.encoded_len().unwrap()];
+        envelope.encode(&mut wire).unwrap();
+        wire
+    };
+    let idle = Assembler::new(limit);
+    let mut collecting = Assembler::new(limit);
+    assert_eq!(push(&mut collecting, &head(1)), Ok(Got::Absorbed));
+    let mut skipping = Assembler::new(3);
+    assert_eq!(push(&mut skipping, &head(2)), Ok(Got::RequestTooLarge(2)));
+    assert!(skipping.in_message());
+    let mut done = collecting.clone();
+    assert!(matches!(push(&mut done, &last), Ok(Got::Message { .. })));
+    assert!(!done.in_message());
+    vec![
+        ("idle", idle),
+        ("collecting", collecting),
+        ("skipping", skipping),
+        ("done", done),
+    ]
+}
+
+/// `Assembler::is_whole` (the receivers' fast path) says yes exactly when `push` would hand
+/// the frame's message back as it is, and `push` then leaves the assembler as it was.
+#[test]
+fn is_whole_agrees_with_push() {
+    const LIMIT: usize = 16;
+    let mut wholes = 0;
+    for (state, assembler) in assemblers(LIMIT) {
+        for more in [false, true] {
+            for len in [0, 1, LIMIT, LIMIT + 1] {
+                let body = body_of(len);
+                let flags = Flags::NONE.with_more(more);
+                let envelopes = [
+                    Envelope::Request(Request {
+                        flags,
+                        ..request(&body)
+                    }),
+                    Envelope::Response(Response {
+                        id: 3,
+                        flags,
+                        format: format::JSON,
+                        meta: Metadata::EMPTY,
+                        body: &body,
+                    }),
+                    Envelope::Notify(Notify {
+                        flags,
+                        format: format::RAW,
+                        topic: "t.x",
+                        meta: Metadata::from_pairs(META),
+                        body: &body,
+                    }),
+                ];
+                for envelope in envelopes {
+                    let mut wire = vec![0u8; envelope.encoded_len().unwrap()];
+                    envelope.encode(&mut wire).unwrap();
+                    let frame = decode_one(&wire);
+                    let parsed = Envelope::parse(frame).unwrap();
+                    let whole =
+                        assembler.is_whole(parsed.flags().unwrap(), parsed.body().unwrap().len());
+                    let mut pushed = assembler.clone();
+                    let passed =
+                        matches!(pushed.push(frame), Ok(Assembled::Envelope(e)) if e == parsed);
+                    let what = format!(
+                        "{state}, MORE {more}, body {len}, {:?}",
+                        parsed.frame_type()
+                    );
+                    assert_eq!(whole, passed, "{what}");
+                    if whole {
+                        wholes += 1;
+                        assert_eq!(pushed.in_message(), assembler.in_message(), "{what}");
+                        assert_eq!(
+                            pushed.unknown_frames(),
+                            assembler.unknown_frames(),
+                            "{what}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // Idle and done, MORE clear, the three bodies within the limit, three message types.
+    assert_eq!(wholes, 2 * 3 * 3);
+}

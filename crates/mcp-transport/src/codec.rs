@@ -4,13 +4,13 @@
 use bytes::{Buf, Bytes, BytesMut};
 use mcp_codec::{
     Assembled, Assembler, CRC_LEN, Decoded, Envelope, Frame, FrameDecoder, FrameType, HEADER_LEN,
-    MessageFrames, Metadata,
+    MessageFrames, Metadata, Notify, Request, Response,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::config::{Role, WireConfig};
 use crate::error::WireError;
-use crate::message::{Inbound, InboundRequest, InboundResponse, Meta, Push, Text, slice_or_copy};
+use crate::message::{Inbound, InboundRequest, InboundResponse, Meta, Names, Push};
 
 /// A `tokio_util::codec` adapter: decodes a byte stream into owned [`Inbound`] messages
 /// (reassembling CONTINUATION frames under the maximum message size) and encodes borrowed
@@ -42,6 +42,7 @@ pub struct McpCodec {
     assembler: Assembler,
     max_message_len: usize,
     frames: u64,
+    names: Names,
 }
 
 impl McpCodec {
@@ -58,6 +59,7 @@ impl McpCodec {
             assembler: Assembler::new(config.max_message_len),
             max_message_len: config.max_message_len,
             frames: 0,
+            names: Names::default(),
         }
     }
 
@@ -94,8 +96,8 @@ impl McpCodec {
                 field: "frame",
             }));
         };
-        let view = Frame::with_type_byte(type_byte, payload);
-        if let Some(frame_type) = view.frame_type() {
+        let frame_type = FrameType::from_u8(type_byte);
+        if let Some(frame_type) = frame_type {
             if self.refused(frame_type) {
                 return Err(WireError::UnexpectedForRole {
                     frame_type,
@@ -103,9 +105,62 @@ impl McpCodec {
                 });
             }
         }
+        // The common case: a message complete in this one frame goes straight from its
+        // parse to the owned message, its fields slices of `frame`. Anything else (a frame
+        // that fails to parse, the head of a large message, a frame inside one, control
+        // frames) goes through the assembler, which parses it again and applies every rule.
+        match frame_type {
+            Some(FrameType::Request) => match Request::parse(payload) {
+                Ok(r) if self.assembler.is_whole(r.flags, r.body.len()) => {
+                    let method = self.names.text(r.method);
+                    let parts = Parts::of(7 + r.method.len(), &r.meta, r.body, payload_end);
+                    let (id, format) = (r.id, r.format);
+                    let (meta, body) = parts.take(frame);
+                    return Ok(Some(Inbound::Request(InboundRequest {
+                        id,
+                        format,
+                        method,
+                        meta,
+                        body,
+                    })));
+                }
+                _ => {}
+            },
+            Some(FrameType::Response) => match Response::parse(payload) {
+                Ok(r) if self.assembler.is_whole(r.flags, r.body.len()) => {
+                    let parts = Parts::of(6, &r.meta, r.body, payload_end);
+                    let (id, format) = (r.id, r.format);
+                    let (meta, body) = parts.take(frame);
+                    return Ok(Some(Inbound::Response(InboundResponse {
+                        id,
+                        format,
+                        meta,
+                        body,
+                    })));
+                }
+                _ => {}
+            },
+            Some(FrameType::Notify) => match Notify::parse(payload) {
+                Ok(n) if self.assembler.is_whole(n.flags, n.body.len()) => {
+                    let topic = self.names.text(n.topic);
+                    let parts = Parts::of(3 + n.topic.len(), &n.meta, n.body, payload_end);
+                    let format = n.format;
+                    let (meta, body) = parts.take(frame);
+                    return Ok(Some(Inbound::Notify(Push {
+                        format,
+                        topic,
+                        meta,
+                        body,
+                    })));
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+        let view = Frame::with_type_byte(type_byte, payload);
         Ok(match self.assembler.push(view)? {
-            Assembled::Envelope(envelope) => Some(owned(envelope, Some(&frame), None)),
-            Assembled::Message { head, body } => Some(owned(head, None, Some(body))),
+            Assembled::Envelope(envelope) => Some(owned(&mut self.names, envelope, None)),
+            Assembled::Message { head, body } => Some(owned(&mut self.names, head, Some(body))),
             Assembled::RequestTooLarge { id } => Some(Inbound::RequestTooLarge { id }),
             Assembled::MalformedRequest { id, error } => {
                 Some(Inbound::MalformedRequest { id, error })
@@ -116,49 +171,86 @@ impl McpCodec {
     }
 }
 
-/// The metadata block of a message, sliced from `frame` when the envelope borrows it.
-///
-/// `head` is the envelope's bytes before the metadata (id, flags, format, method or topic);
-/// the block runs from there to the body.
-fn meta_of(frame: Option<&Bytes>, meta: &Metadata<'_>, head: usize, body: &[u8]) -> Meta {
-    if meta.is_empty() {
-        return Meta::new();
-    }
-    if let Some(frame) = frame {
-        let start = HEADER_LEN + head;
-        let end = frame.len().saturating_sub(CRC_LEN + body.len());
-        if start < end {
-            return Meta::from_wire_block(frame.slice(start..end));
-        }
-    }
-    Meta::copy_of(meta)
+/// Where the metadata entries and the body of a message lie in its frame, worked out from
+/// the lengths of its parsed envelope, so that the frame itself can then be consumed.
+struct Parts {
+    /// Metadata entries (the count byte left out).
+    count: u8,
+    entries_start: usize,
+    /// The end of the metadata block and the start of the body.
+    body_start: usize,
+    body_end: usize,
 }
 
-/// An owned message from a borrowed envelope: slices of `frame` when given, the
-/// reassembled `body` for a multi-frame message.
-fn owned(envelope: Envelope<'_>, frame: Option<&Bytes>, body: Option<Vec<u8>>) -> Inbound {
+impl Parts {
+    /// `head` is the payload's bytes before the metadata block (id, flags, format, method or
+    /// topic); the block runs from there to the body, and the body to `payload_end`.
+    #[inline(always)]
+    fn of(head: usize, meta: &Metadata<'_>, body: &[u8], payload_end: usize) -> Parts {
+        Parts {
+            // A block read off the wire has at most 255 entries.
+            count: u8::try_from(meta.len()).unwrap_or(u8::MAX),
+            entries_start: HEADER_LEN + head + 1,
+            body_start: payload_end.saturating_sub(body.len()),
+            body_end: payload_end,
+        }
+    }
+
+    /// The metadata (a slice of `frame`) and the body (`frame` itself, narrowed to it, so
+    /// that no reference count is taken for it).
+    ///
+    /// The ranges come from the parse of this frame's payload, so they lie inside it: the
+    /// checks below only keep any input from panicking here. An empty body holds nothing,
+    /// and the frame's bytes are released with it.
+    #[inline(always)]
+    fn take(self, frame: Bytes) -> (Meta, Bytes) {
+        let meta = if self.count > 0
+            && self.entries_start <= self.body_start
+            && self.body_start <= frame.len()
+        {
+            Meta::from_wire_entries(self.count, frame.slice(self.entries_start..self.body_start))
+        } else {
+            Meta::new()
+        };
+        let body = if self.body_start < self.body_end && self.body_end <= frame.len() {
+            let mut body = frame;
+            body.truncate(self.body_end);
+            body.advance(self.body_start);
+            body
+        } else {
+            Bytes::new()
+        };
+        (meta, body)
+    }
+}
+
+/// An owned message from an envelope the assembler returned: a message reassembled from
+/// several frames (its whole `body` given), or a control frame. Nothing here borrows the
+/// frame any more: the fields of a message are copied (only the head frame's metadata and
+/// names; the body is the reassembled `Vec`, moved).
+fn owned(names: &mut Names, envelope: Envelope<'_>, body: Option<Vec<u8>>) -> Inbound {
     let body_of = |part: &[u8]| match &body {
         Some(_) => Bytes::new(),
-        None => slice_or_copy(frame, part),
+        None => Bytes::copy_from_slice(part),
     };
     let mut inbound = match envelope {
         Envelope::Request(r) => Inbound::Request(InboundRequest {
             id: r.id,
             format: r.format,
-            method: Text::from_frame(frame, r.method),
-            meta: meta_of(frame, &r.meta, 7 + r.method.len(), r.body),
+            method: names.text(r.method),
+            meta: Meta::copy_of(&r.meta),
             body: body_of(r.body),
         }),
         Envelope::Response(r) => Inbound::Response(InboundResponse {
             id: r.id,
             format: r.format,
-            meta: meta_of(frame, &r.meta, 6, r.body),
+            meta: Meta::copy_of(&r.meta),
             body: body_of(r.body),
         }),
         Envelope::Notify(n) => Inbound::Notify(Push {
             format: n.format,
-            topic: Text::from_frame(frame, n.topic),
-            meta: meta_of(frame, &n.meta, 3 + n.topic.len(), n.body),
+            topic: names.text(n.topic),
+            meta: Meta::copy_of(&n.meta),
             body: body_of(n.body),
         }),
         Envelope::Error(e) => Inbound::Error {
@@ -213,8 +305,10 @@ impl Decoder for McpCodec {
             };
             self.frames += 1;
             let frame = src.split_to(len).freeze();
-            if let Some(message) = self.on_frame(frame)? {
-                return Ok(Some(message));
+            // Handed back whole: cheaper than unwrapping and rewrapping the message.
+            match self.on_frame(frame) {
+                Ok(None) => {}
+                done => return done,
             }
         }
     }
@@ -278,6 +372,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+    use crate::message::NAMES_KEPT;
 
     fn stream() -> Vec<u8> {
         let meta = [("traceparent", &b"00-abc"[..]), ("k", &b"v"[..])];
@@ -509,5 +604,222 @@ mod tests {
             .decode_eof(&mut buf)
             .unwrap_err();
         assert!(matches!(err, WireError::ClosedMidFrame { buffered: 10 }));
+    }
+
+    /// Single-frame messages of every shape: metadata or none, a body or none, names of
+    /// one and of 255 bytes.
+    fn single_frames() -> Vec<(Role, Vec<u8>)> {
+        let traceparent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let deadline = 1500u32.to_be_bytes();
+        let meta = [
+            ("traceparent", &traceparent[..]),
+            ("deadline", &deadline[..]),
+        ];
+        let long = "n".repeat(255);
+        let mut out = Vec::new();
+        let mut encoder = McpCodec::new(Role::Client);
+        for pairs in [&meta[..], &meta[1..], &[]] {
+            for body in [&b""[..], b"x", &[7u8; 300]] {
+                for name in ["m", "user.get", long.as_str()] {
+                    let envelopes = [
+                        (
+                            Role::Server,
+                            Envelope::Request(mcp_codec::Request {
+                                id: 9,
+                                flags: Flags::NONE,
+                                format: format::PROTOBUF,
+                                method: name,
+                                meta: Metadata::from_pairs(pairs),
+                                body,
+                            }),
+                        ),
+                        (
+                            Role::Client,
+                            Envelope::Response(Response {
+                                id: 9,
+                                flags: Flags::NONE,
+                                format: format::JSON,
+                                meta: Metadata::from_pairs(pairs),
+                                body,
+                            }),
+                        ),
+                        (
+                            Role::Client,
+                            Envelope::Notify(Notify {
+                                flags: Flags::NONE,
+                                format: 200,
+                                topic: name,
+                                meta: Metadata::from_pairs(pairs),
+                                body,
+                            }),
+                        ),
+                    ];
+                    for (role, envelope) in envelopes {
+                        let mut wire = BytesMut::new();
+                        encoder.encode(envelope, &mut wire).unwrap();
+                        out.push((role, wire.to_vec()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The fast path builds a single-frame message exactly as the general path does from
+    /// the assembler's envelope, its metadata and body slices of the read buffer.
+    #[test]
+    fn single_frame_fast_path_matches_the_assembler_path() {
+        for (role, wire) in single_frames() {
+            let mut buf = BytesMut::from(&wire[..]);
+            let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+            let mut codec = McpCodec::new(role);
+            let fast = codec.decode(&mut buf).unwrap().expect("a message");
+            assert!(buf.is_empty());
+            let Ok(Decoded::Frame { frame, .. }) = mcp_codec::decode_frame(&wire) else {
+                panic!("a frame");
+            };
+            let mut assembler = Assembler::default();
+            let Assembled::Envelope(envelope) = assembler.push(frame).unwrap() else {
+                panic!("a whole message");
+            };
+            let general = owned(&mut Names::default(), envelope, None);
+            assert_eq!(format!("{fast:?}"), format!("{general:?}"));
+            let (meta, body) = match &fast {
+                Inbound::Request(r) => (r.meta(), r.body()),
+                Inbound::Response(r) => (r.meta(), r.body()),
+                Inbound::Notify(n) => (n.meta(), n.body()),
+                other => panic!("unexpected {other:?}"),
+            };
+            if !body.is_empty() {
+                assert!(range.contains(&(body.as_ptr() as usize)), "body is a slice");
+            }
+            if let Some((_, value)) = meta.iter().next() {
+                assert!(
+                    range.contains(&(value.as_ptr() as usize)),
+                    "meta is a slice"
+                );
+            }
+            assert_eq!(meta.len(), meta.iter().count());
+        }
+    }
+
+    /// What the fast path must leave to the assembler: a single-frame REQUEST over the
+    /// limit, a message in the middle of another one, the head of a large message.
+    #[test]
+    fn fast_path_leaves_the_rest_to_the_assembler() {
+        let config = WireConfig {
+            max_message_len: 4,
+            ..WireConfig::new(Role::Server)
+        };
+        let request = |id: u32, body: &'static [u8]| {
+            Envelope::Request(mcp_codec::Request {
+                id,
+                flags: Flags::NONE,
+                format: 0,
+                method: "m",
+                meta: Metadata::EMPTY,
+                body,
+            })
+        };
+        let mut wire = BytesMut::new();
+        let mut encoder = McpCodec::new(Role::Client);
+        encoder.encode(request(1, b"12345"), &mut wire).unwrap();
+        encoder.encode(request(2, b"1234"), &mut wire).unwrap();
+        let mut codec = McpCodec::with_config(&config);
+        assert!(matches!(
+            codec.decode(&mut wire),
+            Ok(Some(Inbound::RequestTooLarge { id: 1 }))
+        ));
+        assert!(
+            matches!(codec.decode(&mut wire), Ok(Some(Inbound::Request(r))) if r.body() == &b"1234"[..])
+        );
+
+        // A head frame with MORE, then a whole REQUEST where a CONTINUATION must come.
+        let mut head = vec![0u8; 64];
+        let len = mcp_codec::Request {
+            id: 3,
+            flags: Flags::MORE,
+            format: 0,
+            method: "m",
+            meta: Metadata::EMPTY,
+            body: b"ab",
+        }
+        .encode(&mut head)
+        .unwrap();
+        let mut wire = BytesMut::from(&head[..len]);
+        encoder.encode(request(4, b"x"), &mut wire).unwrap();
+        let mut codec = McpCodec::new(Role::Server);
+        let err = codec.decode(&mut wire).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WireError::Codec(mcp_codec::Error::UnexpectedFrame {
+                    frame_type: 0x01,
+                    ..
+                })
+            ),
+            "{err}"
+        );
+
+        // The head and its CONTINUATION make one request.
+        let mut wire = BytesMut::from(&head[..len]);
+        let mut last = vec![0u8; 16];
+        let n = mcp_codec::Continuation {
+            flags: Flags::NONE,
+            chunk: b"cd",
+        }
+        .encode(&mut last)
+        .unwrap();
+        wire.extend_from_slice(&last[..n]);
+        let mut codec = McpCodec::new(Role::Server);
+        assert!(matches!(
+            codec.decode(&mut wire),
+            Ok(Some(Inbound::Request(r))) if r.id() == 3 && r.method() == "m" && r.body() == &b"abcd"[..]
+        ));
+    }
+
+    /// Methods and topics are shared while they repeat, and stay right when more distinct
+    /// names come than the decoder keeps.
+    #[test]
+    fn names_are_shared_and_replaced() {
+        let names: Vec<String> = (0..3 * NAMES_KEPT).map(|i| format!("svc.m{i}")).collect();
+        let mut wire = BytesMut::new();
+        let mut encoder = McpCodec::new(Role::Client);
+        let order: Vec<&str> = names
+            .iter()
+            .chain(names.iter().rev())
+            .chain(names[..2].iter())
+            .chain(names[..2].iter())
+            .map(String::as_str)
+            .collect();
+        for (i, method) in order.iter().enumerate() {
+            encoder
+                .encode(
+                    Envelope::Request(mcp_codec::Request {
+                        id: i as u32 + 1,
+                        flags: Flags::NONE,
+                        format: 0,
+                        method,
+                        meta: Metadata::EMPTY,
+                        body: b"",
+                    }),
+                    &mut wire,
+                )
+                .unwrap();
+        }
+        let mut codec = McpCodec::new(Role::Server);
+        let mut got = Vec::new();
+        while let Some(Inbound::Request(r)) = codec.decode(&mut wire).unwrap() {
+            got.push(r);
+        }
+        let methods: Vec<&str> = got.iter().map(InboundRequest::method).collect();
+        assert_eq!(methods, order);
+        // The last four requests repeat two names: one shared string each.
+        let [a, b, c, d] = &got[got.len() - 4..] else {
+            panic!("four");
+        };
+        assert!(std::ptr::eq(a.method(), c.method()));
+        assert!(std::ptr::eq(b.method(), d.method()));
+        assert!(!std::ptr::eq(a.method(), b.method()));
     }
 }

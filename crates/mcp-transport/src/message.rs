@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -216,17 +217,14 @@ impl Meta {
         min
     }
 
-    /// Metadata received in a frame: `block` is the whole metadata block (count byte
-    /// first), sliced from the frame so that nothing is copied.
-    pub(crate) fn from_wire_block(block: Bytes) -> Meta {
-        match block.first() {
-            None | Some(0) => Meta::new(),
-            Some(&count) => Meta {
-                repr: MetaRepr::Wire {
-                    count,
-                    entries: block.slice(1..),
-                },
-            },
+    /// Metadata received in a frame: the `count` entries of its block (after the count
+    /// byte), sliced from the frame so that nothing is copied.
+    pub(crate) fn from_wire_entries(count: u8, entries: Bytes) -> Meta {
+        if count == 0 {
+            return Meta::new();
+        }
+        Meta {
+            repr: MetaRepr::Wire { count, entries },
         }
     }
 
@@ -343,19 +341,18 @@ impl<'a> Iterator for MetaIter<'a> {
     }
 }
 
-/// UTF-8 text held in `Bytes` (a method or topic sliced from a frame).
+/// A method or topic, validated as UTF-8 once, by the codec, and shared from then on.
+///
+/// It is a `str` and not a slice of the frame: reading it ([`InboundRequest::method`],
+/// [`Push::topic`]) is then free, where a slice had to be checked as UTF-8 again on every
+/// read, and receivers see the same few names over and over, so [`Names`] hands out one
+/// shared copy of each instead of a slice (a reference count either way).
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Text(Bytes);
+pub(crate) struct Text(Arc<str>);
 
 impl Text {
-    /// Slices `s` out of `frame` when it lies inside it, else copies it.
-    pub(crate) fn from_frame(frame: Option<&Bytes>, s: &str) -> Self {
-        Text(slice_or_copy(frame, s.as_bytes()))
-    }
-
     pub(crate) fn as_str(&self) -> &str {
-        // The codec checked the bytes were UTF-8 before we kept them.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        &self.0
     }
 }
 
@@ -365,21 +362,39 @@ impl fmt::Debug for Text {
     }
 }
 
-/// A zero-copy slice of `frame` when `part` lies inside it, else a copy of `part`.
-pub(crate) fn slice_or_copy(frame: Option<&Bytes>, part: &[u8]) -> Bytes {
-    if part.is_empty() {
-        return Bytes::new();
-    }
-    match frame {
-        Some(frame) if within(frame, part) => frame.slice_ref(part),
-        _ => Bytes::copy_from_slice(part),
-    }
+/// Methods and topics a decoder kept, so that a name it has seen lately costs a comparison
+/// and a reference count instead of an allocation.
+pub(crate) const NAMES_KEPT: usize = 8;
+
+/// The last [`NAMES_KEPT`] distinct methods and topics one decoder received (at most 255 bytes
+/// each), replaced oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Names {
+    slots: [Option<Text>; NAMES_KEPT],
+    next: usize,
 }
 
-fn within(outer: &[u8], inner: &[u8]) -> bool {
-    let o = outer.as_ptr() as usize;
-    let i = inner.as_ptr() as usize;
-    i >= o && i + inner.len() <= o + outer.len()
+impl Names {
+    /// `name` (already validated as UTF-8) as a shared [`Text`].
+    #[inline]
+    pub(crate) fn text(&mut self, name: &str) -> Text {
+        for text in self.slots.iter().flatten() {
+            if text.as_str() == name {
+                return text.clone();
+            }
+        }
+        self.insert(name)
+    }
+
+    #[cold]
+    fn insert(&mut self, name: &str) -> Text {
+        let text = Text(Arc::from(name));
+        if let Some(slot) = self.slots.get_mut(self.next) {
+            *slot = Some(text.clone());
+        }
+        self.next = (self.next + 1) % NAMES_KEPT;
+        text
+    }
 }
 
 /// A REQUEST as a server receives it.
