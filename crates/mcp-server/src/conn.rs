@@ -403,8 +403,8 @@ impl Conn {
     }
 
     fn request(&mut self, request: InboundRequest, now: Instant) -> Option<End> {
-        // The method is checked as UTF-8 each time it is read, and looked up once, here:
-        // the route decides the admission and is the handler that runs.
+        // The method is looked up once, here: the route decides the admission and is the
+        // handler that runs.
         let method = request.method();
         let route = self.shared.router.handler(method);
         // A message of several frames is handed over when its last frame arrives, so its

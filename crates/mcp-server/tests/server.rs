@@ -1259,3 +1259,77 @@ async fn settings_that_cannot_work_are_refused_by_name() {
         .expect("a server without subscriptions");
     stop(handle).await;
 }
+
+/// The messages of one read are answered together, in the order they came (each exactly
+/// once), whatever their kind: answers from the first poll, refusals, a panic, a PONG. A
+/// handler that waits is answered from its task, whenever it finishes. After a handler
+/// panics in its first poll, the next request of the same handler type works as before.
+#[tokio::test]
+async fn one_reads_messages_are_answered_in_order_each_once() {
+    let (handle, _) = server_with(|b| b.route("upper", Upper { wait: false })).await;
+    let before = handle.stats().requests;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    let mut bytes = Vec::new();
+    let messages = [
+        (1, format::RAW, "echo", &b"one"[..]),
+        (2, format::RAW, "upper", b"panic"),
+        (3, format::RAW, "upper", b"three."),
+        (4, format::RAW, "nope", b""),
+        (5, format::RAW, "later", b"five"),
+        (6, format::RAW, "echo", b"six"),
+        (7, format::JSON, "add", br#"{"a":3,"b":4}"#),
+        (8, format::RAW, "echo", b"eight"),
+        // A PING, nonce 9.
+        (9, 0, "", b""),
+        (10, format::RAW, "upper", b"ten."),
+    ];
+    for (id, format, method, body) in messages {
+        let envelope = if method.is_empty() {
+            Envelope::Ping(mcp_codec::Ping { nonce: [9; 8] })
+        } else {
+            Envelope::Request(mcp_codec::Request {
+                id,
+                flags: Flags::NONE,
+                format,
+                method,
+                meta: Metadata::EMPTY,
+                body,
+            })
+        };
+        envelope.encode_to_vec(&mut bytes).unwrap();
+    }
+    c.send_raw(&bytes).await;
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let answer = match c.recv().await {
+            Some(OwnedEnvelope::Response(r)) => (r.id, Ok(r.body)),
+            Some(OwnedEnvelope::Error { id, code, .. }) => (id, Err(code)),
+            Some(OwnedEnvelope::Pong(p)) => (u32::from(p.nonce[0]), Ok(b"pong".to_vec())),
+            other => panic!("expected an answer, got {other:?}"),
+        };
+        seen.push(answer);
+    }
+    // The handler that waited is answered once, from its task; it may come before the
+    // messages behind it if they were read later.
+    let later: Vec<_> = seen.iter().filter(|(id, _)| *id == 5).collect();
+    assert_eq!(later, [&(5, Ok(b"five".to_vec()))]);
+    seen.retain(|(id, _)| *id != 5);
+    assert_eq!(
+        seen,
+        [
+            (1, Ok(b"one".to_vec())),
+            (2, Err(ErrorCode::INTERNAL)),
+            (3, Ok(b"THREE.upper".to_vec())),
+            (4, Err(ErrorCode::UNKNOWN_METHOD)),
+            (6, Ok(b"six".to_vec())),
+            (7, Ok(b"7".to_vec())),
+            (8, Ok(b"eight".to_vec())),
+            (9, Ok(b"pong".to_vec())),
+            (10, Ok(b"TEN.upper".to_vec())),
+        ]
+    );
+    // Every handler started is counted (the unknown method is not), before its answer.
+    assert_eq!(handle.stats().requests - before, 8);
+    c.ping_pong(1).await;
+    stop(handle).await;
+}
