@@ -344,9 +344,14 @@ pub(crate) fn encode_envelope(
                 });
             }
             let start = dst.len();
-            MessageFrames::new(envelope)?
-                .write_all_to_bytes(dst)
-                .inspect_err(|_| dst.truncate(start))
+            // Most messages fit one frame: encoded as one, without preparing a split.
+            // `encode_to_bytes` refuses a payload too large for one frame before writing.
+            match envelope.encode_to_bytes(dst) {
+                Err(mcp_codec::Error::FrameTooLarge { .. }) => MessageFrames::new(envelope)?
+                    .write_all_to_bytes(dst)
+                    .inspect_err(|_| dst.truncate(start)),
+                other => other.inspect_err(|_| dst.truncate(start)),
+            }
         }
         None => {
             let start = dst.len();
@@ -373,6 +378,62 @@ mod tests {
 
     use super::*;
     use crate::message::NAMES_KEPT;
+
+    /// One frame when the message fits, CONTINUATION frames when it does not: the bytes are
+    /// those of `MessageFrames` either way, around the boundary included.
+    #[test]
+    fn encoding_matches_message_frames_around_one_frames_limit() {
+        let meta = [(
+            "traceparent",
+            &b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"[..],
+        )];
+        let head = Envelope::Request(mcp_codec::Request {
+            id: 3,
+            flags: Flags::NONE,
+            format: format::RAW,
+            method: "put",
+            meta: Metadata::from_pairs(&meta),
+            body: b"",
+        })
+        .payload_len()
+        .unwrap();
+        for body_len in [0, 1, mcp_codec::MAX_PAYLOAD_LEN - head - 1]
+            .into_iter()
+            .chain([0, 1, 2, 100_000].map(|d| mcp_codec::MAX_PAYLOAD_LEN - head + d))
+        {
+            let body = vec![0x5a; body_len];
+            let envelope = Envelope::Request(mcp_codec::Request {
+                id: 3,
+                flags: Flags::NONE,
+                format: format::RAW,
+                method: "put",
+                meta: Metadata::from_pairs(&meta),
+                body: &body,
+            });
+            let mut expected = Vec::new();
+            MessageFrames::new(envelope)
+                .unwrap()
+                .write_all_to_vec(&mut expected)
+                .unwrap();
+            let mut got = BytesMut::from(&b"queued"[..]);
+            let n = encode_envelope(envelope, &mut got, 16 << 20).unwrap();
+            assert_eq!(n, expected.len(), "body of {body_len}");
+            assert_eq!(&got[..6], b"queued");
+            assert_eq!(&got[6..], &expected[..], "body of {body_len}");
+        }
+        // A bad field is refused whichever way, and nothing stays queued.
+        let bad = Envelope::Request(mcp_codec::Request {
+            id: 0,
+            flags: Flags::NONE,
+            format: format::RAW,
+            method: "put",
+            meta: Metadata::EMPTY,
+            body: b"x",
+        });
+        let mut got = BytesMut::from(&b"queued"[..]);
+        assert!(encode_envelope(bad, &mut got, 16 << 20).is_err());
+        assert_eq!(&got[..], b"queued");
+    }
 
     fn stream() -> Vec<u8> {
         let meta = [("traceparent", &b"00-abc"[..]), ("k", &b"v"[..])];
