@@ -1592,8 +1592,12 @@ async fn metadata_from_entries_matches_pairs_and_keeps_the_checks() {
     assert_eq!(block.deadline_ms(), Some(5000));
     assert_eq!(block.iter().collect::<Vec<_>>(), entries.to_vec());
     assert!(Meta::from_entries(std::iter::empty::<(&str, &[u8])>()).is_empty());
-    // A block too long to lay out on the stack (the first entry fits there, the second
-    // does not) comes out the same.
+    // Blocks past what is kept inline, and past what is laid out on the stack (the first
+    // entry fits there, the second does not), come out the same.
+    let middle = vec![3u8; 100];
+    let one: [(&str, &[u8]); 1] = [("m", &middle)];
+    assert_eq!(Meta::from_entries(one), Meta::new().with("m", middle.clone()));
+    assert_eq!(Meta::from_entries(one).get("m"), Some(&middle[..]));
     let (a, b) = (vec![1u8; 200], vec![2u8; 100]);
     let long: [(&str, &[u8]); 2] = [("a", &a), ("b", &b)];
     let long_pairs = Meta::new().with("a", a.clone()).with("b", b.clone());
