@@ -116,13 +116,26 @@ fn step_short(table: &CrcTable, crc: u16, run: &[u8]) -> u16 {
 fn crc_update(mut crc: u16, bytes: &[u8]) -> u16 {
     let table = CRC16.table();
     let mut blocks = bytes.chunks_exact(16);
-    for block in &mut blocks {
-        // `chunks_exact(16)` makes the conversion infallible; the fallback only keeps the
-        // code free of a panic path.
-        crc = step16(table, crc, block.try_into().unwrap_or(&[0; 16]));
+    if bytes.len() >= LONG_RUN {
+        // Long runs: the crc crate's own 16-byte step (every byte a load) measured a few
+        // percent faster than `step16` when nothing else competes for the ALUs; whole
+        // blocks only, so its byte-at-a-time tail is never used.
+        let whole = bytes.len() - blocks.remainder().len();
+        let mut digest = CRC16.digest_with_initial(crc);
+        digest.update(bytes.get(..whole).unwrap_or(&[]));
+        crc = digest.finalize();
+    } else {
+        for block in &mut blocks {
+            // `chunks_exact(16)` makes the conversion infallible; the fallback only keeps
+            // the code free of a panic path.
+            crc = step16(table, crc, block.try_into().unwrap_or(&[0; 16]));
+        }
     }
     step_short(table, crc, blocks.remainder())
 }
+
+/// Bytes from which [`crc_update`] hands the whole blocks to the crc crate's loop.
+const LONG_RUN: usize = 512;
 
 /// Copies `src` to the front of `dst` and advances the CRC register over it, in one loop.
 ///
@@ -793,6 +806,23 @@ mod tests {
                     run[pos] = value;
                     let run = &run[..len];
                     assert_eq!(crc_update(0xBEEF, run), reference(0xBEEF, run));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn long_runs_match_the_crate_too() {
+        // Past LONG_RUN the whole blocks go through the crate's loop, the tail through ours.
+        let mut data = [0u8; 5000];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (i as u32).wrapping_mul(2_654_435_761).rotate_right(13) as u8;
+        }
+        for len in (LONG_RUN - 17..LONG_RUN + 40).chain([1000, 4096, 4103, 5000]) {
+            for start in [0, 1, 7] {
+                let run = &data[start..(start + len).min(data.len())];
+                for init in [CRC_INIT, 0x0000, 0x1D0F] {
+                    assert_eq!(crc_update(init, run), reference(init, run), "len {len}");
                 }
             }
         }
