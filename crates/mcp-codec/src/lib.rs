@@ -83,7 +83,9 @@ pub use frame::{
     CRC_LEN, Decoded, FRAME_OVERHEAD, Frame, FrameDecoder, FrameType, HEADER_LEN, MAGIC,
     MAX_FRAME_LEN, MAX_PAYLOAD_LEN, SyncMode, VERSION, checksum, decode_frame,
 };
-pub use meta::{DEADLINE, MetaIter, MetaPair, Metadata, TRACEPARENT, TRACESTATE, validate_key};
+pub use meta::{
+    DEADLINE, MetaIter, MetaPair, Metadata, TRACEPARENT, TRACESTATE, deadline_ms_of, validate_key,
+};
 
 #[cfg(feature = "alloc")]
 pub use assemble::{Assembled, Assembler, DEFAULT_MAX_MESSAGE_LEN};

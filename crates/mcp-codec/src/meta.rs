@@ -15,6 +15,23 @@ pub const DEADLINE: &str = "deadline";
 /// A metadata key/value pair given by a sender: `(key, value)`.
 pub type MetaPair<'a> = (&'a str, &'a [u8]);
 
+/// The `deadline` rule of PROTOCOL.md section 3 over `(key, value)` entries, keys as bytes:
+/// the smallest value of the `deadline` entries that are 4 bytes long (big-endian
+/// milliseconds), others ignored; `None` without one. One rule for every holder of
+/// metadata (this crate's views, the transport's owned `Meta`).
+pub fn deadline_ms_of<'a>(entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Option<u32> {
+    let mut min = None;
+    for (key, value) in entries {
+        if key == DEADLINE.as_bytes() {
+            if let Ok(value) = <[u8; 4]>::try_from(value) {
+                let value = u32::from_be_bytes(value);
+                min = Some(min.map_or(value, |m: u32| m.min(value)));
+            }
+        }
+    }
+    min
+}
+
 /// Checks a metadata key: 1..=255 bytes of `[a-z0-9._-]`.
 #[inline]
 pub fn validate_key(key: &[u8]) -> Result<(), Error> {
@@ -289,16 +306,7 @@ impl<'a> Metadata<'a> {
     /// repeats; values that are not 4 bytes are ignored (PROTOCOL.md section 3).
     pub fn deadline_ms(&self) -> Option<u32> {
         let mut it = self.iter();
-        let mut min = None;
-        while let Some((k, v)) = it.next_raw() {
-            if k == DEADLINE.as_bytes() {
-                if let Ok(v) = <[u8; 4]>::try_from(v) {
-                    let v = u32::from_be_bytes(v);
-                    min = Some(min.map_or(v, |m: u32| m.min(v)));
-                }
-            }
-        }
-        min
+        deadline_ms_of(core::iter::from_fn(|| it.next_raw()))
     }
 
     /// Bytes this block takes on the wire, count byte included, or an error if it cannot

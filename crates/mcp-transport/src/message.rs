@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mcp_codec::{DEADLINE, ErrorCode, GoAwayCode, Metadata};
+use mcp_codec::{ErrorCode, GoAwayCode, Metadata};
 use tokio::time::Instant;
 
 /// Owned metadata: received entries (kept as the wire block, sliced from the read buffer)
@@ -205,16 +205,7 @@ impl Meta {
     /// of another length ignored (PROTOCOL.md section 3).
     pub fn deadline_ms(&self) -> Option<u32> {
         let mut it = self.iter();
-        let mut min = None;
-        while let Some((k, v)) = it.next_raw() {
-            if k == DEADLINE.as_bytes() {
-                if let Ok(v) = <[u8; 4]>::try_from(v) {
-                    let v = u32::from_be_bytes(v);
-                    min = Some(min.map_or(v, |m: u32| m.min(v)));
-                }
-            }
-        }
-        min
+        mcp_codec::deadline_ms_of(std::iter::from_fn(|| it.next_raw()))
     }
 
     /// Metadata received in a frame: the `count` entries of its block (after the count
