@@ -1596,7 +1596,10 @@ async fn metadata_from_entries_matches_pairs_and_keeps_the_checks() {
     // entry fits there, the second does not), come out the same.
     let middle = vec![3u8; 100];
     let one: [(&str, &[u8]); 1] = [("m", &middle)];
-    assert_eq!(Meta::from_entries(one), Meta::new().with("m", middle.clone()));
+    assert_eq!(
+        Meta::from_entries(one),
+        Meta::new().with("m", middle.clone())
+    );
     assert_eq!(Meta::from_entries(one).get("m"), Some(&middle[..]));
     let (a, b) = (vec![1u8; 200], vec![2u8; 100]);
     let long: [(&str, &[u8]); 2] = [("a", &a), ("b", &b)];
