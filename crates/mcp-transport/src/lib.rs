@@ -78,8 +78,10 @@ mod codec;
 mod config;
 mod connection;
 mod error;
+mod io;
 mod message;
 mod pool;
+pub mod proto;
 mod subscription;
 mod wire;
 
@@ -89,12 +91,14 @@ pub use config::{
     BackoffConfig, Backpressure, ConnectionConfig, HeartbeatConfig, PoolConfig, PushOverflow, Role,
     WireConfig,
 };
-pub use connection::{Connection, ConnectionStats, ConnectionStatus};
+pub use connection::{Connection, ConnectionStats};
 pub use error::{ErrorKind, Phase, PoolExhausted, Processed, TransportError, WireError};
+pub use io::{Accept, Connect, Stream, TcpAccept, TcpConnect};
 pub use message::{
     CallOptions, Inbound, InboundRequest, InboundResponse, Meta, MetaIter, Push, RemoteError, Reply,
 };
 pub use pool::{EndpointState, Pool, PoolStats, TaskProbe};
+pub use proto::ConnectionStatus;
 pub use subscription::{SUBSCRIBE_METHOD, Subscription, UNSUBSCRIBE_METHOD, topic_matches};
 pub use wire::{FrameReader, WireWriter, WriterExit, WriterStats};
 

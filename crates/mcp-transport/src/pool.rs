@@ -15,12 +15,11 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::config::{Backpressure, PoolConfig};
-use crate::connection::{
-    Connection, ConnectionStats, ConnectionStatus, InFlightPermit, PoolSignal, connect_tcp,
-    subscribe_call,
-};
+use crate::connection::{Connection, ConnectionStats, InFlightPermit, PoolSignal, subscribe_call};
 use crate::error::{ErrorKind, Phase, PoolExhausted, Processed, TransportError};
+use crate::io::{Connect, TcpConnect};
 use crate::message::{CallOptions, Meta, Reply};
+use crate::proto::ConnectionStatus;
 use crate::subscription::{PushRouter, Subscription, SubscriptionOwner, UNSUBSCRIBE_METHOD};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,9 +141,51 @@ struct PoolState {
     retired: Retired,
 }
 
-#[derive(Debug)]
+/// What starts a connection over a stream the connector opened; the stream's type is
+/// erased here, so that the pool is one type whatever it connects over.
+type Starter = Box<dyn FnOnce(StartArgs) -> Result<Connection, TransportError> + Send>;
+
+/// What a new connection needs from its pool.
+struct StartArgs {
+    config: crate::config::ConnectionConfig,
+    router: Arc<PushRouter>,
+    signal: Arc<PoolSignal>,
+    token: Arc<()>,
+    serial: u64,
+}
+
+type Connecting<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Starter, TransportError>> + Send + 'a>,
+>;
+
+/// [`Connect`] made object-safe for the pool (a connect is rare: one box per connect is
+/// nothing).
+trait DynConnect: Send + Sync {
+    fn open(&self, timeout: Duration) -> Connecting<'_>;
+}
+
+impl<C: Connect> DynConnect for C {
+    fn open(&self, timeout: Duration) -> Connecting<'_> {
+        Box::pin(async move {
+            let io = self.connect(timeout).await?;
+            let start: Starter = Box::new(move |args: StartArgs| {
+                Connection::start(
+                    io,
+                    args.config,
+                    args.router,
+                    Some(args.signal),
+                    Some(args.token),
+                    args.serial,
+                )
+            });
+            Ok(start)
+        })
+    }
+}
+
 struct PoolShared {
     endpoint: String,
+    connector: Box<dyn DynConnect>,
     config: PoolConfig,
     state: Mutex<PoolState>,
     signal: Arc<PoolSignal>,
@@ -155,6 +196,15 @@ struct PoolShared {
     connects: AtomicU64,
     reconnects: AtomicU64,
     connect_failures: AtomicU64,
+}
+
+impl std::fmt::Debug for PoolShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolShared")
+            .field("endpoint", &self.endpoint)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Connections to one endpoint: lazy, multiplexed, replaced when they die.
@@ -187,9 +237,15 @@ impl Drop for Waiting<'_> {
 }
 
 impl Pool {
-    /// A pool for `endpoint` (`host:port`, resolved at each connect). No connection is
-    /// made until the first call, unless `min_connections` > 0.
+    /// A pool for `endpoint` (`host:port` over TCP, resolved at each connect). No
+    /// connection is made until the first call, unless `min_connections` > 0.
     pub fn new(endpoint: impl Into<String>, config: PoolConfig) -> Pool {
+        Pool::with_connector(TcpConnect::new(endpoint), config)
+    }
+
+    /// A pool whose connections `connector` opens (TLS, an in-memory stream, ...).
+    pub fn with_connector(connect: impl Connect, config: PoolConfig) -> Pool {
+        let endpoint = connect.endpoint().to_owned();
         let mut config = config;
         config.max_connections = config.max_connections.max(1);
         config.min_connections = config.min_connections.min(config.max_connections);
@@ -200,7 +256,8 @@ impl Pool {
         ));
         let (status, _) = watch::channel(EndpointState::Idle);
         let shared = Arc::new(PoolShared {
-            endpoint: endpoint.into(),
+            endpoint,
+            connector: Box::new(connect),
             config,
             state: Mutex::new(PoolState {
                 conns: Vec::new(),
@@ -787,26 +844,23 @@ async fn connector(shared: Arc<PoolShared>, token: Arc<()>) {
                 attempt: backoff.failures() + 1,
             });
         }
-        let connected = connect_tcp(
-            shared.endpoint.as_str(),
-            shared.config.connection.connect_timeout,
-        )
-        .await;
+        let connected = shared
+            .connector
+            .open(shared.config.connection.connect_timeout)
+            .await;
         let mut state = lock(&shared.state);
         state.connecting = false;
         if state.closed {
             return;
         }
-        match connected.and_then(|stream| {
-            let serial = state.next_serial;
-            Connection::start(
-                stream,
-                shared.config.connection.clone(),
-                shared.router.clone(),
-                Some(shared.signal.clone()),
-                Some(token.clone()),
-                serial,
-            )
+        match connected.and_then(|start| {
+            start(StartArgs {
+                config: shared.config.connection.clone(),
+                router: shared.router.clone(),
+                signal: shared.signal.clone(),
+                token: token.clone(),
+                serial: state.next_serial,
+            })
         }) {
             Ok(conn) => {
                 state.next_serial += 1;

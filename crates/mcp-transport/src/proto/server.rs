@@ -1,0 +1,498 @@
+//! The server side of one connection, without I/O and without a clock (the caller passes
+//! `now`): every admission decision of docs/protocol.md sections 3, 6 and 9, the table of
+//! requests in flight with generations, byte accounting, GOAWAY and `last_id`, draining,
+//! and the heartbeat. The server's connection task (in `mcp-server`) is the glue around it:
+//! it runs handlers, whose handles (`H`) this table keeps so it can stop them.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use mcp_codec::ErrorCode;
+
+use super::Life;
+use super::heartbeat::{Beat, Heartbeat};
+use crate::subscription::{SUBSCRIBE_METHOD, UNSUBSCRIBE_METHOD};
+
+/// Per-connection limits on requests (docs/protocol.md section 6).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Requests whose handler is running, at most.
+    pub max_in_flight: usize,
+    /// Request body bytes held by running handlers, at most (a single request is always
+    /// admitted when nothing else runs, so that any body up to the message limit works).
+    pub max_in_flight_bytes: usize,
+}
+
+/// The head of a REQUEST as the admission needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// The request's id.
+    pub id: u32,
+    /// Its format byte.
+    pub format: u8,
+    /// Its method.
+    pub method: &'a str,
+    /// Whether the router has a handler for `method` (the caller looked it up once, for
+    /// this and to start the handler).
+    pub routed: bool,
+    /// The `deadline` metadata, if any (the smallest if repeated).
+    pub deadline_ms: Option<u32>,
+    /// The body's length.
+    pub body_len: usize,
+    /// When the head frame arrived: the deadline counts from here.
+    pub arrived: Instant,
+}
+
+/// What to do with a REQUEST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Start the handler; it must finish by `deadline`.
+    Run {
+        /// When the caller's budget ends, if it sent one.
+        deadline: Option<Instant>,
+    },
+    /// The built-in `$subscribe`.
+    Subscribe,
+    /// The built-in `$unsubscribe`.
+    Unsubscribe,
+    /// Answer ERROR with the request's id; the connection stays.
+    Answer(ErrorCode, &'static str),
+    /// Send ERROR id 0 and close the connection.
+    Close(ErrorCode, &'static str),
+}
+
+/// A request whose handler runs: its handle (to stop it), generation and size.
+#[derive(Debug)]
+struct InFlight<H> {
+    generation: u64,
+    body_len: usize,
+    handle: H,
+}
+
+/// The server side of one connection; `H` is whatever the driver needs to stop a running
+/// handler.
+#[derive(Debug)]
+pub struct ServerCore<H> {
+    limits: RequestLimits,
+    /// Keyed by ids the client chose: a keyed hash, so that no choice of ids makes the
+    /// table slow.
+    in_flight: HashMap<u32, InFlight<H>>,
+    in_flight_bytes: usize,
+    next_generation: u64,
+    /// The last REQUEST id that arrived while requests were accepted.
+    last_id: u32,
+    goaway_sent: bool,
+    peer_goaway: bool,
+    heartbeat: Heartbeat,
+}
+
+impl<H> ServerCore<H> {
+    /// A fresh connection, opened at `now`.
+    pub fn new(limits: RequestLimits, heartbeat: (Duration, Duration), now: Instant) -> Self {
+        ServerCore {
+            limits,
+            in_flight: HashMap::new(),
+            in_flight_bytes: 0,
+            next_generation: 0,
+            last_id: 0,
+            goaway_sent: false,
+            peer_goaway: false,
+            heartbeat: Heartbeat::new(heartbeat.0, heartbeat.1, now),
+        }
+    }
+
+    /// Where the connection is in its life.
+    pub fn life(&self) -> Life {
+        if self.drained() {
+            Life::Closed
+        } else if self.draining() {
+            Life::Draining
+        } else {
+            Life::Open
+        }
+    }
+
+    fn draining(&self) -> bool {
+        self.goaway_sent || self.peer_goaway
+    }
+
+    /// Decides what to do with a well-formed, complete REQUEST, in the order of
+    /// docs/protocol.md section 9: a duplicate id in flight (fatal), after a GOAWAY either
+    /// way (6), past the in-flight limits (5), a reserved format (3; not for the built-in
+    /// methods, which take the topic's bytes whatever the format byte), the deadline passed
+    /// when the work would start (4), an unknown method (2).
+    pub fn admit(&mut self, head: &RequestHead<'_>, now: Instant) -> Verdict {
+        if let Some(verdict) = self.check_id(head.id) {
+            return verdict;
+        }
+        if self.in_flight.len() >= self.limits.max_in_flight {
+            return Verdict::Answer(
+                ErrorCode::OVERLOADED,
+                "too many requests in flight on this connection",
+            );
+        }
+        if head.routed
+            && !self.in_flight.is_empty()
+            && self.in_flight_bytes.saturating_add(head.body_len) > self.limits.max_in_flight_bytes
+        {
+            return Verdict::Answer(
+                ErrorCode::OVERLOADED,
+                "too many request bytes in flight on this connection",
+            );
+        }
+        let builtin = match head.method {
+            _ if head.routed => None,
+            SUBSCRIBE_METHOD => Some(Verdict::Subscribe),
+            UNSUBSCRIBE_METHOD => Some(Verdict::Unsubscribe),
+            _ => None,
+        };
+        if builtin.is_none() && is_reserved_format(head.format) {
+            return Verdict::Answer(ErrorCode::UNSUPPORTED_FORMAT, "reserved body format");
+        }
+        let deadline = head
+            .deadline_ms
+            .map(|ms| head.arrived + Duration::from_millis(u64::from(ms)));
+        if deadline.is_some_and(|d| d <= now) {
+            return Verdict::Answer(
+                ErrorCode::DEADLINE_EXCEEDED,
+                "deadline passed before the work started",
+            );
+        }
+        if let Some(builtin) = builtin {
+            return builtin;
+        }
+        if !head.routed {
+            return Verdict::Answer(ErrorCode::UNKNOWN_METHOD, "no such method");
+        }
+        Verdict::Run { deadline }
+    }
+
+    /// The checks on the id alone, shared with requests that are too large or malformed:
+    /// a duplicate of a running id closes the connection (the client could not tell the
+    /// answers apart), and after a GOAWAY nothing is taken.
+    fn check_id(&mut self, id: u32) -> Option<Verdict> {
+        if self.in_flight.contains_key(&id) {
+            return Some(Verdict::Close(
+                ErrorCode::MALFORMED,
+                "request id already in flight",
+            ));
+        }
+        if self.draining() {
+            return Some(Verdict::Answer(
+                ErrorCode::UNAVAILABLE,
+                "the connection is going away; not processed",
+            ));
+        }
+        self.last_id = id;
+        None
+    }
+
+    /// A REQUEST refused by the codec with `code` (1 malformed, 7 too large) whose id is
+    /// readable.
+    pub fn refuse(&mut self, id: u32, code: ErrorCode, message: &'static str) -> Verdict {
+        self.check_id(id).unwrap_or(Verdict::Answer(code, message))
+    }
+
+    /// A fresh generation for a request about to start: its completion presents it, so
+    /// that the late answer of a cancelled request can never pass for another one's.
+    pub fn next_generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    /// Records the handler started for an admitted request.
+    pub fn start(&mut self, id: u32, body_len: usize, generation: u64, handle: H) {
+        self.in_flight_bytes += body_len;
+        self.in_flight.insert(
+            id,
+            InFlight {
+                generation,
+                body_len,
+                handle,
+            },
+        );
+    }
+
+    fn remove(&mut self, id: u32) -> Option<InFlight<H>> {
+        let entry = self.in_flight.remove(&id)?;
+        self.in_flight_bytes -= entry.body_len;
+        Some(entry)
+    }
+
+    /// A handler finished. True if its answer is to be sent: the request is still the one
+    /// that started it (not cancelled, not replaced).
+    pub fn finish(&mut self, id: u32, generation: u64) -> bool {
+        match self.in_flight.get(&id) {
+            Some(entry) if entry.generation == generation => {
+                self.remove(id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// CANCEL from the client: the request, if it runs, is forgotten (nothing will be sent
+    /// for it) and its handle returned so that the caller stops it.
+    pub fn cancel(&mut self, id: u32) -> Option<H> {
+        self.remove(id).map(|entry| entry.handle)
+    }
+
+    /// The server sends GOAWAY: returns its `last_id`, or `None` if it was already sent.
+    pub fn send_goaway(&mut self) -> Option<u32> {
+        if self.goaway_sent {
+            return None;
+        }
+        self.goaway_sent = true;
+        Some(self.last_id)
+    }
+
+    /// The client sent GOAWAY (or ended its stream): it sends no more requests.
+    pub fn peer_goaway(&mut self) {
+        self.peer_goaway = true;
+    }
+
+    /// Whether the connection can close: draining and nothing left to answer.
+    pub fn drained(&self) -> bool {
+        self.draining() && self.in_flight.is_empty()
+    }
+
+    /// Requests whose handler runs.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Takes every running request (shutdown grace over, or the connection closing).
+    pub fn take_all(&mut self) -> Vec<(u32, H)> {
+        self.in_flight_bytes = 0;
+        self.in_flight
+            .drain()
+            .map(|(id, entry)| (id, entry.handle))
+            .collect()
+    }
+
+    /// Something arrived from the client at `now` (any complete frame is life).
+    pub fn received(&mut self, now: Instant) {
+        self.heartbeat.received(now);
+    }
+
+    /// When [`ServerCore::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self) -> Instant {
+        self.heartbeat.deadline()
+    }
+
+    /// Advances the heartbeat to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) -> Beat {
+        self.heartbeat.poll(now)
+    }
+}
+
+/// Formats 3..=127 are reserved (docs/protocol.md section 3).
+fn is_reserved_format(format: u8) -> bool {
+    (3..=127).contains(&format)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(id: u32, method: &str, arrived: Instant) -> RequestHead<'_> {
+        RequestHead {
+            id,
+            format: 1,
+            method,
+            routed: method == "echo",
+            deadline_ms: None,
+            body_len: 10,
+            arrived,
+        }
+    }
+
+    fn state(max_in_flight: usize, max_in_flight_bytes: usize) -> ServerCore<()> {
+        ServerCore::new(
+            RequestLimits {
+                max_in_flight,
+                max_in_flight_bytes,
+            },
+            (Duration::from_secs(15), Duration::from_secs(5)),
+            Instant::now(),
+        )
+    }
+
+    fn run(state: &mut ServerCore<()>, id: u32, body_len: usize) -> u64 {
+        let generation = state.next_generation();
+        state.start(id, body_len, generation, ());
+        generation
+    }
+
+    #[test]
+    fn admission_order() {
+        let now = Instant::now();
+        let mut s = state(1, 100);
+        assert_eq!(
+            s.admit(&head(1, "nope", now), now),
+            Verdict::Answer(ErrorCode::UNKNOWN_METHOD, "no such method")
+        );
+        let mut reserved = head(1, "echo", now);
+        reserved.format = 3;
+        assert!(matches!(
+            s.admit(&reserved, now),
+            Verdict::Answer(ErrorCode::UNSUPPORTED_FORMAT, _)
+        ));
+        // An unknown method in a reserved format: the format is checked first.
+        reserved.method = "nope";
+        reserved.routed = false;
+        assert!(matches!(
+            s.admit(&reserved, now),
+            Verdict::Answer(ErrorCode::UNSUPPORTED_FORMAT, _)
+        ));
+        let mut app = head(1, "echo", now);
+        app.format = 200;
+        assert_eq!(s.admit(&app, now), Verdict::Run { deadline: None });
+        let mut sub = head(1, SUBSCRIBE_METHOD, now);
+        sub.format = 77;
+        assert_eq!(s.admit(&sub, now), Verdict::Subscribe);
+        sub.method = UNSUBSCRIBE_METHOD;
+        assert_eq!(s.admit(&sub, now), Verdict::Unsubscribe);
+    }
+
+    #[test]
+    fn overload_comes_before_format_deadline_and_method() {
+        let now = Instant::now();
+        let mut s = state(1, 100);
+        run(&mut s, 1, 10);
+        for mut h in [head(2, "echo", now), head(2, "nope", now)] {
+            h.format = 3;
+            h.deadline_ms = Some(0);
+            assert!(matches!(
+                s.admit(&h, now),
+                Verdict::Answer(ErrorCode::OVERLOADED, _)
+            ));
+        }
+    }
+
+    #[test]
+    fn deadline_comes_before_an_unknown_method() {
+        let now = Instant::now();
+        let mut s = state(10, 100);
+        let mut h = head(1, "nope", now);
+        h.deadline_ms = Some(0);
+        assert!(matches!(
+            s.admit(&h, now),
+            Verdict::Answer(ErrorCode::DEADLINE_EXCEEDED, _)
+        ));
+    }
+
+    #[test]
+    fn deadline_counts_from_arrival() {
+        let t0 = Instant::now();
+        let mut s = state(10, 100);
+        let mut h = head(1, "echo", t0);
+        h.deadline_ms = Some(0);
+        assert!(matches!(
+            s.admit(&h, t0),
+            Verdict::Answer(ErrorCode::DEADLINE_EXCEEDED, _)
+        ));
+        h.deadline_ms = Some(50);
+        assert!(matches!(
+            s.admit(&h, t0 + Duration::from_millis(50)),
+            Verdict::Answer(ErrorCode::DEADLINE_EXCEEDED, _)
+        ));
+        assert_eq!(
+            s.admit(&h, t0 + Duration::from_millis(49)),
+            Verdict::Run {
+                deadline: Some(t0 + Duration::from_millis(50))
+            }
+        );
+    }
+
+    #[test]
+    fn limits_and_duplicates() {
+        let now = Instant::now();
+        let mut s = state(2, 15);
+        assert_eq!(
+            s.admit(&head(1, "echo", now), now),
+            Verdict::Run { deadline: None }
+        );
+        let g1 = run(&mut s, 1, 10);
+        // Duplicate of a running id: close.
+        assert!(matches!(
+            s.admit(&head(1, "echo", now), now),
+            Verdict::Close(ErrorCode::MALFORMED, _)
+        ));
+        assert!(matches!(
+            s.refuse(1, ErrorCode::TOO_LARGE, "x"),
+            Verdict::Close(ErrorCode::MALFORMED, _)
+        ));
+        // 10 + 10 bytes > 15: overloaded.
+        assert!(matches!(
+            s.admit(&head(2, "echo", now), now),
+            Verdict::Answer(ErrorCode::OVERLOADED, _)
+        ));
+        let mut small = head(2, "echo", now);
+        small.body_len = 5;
+        assert_eq!(s.admit(&small, now), Verdict::Run { deadline: None });
+        run(&mut s, 2, 5);
+        let mut tiny = head(3, "echo", now);
+        tiny.body_len = 0;
+        assert!(matches!(
+            s.admit(&tiny, now),
+            Verdict::Answer(ErrorCode::OVERLOADED, _)
+        ));
+        assert!(s.finish(1, g1));
+        assert!(!s.finish(1, g1), "finished twice");
+        assert_eq!(s.admit(&tiny, now), Verdict::Run { deadline: None });
+        // One request larger than the byte budget is admitted when alone.
+        let mut s = state(2, 15);
+        let mut big = head(9, "echo", now);
+        big.body_len = 1000;
+        assert_eq!(s.admit(&big, now), Verdict::Run { deadline: None });
+    }
+
+    #[test]
+    fn cancelled_answers_are_not_sent_even_if_the_id_returns() {
+        let mut s = state(10, 100);
+        let g1 = run(&mut s, 1, 1);
+        assert!(s.cancel(1).is_some());
+        assert!(s.cancel(1).is_none());
+        let g2 = run(&mut s, 1, 1);
+        assert!(
+            !s.finish(1, g1),
+            "the first run's late answer must be dropped"
+        );
+        assert!(s.finish(1, g2));
+    }
+
+    #[test]
+    fn goaway_last_id_and_draining() {
+        let now = Instant::now();
+        let mut s = state(10, 100);
+        s.admit(&head(5, "echo", now), now);
+        let g5 = run(&mut s, 5, 1);
+        s.admit(&head(6, "nope", now), now);
+        assert_eq!(s.life(), Life::Open);
+        assert_eq!(s.send_goaway(), Some(6));
+        assert_eq!(s.send_goaway(), None);
+        assert_eq!(s.life(), Life::Draining);
+        assert!(matches!(
+            s.admit(&head(7, "echo", now), now),
+            Verdict::Answer(ErrorCode::UNAVAILABLE, _)
+        ));
+        assert!(matches!(
+            s.refuse(8, ErrorCode::TOO_LARGE, "x"),
+            Verdict::Answer(ErrorCode::UNAVAILABLE, _)
+        ));
+        assert!(!s.drained());
+        assert!(s.finish(5, g5));
+        assert!(s.drained());
+        assert_eq!(s.life(), Life::Closed);
+
+        let mut s = state(10, 100);
+        assert!(!s.drained());
+        s.peer_goaway();
+        assert!(s.drained());
+        assert!(matches!(
+            s.admit(&head(1, "echo", now), now),
+            Verdict::Answer(ErrorCode::UNAVAILABLE, _)
+        ));
+    }
+}

@@ -1,0 +1,1 @@
+//! The two-peer harness (see below).
