@@ -2,8 +2,9 @@
 //! closes it by the rules of PROTOCOL.md sections 1, 3, 4 and 6.
 //!
 //! Reading and writing are `mcp-transport`'s wire I/O ([`FrameReader`], [`WireWriter`]),
-//! shared with the client; the decisions are [`ConnState`] and [`Heartbeat`], which have no
-//! I/O. This file is the glue: one `select!` loop per connection.
+//! shared with the client; the decisions are the transport's sans-I/O [`ServerCore`] (with
+//! the one heartbeat both roles share). This file is the glue: one `select!` loop per
+//! connection, generic over the byte stream, and the handlers' tasks.
 
 use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
@@ -18,9 +19,9 @@ use mcp_codec::{
     Response,
 };
 use mcp_format::FormatId;
-use mcp_transport::{FrameReader, Inbound, InboundRequest, Push, WireError, WireWriter};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
+use mcp_transport::proto::{Beat, RequestHead, RequestLimits, ServerCore, Verdict};
+use mcp_transport::{FrameReader, Inbound, InboundRequest, Push, Stream, WireError, WireWriter};
+use tokio::io::AsyncRead;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -29,10 +30,8 @@ use crate::error::Status;
 use crate::handler::{
     Call, CancelCell, Invoke, NotifyContext, ReceivedMeta, Reply, RequestContext,
 };
-use crate::heartbeat::{Beat, Heartbeat};
 use crate::pattern::Pattern;
 use crate::server::Shared;
-use crate::state::{ConnState, RequestHead, RequestLimits, Verdict};
 use crate::subscribe::{ConnId, Notification, Offer, SubscribeError, Subscriber};
 
 /// The connection's writer takes a published NOTIFY unless its queue is full: a publisher
@@ -130,8 +129,7 @@ pub(crate) struct Conn {
     id: ConnId,
     peer: SocketAddr,
     writer: WireWriter,
-    state: ConnState,
-    heartbeat: Heartbeat,
+    state: ServerCore<Running>,
     done_tx: mpsc::UnboundedSender<Completion>,
     done_rx: mpsc::UnboundedReceiver<Completion>,
     /// One permit per client NOTIFY being handled.
@@ -150,13 +148,24 @@ pub(crate) struct Conn {
     reading: bool,
 }
 
+/// What stops a running handler: its task's abort handle and its cancellation token.
+#[derive(Debug)]
+pub(crate) struct Running {
+    abort: tokio::task::AbortHandle,
+    cancel: CancelCell,
+}
+
+impl Running {
+    /// Stops the handler: its future is dropped at its next poll, its token cancelled.
+    fn stop(&self) {
+        self.cancel.cancel();
+        self.abort.abort();
+    }
+}
+
 /// Serves one accepted connection until it closes.
-pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, id: ConnId) {
-    // PROTOCOL.md section 6: TCP_NODELAY and SO_KEEPALIVE on. Failing to set them is not a
-    // reason to refuse the client.
-    let _ = stream.set_nodelay(true);
-    let _ = socket2::SockRef::from(&stream).set_keepalive(true);
-    let (read_half, write_half) = stream.into_split();
+pub(crate) async fn serve<S: Stream>(shared: Arc<Shared>, stream: S, peer: SocketAddr, id: ConnId) {
+    let (read_half, write_half) = stream.into_halves();
     let wire = shared.wire_config();
     let reader = FrameReader::new(read_half, &wire);
     let writer = WireWriter::spawn(write_half, &wire);
@@ -166,14 +175,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         id,
         peer,
         writer,
-        state: ConnState::new(RequestLimits {
-            max_in_flight: config.max_in_flight,
-            max_in_flight_bytes: config.max_in_flight_bytes,
-        }),
-        heartbeat: Heartbeat::new(
-            config.heartbeat_interval,
-            config.heartbeat_timeout,
-            Instant::now(),
+        state: ServerCore::new(
+            RequestLimits {
+                max_in_flight: config.max_in_flight,
+                max_in_flight_bytes: config.max_in_flight_bytes,
+            },
+            (config.heartbeat_interval, config.heartbeat_timeout),
+            Instant::now().into_std(),
         ),
         done_tx,
         done_rx,
@@ -195,7 +203,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
 }
 
 impl Conn {
-    async fn run(&mut self, mut reader: FrameReader<OwnedReadHalf>) -> End {
+    async fn run<R: AsyncRead + Unpin>(&mut self, mut reader: FrameReader<R>) -> End {
         // The futures that outlive one turn of the loop are made once: building, polling
         // and dropping them on every message cost more than the request itself.
         let mut shutdown = self.shared.shutdown.subscribe();
@@ -217,7 +225,7 @@ impl Conn {
         // The heartbeat's timer is armed at a deadline no later than the heartbeat's, and
         // moved only when it fires or when the heartbeat's deadline comes earlier: the
         // deadline moves with every message, the timer not.
-        let mut beat_at = self.heartbeat.deadline();
+        let mut beat_at = Instant::from_std(self.state.poll_timeout());
         let beat = tokio::time::sleep_until(beat_at);
         tokio::pin!(beat);
         let grace = tokio::time::sleep_until(beat_at);
@@ -226,7 +234,7 @@ impl Conn {
             if self.state.drained() {
                 return End::Drained;
             }
-            let deadline = self.heartbeat.deadline();
+            let deadline = Instant::from_std(self.state.poll_timeout());
             if deadline < beat_at {
                 beat_at = deadline;
                 beat.as_mut().reset(beat_at);
@@ -250,7 +258,7 @@ impl Conn {
                     if let Some(end) = self.beat(&reader) {
                         return end;
                     }
-                    beat_at = self.heartbeat.deadline();
+                    beat_at = Instant::from_std(self.state.poll_timeout());
                     beat.as_mut().reset(beat_at);
                 }
                 ready = self.writer.ready(), if full && self.reading => {
@@ -290,16 +298,16 @@ impl Conn {
     }
 
     /// Any complete frame received counts as life.
-    fn alive(&mut self, reader: &FrameReader<OwnedReadHalf>, now: Instant) {
+    fn alive<R: AsyncRead + Unpin>(&mut self, reader: &FrameReader<R>, now: Instant) {
         self.frames_seen = reader.frames();
-        self.heartbeat.received(now);
+        self.state.received(now.into_std());
     }
 
     /// Handles a message read, then those already decoded behind it, as the loop would
     /// (stopping where it would not read on), without going around it for each.
-    fn received(
+    fn received<R: AsyncRead + Unpin>(
         &mut self,
-        reader: &mut FrameReader<OwnedReadHalf>,
+        reader: &mut FrameReader<R>,
         message: Inbound,
     ) -> Option<End> {
         // One clock read for the batch: its messages arrived with the same read, and a
@@ -325,13 +333,13 @@ impl Conn {
         }
     }
 
-    fn beat(&mut self, reader: &FrameReader<OwnedReadHalf>) -> Option<End> {
+    fn beat<R: AsyncRead + Unpin>(&mut self, reader: &FrameReader<R>) -> Option<End> {
         // Frames of a long multi-frame message arrive without `next` returning: count them.
         if reader.frames() != self.frames_seen {
             self.alive(reader, Instant::now());
             return None;
         }
-        match self.heartbeat.poll(Instant::now()) {
+        match self.state.handle_timeout(Instant::now().into_std()) {
             Beat::Wait => None,
             Beat::Ping(nonce) => {
                 self.send(Envelope::Ping(Ping { nonce }));
@@ -417,11 +425,12 @@ impl Conn {
             routed: route.is_some(),
             deadline_ms: request.meta().deadline_ms(),
             body_len: request.body().len(),
-            arrived: now,
+            arrived: now.into_std(),
         };
-        let verdict = self.state.admit(&head, now);
+        let verdict = self.state.admit(&head, now.into_std());
         match verdict {
             Verdict::Run { deadline } => {
+                let deadline = deadline.map(Instant::from_std);
                 let Some((method, handler)) = route else {
                     // `admit` runs only routed requests; answer rather than panic if that
                     // ever changes.
@@ -517,8 +526,11 @@ impl Conn {
             .instrument(span),
         );
         // The completion is only read by this task's loop, after `start` has recorded it.
-        self.state
-            .start(id, body_len, generation, task.abort_handle(), cancel);
+        let running = Running {
+            abort: task.abort_handle(),
+            cancel,
+        };
+        self.state.start(id, body_len, generation, running);
     }
 
     fn subscribe(&mut self, request: &InboundRequest, subscribe: bool) {

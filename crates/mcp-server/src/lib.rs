@@ -72,11 +72,9 @@ mod config;
 mod conn;
 mod error;
 mod handler;
-mod heartbeat;
 mod pattern;
 mod router;
 mod server;
-mod state;
 mod subscribe;
 
 pub use config::ServerConfig;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use mcp_codec::{Envelope, Flags, MessageFrames, Metadata, Notify, OwnedMetaPair};
 use mcp_format::{Encode, FormatId};
+use mcp_transport::{Accept, Stream, TcpAccept};
 use mcp_transport::{Role, WireConfig, WireWriter};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::watch;
@@ -243,8 +244,14 @@ impl ServerBuilder {
 
     /// Starts serving connections accepted from `listener` on the current tokio runtime.
     pub fn serve_with_listener(self, listener: TcpListener) -> Result<ServerHandle, Error> {
+        self.serve_with(TcpAccept::new(listener))
+    }
+
+    /// Starts serving the streams `acceptor` takes (TCP, TLS, in-memory) on the current
+    /// tokio runtime.
+    pub fn serve_with<A: Accept>(self, acceptor: A) -> Result<ServerHandle, Error> {
         self.config.check().map_err(Error::Config)?;
-        let local_addr = listener.local_addr().map_err(Error::Listener)?;
+        let local_addr = acceptor.local_addr().map_err(Error::Listener)?;
         let (shutdown, _) = watch::channel(None);
         let (open, _) = watch::channel(0);
         let shared = Arc::new(Shared {
@@ -256,7 +263,7 @@ impl ServerBuilder {
             open,
             next_conn: AtomicU64::new(1),
         });
-        let accept = tokio::spawn(accept_loop(shared.clone(), listener));
+        let accept = tokio::spawn(accept_loop(shared.clone(), acceptor));
         Ok(ServerHandle {
             inner: Arc::new(HandleInner {
                 shared,
@@ -269,7 +276,7 @@ impl ServerBuilder {
 
 /// Tells a client past the connection limit to go away (GOAWAY code 2, `last_id` 0: no
 /// request was taken), then closes. Best effort, bounded by the write stall timeout.
-async fn refuse(mut stream: tokio::net::TcpStream, stall: Duration) {
+async fn refuse<S: Stream>(mut stream: S, stall: Duration) {
     use tokio::io::AsyncWriteExt;
     let mut frame = Vec::new();
     let goaway = Envelope::GoAway(mcp_codec::GoAway {
@@ -286,7 +293,7 @@ async fn refuse(mut stream: tokio::net::TcpStream, stall: Duration) {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut acceptor: A) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         if shutdown.borrow_and_update().is_some() {
@@ -294,7 +301,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         }
         tokio::select! {
             _ = shutdown.changed() => {}
-            accepted = listener.accept() => match accepted {
+            accepted = acceptor.accept() => match accepted {
                 Ok((stream, peer)) => {
                     shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
                     if *shared.open.borrow() >= shared.config.max_connections {
@@ -319,7 +326,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             },
         }
     }
-    // The listener is dropped here: new connections are refused from now on.
+    // The acceptor is dropped here: new connections are refused from now on.
 }
 
 struct HandleInner {
