@@ -320,9 +320,13 @@ impl Conn {
             if let Some(end) = self.inbound(message, now) {
                 return Some(end);
             }
-            left -= 1;
-            // After a batch, completions and timers get their turn.
-            if left == 0 || !self.reading || self.writer.is_full() || self.state.drained() {
+            left = left.saturating_sub(1);
+            // After a batch, completions and timers get their turn. Once the connection is
+            // drained it closes at the next turn, so what was already read behind the
+            // GOAWAY is handled first: requests there are answered ERROR 6
+            // (docs/protocol.md section 7), not dropped unanswered.
+            let drained = self.state.drained();
+            if (left == 0 && !drained) || !self.reading || self.writer.is_full() {
                 return None;
             }
             message = match reader.try_next() {

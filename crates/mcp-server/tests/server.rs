@@ -934,6 +934,42 @@ async fn client_goaway_closes_after_in_flight_answers() {
     stop(handle).await;
 }
 
+/// A REQUEST in the same write as the client's GOAWAY, with nothing in flight: it is
+/// answered ERROR 6 (docs/protocol.md section 7), then the connection closes; before, the
+/// server closed at once and the request got no answer at all.
+#[tokio::test]
+async fn a_request_behind_the_clients_goaway_in_the_same_write_is_answered_error_6() {
+    let (handle, _probe) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    let mut bytes = Vec::new();
+    Envelope::GoAway(GoAway {
+        last_id: 0,
+        code: GoAwayCode::SHUTTING_DOWN,
+        reason: "",
+    })
+    .encode_to_vec(&mut bytes)
+    .unwrap();
+    for id in [7u32, 8] {
+        Envelope::Request(mcp_codec::Request {
+            id,
+            flags: Flags::NONE,
+            format: format::RAW,
+            method: "echo",
+            meta: Metadata::EMPTY,
+            body: b"late",
+        })
+        .encode_to_vec(&mut bytes)
+        .unwrap();
+    }
+    c.send_raw(&bytes).await;
+    for id in [7u32, 8] {
+        let (got, code, _) = error(c.recv().await);
+        assert_eq!((got, code), (id, ErrorCode::UNAVAILABLE));
+    }
+    c.expect_closed().await;
+    stop(handle).await;
+}
+
 #[tokio::test]
 async fn graceful_shutdown_answers_in_flight_requests_then_closes() {
     let (handle, probe) = server().await;

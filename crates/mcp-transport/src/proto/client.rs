@@ -205,6 +205,12 @@ impl<W> ClientCore<W> {
         }
     }
 
+    /// Where the next id search starts (tests of id wrapping).
+    #[cfg(test)]
+    pub(crate) fn set_next_id(&mut self, id: u32) {
+        self.next_id = id;
+    }
+
     /// Why a new request would be refused now, if it would.
     pub fn refusal(&self) -> Option<TransportError> {
         match self.life {
