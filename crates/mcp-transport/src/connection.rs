@@ -29,7 +29,8 @@ use crate::config::{Backpressure, ConnectionConfig, Role};
 use crate::error::{ErrorKind, Phase, Processed, TransportError, WireError};
 use crate::io::{Stream, connect_tcp};
 use crate::message::{CallOptions, Meta, Reply};
-use crate::proto::client::{ClientSettings, closed};
+use crate::proto::ClientSettings;
+use crate::proto::client::closed;
 use crate::proto::{ClientCore, ConnectionStatus, Event, Life, Resubscribe};
 use crate::subscription::{
     PushRouter, SUBSCRIBE_METHOD, Subscription, SubscriptionOwner, UNSUBSCRIBE_METHOD,

@@ -129,13 +129,17 @@ enum Waiter<W> {
     Detached(Option<Resubscribe>),
 }
 
-/// Settings of the client core.
+/// Settings of the client core (the driver takes them from its `ConnectionConfig`).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ClientSettings {
-    pub(crate) max_abandoned_ids: usize,
-    pub(crate) subscribe_timeout: Duration,
-    pub(crate) heartbeat_interval: Duration,
-    pub(crate) heartbeat_timeout: Duration,
+pub struct ClientSettings {
+    /// Ids given up on without an answer past which the connection is replaced.
+    pub max_abandoned_ids: usize,
+    /// How long a request nobody waits for (`$subscribe` sent again) may go unanswered.
+    pub subscribe_timeout: Duration,
+    /// Silence before a PING.
+    pub heartbeat_interval: Duration,
+    /// Silence after a PING before the connection is dead.
+    pub heartbeat_timeout: Duration,
 }
 
 /// The client side of one connection.
@@ -169,7 +173,7 @@ pub struct ClientCore<W> {
 
 impl<W> ClientCore<W> {
     /// A connection opened at `now`.
-    pub(crate) fn new(settings: ClientSettings, now: Instant) -> Self {
+    pub fn new(settings: ClientSettings, now: Instant) -> Self {
         ClientCore {
             heartbeat: Heartbeat::new(settings.heartbeat_interval, settings.heartbeat_timeout, now),
             settings,

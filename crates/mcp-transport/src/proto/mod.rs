@@ -24,7 +24,9 @@ use mcp_codec::Envelope;
 
 use crate::error::WireError;
 
-pub use client::{ClientCore, ClientCounters, ConnectionStatus, Event, Resubscribe};
+pub use client::{
+    ClientCore, ClientCounters, ClientSettings, ConnectionStatus, Event, Resubscribe,
+};
 pub use heartbeat::{Beat, Heartbeat};
 pub use server::{RequestHead, RequestLimits, ServerCore, Verdict};
 

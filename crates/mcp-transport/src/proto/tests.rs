@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use mcp_codec::{Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Pong, Response};
+use mcp_codec::{
+    Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Pong, Response,
+};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::client::ClientSettings;
@@ -160,7 +162,7 @@ impl Pair {
     }
 
     /// Delivers every byte the client sent to the server, which handles each message.
-    fn to_server(&mut self) {
+    fn deliver_up(&mut self) {
         if self.server_closed {
             self.up.bytes.clear();
             return;
@@ -198,9 +200,12 @@ impl Pair {
                         let generation = self.server.next_generation();
                         let id = request.id();
                         self.server.start(id, request.body().len(), generation, ());
-                        self.held.push_back((id, generation, request.body().to_vec()));
+                        self.held
+                            .push_back((id, generation, request.body().to_vec()));
                     }
-                    Verdict::Answer(code, message) => self.server_error(request.id(), code, message),
+                    Verdict::Answer(code, message) => {
+                        self.server_error(request.id(), code, message)
+                    }
                     Verdict::Close(code, message) => {
                         self.server_error(0, code, message);
                         self.server_closed = true;
@@ -250,7 +255,7 @@ impl Pair {
     }
 
     /// Delivers every byte the server sent to the client core.
-    fn to_client(&mut self) {
+    fn deliver_down(&mut self) {
         if self.client_dead.is_some() {
             self.down.bytes.clear();
             return;
@@ -291,8 +296,8 @@ impl Pair {
             if self.up.bytes.is_empty() && self.down.bytes.is_empty() {
                 return;
             }
-            self.to_server();
-            self.to_client();
+            self.deliver_up();
+            self.deliver_down();
         }
         panic!("the peers kept talking for 100 rounds");
     }
@@ -310,7 +315,9 @@ impl Pair {
             self.collect();
             if self.now >= self.server.poll_timeout() {
                 if let Beat::Ping(nonce) = self.server.handle_timeout(self.now) {
-                    self.down.send(Envelope::Ping(mcp_codec::Ping { nonce })).unwrap();
+                    self.down
+                        .send(Envelope::Ping(mcp_codec::Ping { nonce }))
+                        .unwrap();
                 }
             }
             if self.client.poll_timeout() <= self.now {
@@ -336,7 +343,11 @@ impl Pair {
 
     /// Every call made has exactly one outcome (a second one panics in `record`).
     fn all_answered(&self) {
-        assert_eq!(self.outcomes.len() as u64, self.next_call, "calls without an outcome");
+        assert_eq!(
+            self.outcomes.len() as u64,
+            self.next_call,
+            "calls without an outcome"
+        );
     }
 }
 
@@ -399,7 +410,10 @@ fn an_earlier_deadline_started_later_fires_first() {
     let mut pair = Pair::new(Handlers::Hold);
     let long = pair.call(b"long", Some(Duration::from_secs(2)));
     let short = pair.call(b"short", Some(Duration::from_millis(50)));
-    assert_eq!(pair.client.poll_timeout(), pair.now + Duration::from_millis(50));
+    assert_eq!(
+        pair.client.poll_timeout(),
+        pair.now + Duration::from_millis(50)
+    );
     pair.advance(Duration::from_millis(50));
     assert!(pair.outcome(short).as_ref().unwrap_err().is_timeout());
     assert!(!pair.outcomes.contains_key(&long));
@@ -435,12 +449,15 @@ fn goaway_mid_load_fails_only_what_the_server_did_not_accept() {
         }))
         .unwrap();
     let crossed = pair.call(b"late", None);
-    pair.to_client();
+    pair.deliver_down();
     // The crossed request fails at once, not processed; the others wait for their answers.
     let err = pair.outcome(crossed).as_ref().unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::GoAway { .. }), "{err}");
     assert_eq!(err.processed(), crate::Processed::No);
-    assert!(matches!(pair.statuses.last(), Some(ConnectionStatus::Draining { .. })));
+    assert!(matches!(
+        pair.statuses.last(),
+        Some(ConnectionStatus::Draining { .. })
+    ));
     // New calls are refused while draining.
     let refused = pair.call(b"new", None);
     assert!(pair.outcome(refused).is_err());
@@ -454,7 +471,10 @@ fn goaway_mid_load_fails_only_what_the_server_did_not_accept() {
     // The ERROR 6 for the crossed id was a late answer; the drained connection closes.
     assert_eq!(pair.client.counters().late_answers, 1);
     assert!(pair.client_dead.is_some(), "drained and closed");
-    assert!(matches!(pair.statuses.last(), Some(ConnectionStatus::Closed { .. })));
+    assert!(matches!(
+        pair.statuses.last(),
+        Some(ConnectionStatus::Closed { .. })
+    ));
     pair.all_answered();
 }
 
@@ -469,7 +489,10 @@ fn error_6_fails_the_call_as_not_processed_and_drains() {
     pair.drive();
     let err = pair.outcome(first).as_ref().unwrap_err();
     assert_eq!(err.processed(), crate::Processed::No);
-    assert!(matches!(pair.statuses.last(), Some(ConnectionStatus::Draining { .. })));
+    assert!(matches!(
+        pair.statuses.last(),
+        Some(ConnectionStatus::Draining { .. })
+    ));
     assert!(!pair.client.is_open());
     // The other call still gets its answer; then the connection closes.
     pair.held.pop_front();
@@ -539,7 +562,10 @@ fn ids_wrap_and_skip_ids_in_flight_across_the_wire() {
     assert_eq!(ids, [u32::MAX - 1, u32::MAX, 1]);
     pair.finish_held();
     pair.drive();
-    assert_eq!((pair.body(a), pair.body(b), pair.body(c)), (b"a".to_vec(), b"b".to_vec(), b"c".to_vec()));
+    assert_eq!(
+        (pair.body(a), pair.body(b), pair.body(c)),
+        (b"a".to_vec(), b"b".to_vec(), b"c".to_vec())
+    );
     pair.all_answered();
 }
 
@@ -547,7 +573,8 @@ fn ids_wrap_and_skip_ids_in_flight_across_the_wire() {
 fn a_client_goaway_makes_the_server_refuse_later_requests_with_error_6() {
     let mut pair = Pair::new(Handlers::Hold);
     let before = pair.call(b"before", None);
-    pair.client.drain(&mut pair.up, "closed by its owner", pair.now);
+    pair.client
+        .drain(&mut pair.up, "closed by its owner", pair.now);
     pair.drive();
     assert_eq!(pair.server_saw, ["REQUEST", "GOAWAY"]);
     assert!(!pair.server.drained(), "one request still runs");
