@@ -68,3 +68,79 @@ async fn calls_over_an_in_memory_stream() {
     conn.close();
     server.shutdown(Duration::from_secs(1)).await.unwrap();
 }
+
+/// docs/protocol.md section 4.2: a deadline counts from the head frame's arrival, and the
+/// time the rest of the body takes to arrive counts against it. A 70,000-byte REQUEST whose
+/// head carries a deadline of 150 ms and whose last CONTINUATION comes 400 ms later is
+/// answered ERROR 4, and its handler never runs. Virtual time: no real sleep.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_counts_from_the_head_frame_not_the_last_continuation() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use mcp_codec::{Envelope, ErrorCode, Flags, MessageFrames, Metadata, Request};
+    use mcp_transport::{FrameReader, Inbound, Role, WireConfig};
+    use tokio::io::AsyncWriteExt;
+
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counted = ran.clone();
+    let (tx, rx) = mpsc::channel(4);
+    let server = Server::builder()
+        .route_raw("count", move |_ctx, body: Bytes| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(Reply::new(body)) }
+        })
+        .serve_with(DuplexAccept(rx))
+        .unwrap();
+    let (client, server_end) = tokio::io::duplex(256 * 1024);
+    let (read, mut client) = tokio::io::split(client);
+    tx.send(server_end).await.unwrap();
+
+    let request = |id: u32, deadline: u32, body: &[u8]| {
+        let deadline = deadline.to_be_bytes();
+        let entries: &[(&str, &[u8])] = &[("deadline", &deadline)];
+        let mut bytes = Vec::new();
+        MessageFrames::new(Envelope::Request(Request {
+            id,
+            flags: Flags::NONE,
+            format: format::RAW,
+            method: "count",
+            meta: Metadata::from_pairs(entries),
+            body,
+        }))
+        .unwrap()
+        .write_all_to_vec(&mut bytes)
+        .unwrap();
+        bytes
+    };
+    let body = vec![1u8; 70_000];
+    let bytes = request(1, 150, &body);
+    // The head frame (magic, version, type, length, payload, CRC) and then the rest.
+    let head_len = 8 + usize::from(u16::from_be_bytes([bytes[4], bytes[5]]));
+    assert!(head_len < bytes.len(), "the request spans frames");
+    client.write_all(&bytes[..head_len]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    client.write_all(&bytes[head_len..]).await.unwrap();
+
+    // The same request sent whole, with time to spare, is served: the test can tell.
+    let whole = request(2, 5_000, &body);
+    client.write_all(&whole).await.unwrap();
+
+    let mut reader = FrameReader::new(read, &WireConfig::new(Role::Client));
+    match reader.next().await.unwrap() {
+        Some(Inbound::Error { id, code, .. }) => {
+            assert_eq!((id, code), (1, ErrorCode::DEADLINE_EXCEEDED));
+        }
+        other => panic!("expected ERROR 4 for id 1, got {other:?}"),
+    }
+    match reader.next().await.unwrap() {
+        Some(Inbound::Response(r)) => assert_eq!((r.id(), r.body().len()), (2, body.len())),
+        other => panic!("expected the answer to id 2, got {other:?}"),
+    }
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        1,
+        "only the request in time ran"
+    );
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+}

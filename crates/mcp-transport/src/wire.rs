@@ -43,6 +43,11 @@ pub struct FrameReader<R> {
     codec: McpCodec,
     read_size: usize,
     eof: bool,
+    /// When the head frame of the message being reassembled was seen (only for a message
+    /// that spans reads: one clock read per such message).
+    started: Option<tokio::time::Instant>,
+    /// `started` of the message last returned.
+    last_started: Option<tokio::time::Instant>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -54,14 +59,39 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             codec: McpCodec::with_config(config),
             read_size: config.read_buffer.max(MIN_READ_SPACE),
             eof: false,
+            started: None,
+            last_started: None,
         }
+    }
+
+    /// Decodes what is buffered, noting when a message that continues past it began.
+    fn decode(&mut self) -> Result<Option<Inbound>, WireError> {
+        match self.codec.decode(&mut self.buf)? {
+            Some(message) => {
+                self.last_started = self.started.take();
+                Ok(Some(message))
+            }
+            None => {
+                if self.started.is_none() && self.codec.in_message() {
+                    self.started = Some(tokio::time::Instant::now());
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// For the message last returned, when its head frame was seen, if its frames spanned
+    /// more than one read (`None`: it came whole with the read that returned it). A
+    /// request's deadline counts from there (docs/protocol.md section 4.2).
+    pub fn message_started(&self) -> Option<tokio::time::Instant> {
+        self.last_started
     }
 
     /// The next message, decoding what is buffered before reading again. `Ok(None)` when
     /// the peer closed the stream at a message boundary.
     pub async fn next(&mut self) -> Result<Option<Inbound>, WireError> {
         loop {
-            if let Some(message) = self.codec.decode(&mut self.buf)? {
+            if let Some(message) = self.decode()? {
                 return Ok(Some(message));
             }
             if self.eof {
@@ -79,7 +109,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next message already buffered, without reading.
     pub fn try_next(&mut self) -> Result<Option<Inbound>, WireError> {
-        self.codec.decode(&mut self.buf)
+        self.decode()
     }
 
     /// Complete frames decoded so far.
