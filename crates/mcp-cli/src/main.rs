@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use mcp_cli::loadgen::{self, LoadConfig, LoadReport, Progress};
 use mcp_cli::{decode, ping, service};
 
+mod args;
+
 /// `println!` for results. `println!` panics when stdout is a closed pipe (`mcp ping ADDR |
 /// head -2`); this ends the program quietly instead, as Unix tools do.
 macro_rules! outln {
@@ -68,7 +70,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7000")]
         addr: SocketAddr,
         /// How often `ticker` pushes.
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        #[arg(long, default_value = "1s", value_parser = args::positive_duration)]
         tick: Duration,
     },
     /// Call METHOD on the server at ADDR and print the answer.
@@ -83,9 +85,10 @@ enum Command {
         /// A body sent as these bytes (format 0, raw, unless --format says otherwise).
         #[arg(long, conflicts_with = "hex")]
         raw: Option<String>,
-        /// A body given in hex (format 0, raw, unless --format says otherwise).
-        #[arg(long)]
-        hex: Option<String>,
+        /// A body given in hex, e.g. "4d 43 01" (format 0, raw, unless --format says
+        /// otherwise).
+        #[arg(long, value_parser = args::hex)]
+        hex: Option<Bytes>,
         /// The format byte: raw, json, protobuf, or a number 0..=255.
         #[arg(long, value_parser = parse_format)]
         format: Option<FormatId>,
@@ -93,7 +96,7 @@ enum Command {
         #[arg(long = "meta", value_parser = parse_meta)]
         meta: Vec<(String, String)>,
         /// The call's total budget.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = args::positive_duration)]
         timeout: Duration,
     },
     /// Send PINGs to ADDR and print round-trip times.
@@ -101,13 +104,13 @@ enum Command {
         /// The server, host:port.
         addr: String,
         /// How many PINGs.
-        #[arg(short = 'c', long, default_value_t = 4)]
+        #[arg(short = 'c', long, default_value = "4", value_parser = args::ping_count)]
         count: u32,
         /// Time between PINGs.
-        #[arg(short = 'i', long, default_value = "1s", value_parser = parse_duration)]
+        #[arg(short = 'i', long, default_value = "1s", value_parser = args::duration)]
         interval: Duration,
         /// How long to wait for each PONG.
-        #[arg(short = 'W', long, default_value = "2s", value_parser = parse_duration)]
+        #[arg(short = 'W', long, default_value = "2s", value_parser = args::positive_duration)]
         wait: Duration,
     },
     /// Load-test the `echo` method of ADDR (or of an embedded server with --embedded).
@@ -121,7 +124,7 @@ enum Command {
     /// run a short benchmark.
     Demo {
         /// How long the benchmark part runs.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = args::positive_duration)]
         duration: Duration,
     },
 }
@@ -135,22 +138,22 @@ struct BenchArgs {
     #[arg(long)]
     embedded: bool,
     /// Calls in flight at once (closed loop) or workers (open loop).
-    #[arg(short, long, default_value_t = 64)]
+    #[arg(short, long, default_value = "64", value_parser = args::concurrency)]
     concurrency: usize,
     /// How long to measure.
-    #[arg(short, long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(short, long, default_value = "5s", value_parser = args::positive_duration)]
     duration: Duration,
     /// Open loop: calls per second in total; latency counts from each call's due time.
-    #[arg(long)]
+    #[arg(long, value_parser = args::rate)]
     rate: Option<f64>,
-    /// Body size in bytes.
-    #[arg(short, long, default_value_t = 64)]
+    /// Body size in bytes (at most the maximum message size, 16 MiB).
+    #[arg(short, long, default_value = "64", value_parser = args::body_size)]
     size: usize,
     /// Connections the client may open.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value = "1", value_parser = args::connections)]
     connections: usize,
     /// Warm-up before measuring.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = args::duration)]
     warmup: Duration,
     /// The tokio runtime; current-thread is the default with --embedded (repeatable
     /// timings on small machines), multi-thread otherwise.
@@ -179,10 +182,6 @@ fn one_shot_pool() -> PoolConfig {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (try 500ms, 5s, 1m)"))
-}
-
 fn parse_format(s: &str) -> Result<FormatId, String> {
     Ok(match s {
         "raw" => FormatId::RAW,
@@ -203,8 +202,33 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
+/// Parses the command line. A value a parser refused (`--concurrency 0`, `--rate nan`) is
+/// one line naming the flag and why, exit code 2; clap's other errors keep their usage
+/// hint, and help and version print as clap does.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind;
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ValueValidation | ErrorKind::InvalidValue
+            ) =>
+        {
+            let rendered = e.render().to_string();
+            let line = rendered.lines().next().unwrap_or("error: invalid value");
+            eprintln!("{line}");
+            Err(ExitCode::from(USAGE))
+        }
+        Err(e) => e.exit(),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let runtime = match &cli.command {
         Command::Bench(args) => args.runtime.unwrap_or(if args.embedded {
             RuntimeKind::CurrentThread
@@ -256,14 +280,42 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("mcp: {message}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            eprintln!("mcp: {}", failure.message);
+            ExitCode::from(failure.code)
         }
     }
 }
 
-type CmdResult = Result<ExitCode, String>;
+/// The exit code of a usage error.
+const USAGE: u8 = 2;
+
+/// Why a command failed: one line for stderr and the exit code.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    /// 1 for a failed operation, [`USAGE`] for a usage error.
+    code: u8,
+}
+
+impl Failure {
+    /// A usage error: the command line asked for something that cannot work.
+    fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            code: USAGE,
+        }
+    }
+}
+
+/// A failed operation.
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure { message, code: 1 }
+    }
+}
+
+type CmdResult = Result<ExitCode, Failure>;
 
 async fn serve(addr: SocketAddr, tick: Duration) -> CmdResult {
     let server = service::start(addr, tick)
@@ -292,7 +344,7 @@ async fn call(
     method: String,
     json: Option<String>,
     raw: Option<String>,
-    hex: Option<String>,
+    hex: Option<Bytes>,
     format: Option<FormatId>,
     meta: Vec<(String, String)>,
     timeout: Duration,
@@ -304,10 +356,7 @@ async fn call(
             (Bytes::from(value.to_string()), FormatId::JSON)
         }
         (_, Some(text), _) => (Bytes::from(text), FormatId::RAW),
-        (_, _, Some(text)) => {
-            let bytes = decode::parse_input(text.as_bytes())?;
-            (Bytes::from(bytes), FormatId::RAW)
-        }
+        (_, _, Some(bytes)) => (bytes, FormatId::RAW),
         _ => (Bytes::new(), FormatId::RAW),
     };
     let client = Client::builder(addr.clone())
@@ -481,16 +530,16 @@ async fn bench(args: BenchArgs) -> CmdResult {
             addr
         }
         (Some(addr), false) => addr.clone(),
-        (None, false) => return Err("give ADDR or --embedded".to_string()),
+        (None, false) => return Err(Failure::usage("give ADDR or --embedded")),
     };
     let client = Client::builder(addr.clone())
-        .max_connections(args.connections.max(1))
-        .limit(LimitConfig::new(args.concurrency.max(1)))
+        .max_connections(args.connections)
+        .limit(LimitConfig::new(args.concurrency))
         .connect()
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
     let config = LoadConfig {
-        concurrency: args.concurrency.max(1),
+        concurrency: args.concurrency,
         duration: args.duration,
         rate: args.rate,
         warmup: args.warmup,
@@ -504,7 +553,7 @@ async fn bench(args: BenchArgs) -> CmdResult {
             Some(r) => format!("workers at {r} calls/s (open loop)"),
             None => "in flight (closed loop)".to_string(),
         },
-        args.connections.max(1),
+        args.connections,
         humantime::format_duration(args.duration),
     );
     let report = load(
@@ -542,6 +591,14 @@ fn run_decode(file: Option<PathBuf>) -> CmdResult {
             buf
         }
     };
+    if input.iter().all(u8::is_ascii_whitespace) {
+        let from = file
+            .as_ref()
+            .map_or_else(|| "stdin".to_string(), |path| path.display().to_string());
+        return Err(Failure::usage(format!(
+            "decode: {from} is empty: give a capture (binary or hex) as a file or on stdin"
+        )));
+    }
     let bytes = decode::parse_input(&input)?;
     let summary = decode::describe(&bytes);
     out!("{}", summary.text);
@@ -624,9 +681,7 @@ async fn demo(duration: Duration) -> CmdResult {
             outln!("   Protobuf user.get    -> application error, as expected: {e}")
         }
         other => {
-            return Err(format!(
-                "demo: user.get of an unknown user answered {other:?}"
-            ));
+            return Err(format!("demo: user.get of an unknown user answered {other:?}").into());
         }
     }
 
@@ -638,9 +693,9 @@ async fn demo(duration: Duration) -> CmdResult {
     for i in 0..3 {
         match tokio::time::timeout(Duration::from_secs(5), ticks.next()).await {
             Ok(Some(Ok(tick))) => outln!("5. push {} on {:?}: {tick}", i + 1, service::TICKER),
-            Ok(Some(Err(e))) => return Err(fail("push", &e)),
-            Ok(None) => return Err("demo: the subscription ended".to_string()),
-            Err(_) => return Err("demo: no push within 5 s".to_string()),
+            Ok(Some(Err(e))) => return Err(fail("push", &e).into()),
+            Ok(None) => return Err("demo: the subscription ended".to_string().into()),
+            Err(_) => return Err("demo: no push within 5 s".to_string().into()),
         }
     }
     drop(ticks);
@@ -685,10 +740,7 @@ async fn demo(duration: Duration) -> CmdResult {
         .map_err(|e| fail("shutdown", &e))?;
     outln!("8. server shut down cleanly (GOAWAY)");
     if report.ok == 0 || report.error_count() > 0 {
-        return Err(format!(
-            "demo: the benchmark had {} errors",
-            report.error_count()
-        ));
+        return Err(format!("demo: the benchmark had {} errors", report.error_count()).into());
     }
     Ok(ExitCode::SUCCESS)
 }
