@@ -64,7 +64,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the demo service: echo, user.get, user.update, and a `ticker` topic.
+    /// Run the demo and interop test service: echo, sleep, fail, big, publish, user.get,
+    /// user.update, and a `ticker` topic (docs/protocol.md section 10).
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7000")]
@@ -322,8 +323,9 @@ async fn serve(addr: SocketAddr, tick: Duration) -> CmdResult {
         .await
         .map_err(|e| e.to_string())?;
     outln!(
-        "mcp: serving on {} (echo, user.get, user.update; topic {} every {}); Ctrl-C stops",
+        "mcp: serving on {} ({}; topic {} every {}); Ctrl-C stops",
         server.local_addr(),
+        service::METHODS.join(", "),
         service::TICKER,
         humantime::format_duration(tick)
     );
