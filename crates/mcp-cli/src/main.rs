@@ -1,7 +1,10 @@
 //! `mcp`: the command-line tool of mcp-rs.
 //!
 //! Every failure is one clear line on stderr and a non-zero exit code: 1 for a failed
-//! operation, 2 for a usage error. When stdout is a pipe whose reader has gone
+//! operation, 2 for a usage error (a flag's value that cannot work is refused by name).
+//! Text from the peer (ERROR messages, GOAWAY reasons, bodies) is printed with its control
+//! characters escaped (`mcp_cli::text`), so that it can neither add lines nor act on the
+//! terminal. When stdout is a pipe whose reader has gone
 //! (`mcp decode capture | head`), the program ends quietly with exit code 1.
 
 use std::io::{IsTerminal as _, Read as _, Write as _};
@@ -19,6 +22,7 @@ use mcp_proto::examples::v1::UserUpdate;
 use serde::{Deserialize, Serialize};
 
 use mcp_cli::loadgen::{self, LoadConfig, LoadReport, Progress};
+use mcp_cli::text;
 use mcp_cli::{decode, ping, service};
 
 mod args;
@@ -282,7 +286,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(failure) => {
-            eprintln!("mcp: {}", failure.message);
+            // Errors quote the peer (an ERROR message, a GOAWAY reason): one line, with
+            // nothing that a terminal would act on.
+            eprintln!("mcp: {}", text::one_line(&failure.message));
             ExitCode::from(failure.code)
         }
     }
@@ -376,17 +382,19 @@ async fn call(
     let result = client.call_raw(request).await;
     client.close().await;
     let response = result.map_err(|e| e.to_string())?;
+    // The body is the peer's: its text is printed with control characters escaped
+    // (docs: `mcp_cli::text`), so that it cannot act on the terminal.
     let body = response.body();
     match response.format() {
         FormatId::JSON => match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(value) => outln!(
                 "{}",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
+                text::json(&serde_json::to_string_pretty(&value).unwrap_or_default())
             ),
-            Err(_) => outln!("{}", String::from_utf8_lossy(body)),
+            Err(_) => outln!("{}", text::block(&String::from_utf8_lossy(body))),
         },
         FormatId::RAW if std::str::from_utf8(body).is_ok() => {
-            outln!("{}", String::from_utf8_lossy(body))
+            outln!("{}", text::block(&String::from_utf8_lossy(body)))
         }
         other => outln!(
             "({} bytes, format {other}) {}",
@@ -431,8 +439,17 @@ async fn run_ping(addr: String, count: u32, interval: Duration, wait: Duration) 
     })
 }
 
+/// What a load run measured, and the first error in full (the report counts errors by kind
+/// only; this says why).
+struct Load {
+    report: LoadReport,
+    first_error: Option<String>,
+}
+
 /// Runs the load generator against `echo` through a client.
-async fn load(client: Client, config: &LoadConfig, size: usize, live: bool) -> LoadReport {
+async fn load(client: Client, config: &LoadConfig, size: usize, live: bool) -> Load {
+    let first_error = Arc::new(std::sync::OnceLock::new());
+    let first = Arc::clone(&first_error);
     let body = Bytes::from(vec![0x5a; size]);
     let progress = Arc::new(Progress::default());
     let total = config.warmup + config.duration;
@@ -440,11 +457,23 @@ async fn load(client: Client, config: &LoadConfig, size: usize, live: bool) -> L
     let report = loadgen::run(config, Arc::clone(&progress), move || {
         let client = client.clone();
         let request = RawRequest::new("echo", FormatId::RAW, body.clone());
+        let first = Arc::clone(&first);
         async move {
             match client.call_raw(request).await {
                 Ok(response) if response.body().len() == size => Ok(()),
-                Ok(_) => Err("wrong echo".to_string()),
-                Err(e) => Err(e.kind().to_string()),
+                Ok(response) => {
+                    first.get_or_init(|| {
+                        format!("echo answered {} bytes for {size}", response.body().len())
+                    });
+                    Err("wrong echo".to_string())
+                }
+                Err(e) => {
+                    first.get_or_init(|| e.to_string());
+                    Err(match e.code() {
+                        Some(code) => format!("remote ERROR {code}"),
+                        None => e.kind().to_string(),
+                    })
+                }
             }
         }
     })
@@ -453,7 +482,10 @@ async fn load(client: Client, config: &LoadConfig, size: usize, live: bool) -> L
     if live {
         eprintln!();
     }
-    report
+    Load {
+        report,
+        first_error: first_error.get().cloned(),
+    }
 }
 
 /// A progress bar on stderr, redrawn in place on a terminal, a line a second otherwise.
@@ -490,7 +522,8 @@ async fn print_progress(progress: Arc<Progress>, total: Duration, tty: bool) {
     }
 }
 
-fn print_report(report: &LoadReport, with_histogram: bool) {
+fn print_report(load: &Load, with_histogram: bool) {
+    let report = &load.report;
     outln!(
         "throughput: {:.0} requests/s ({} ok in {:.2} s)",
         report.requests_per_second(),
@@ -511,9 +544,13 @@ fn print_report(report: &LoadReport, with_histogram: bool) {
         let list: Vec<String> = report
             .errors
             .iter()
-            .map(|(k, n)| format!("{k}: {n}"))
+            .map(|(k, n)| format!("{}: {n}", text::one_line(k)))
             .collect();
         outln!("errors: {}", list.join(", "));
+        if let Some(first) = &load.first_error {
+            // It may quote the server (an ERROR message): one line, escaped.
+            outln!("first error: {}", text::one_line(first));
+        }
     }
     if with_histogram {
         out!("{}", loadgen::render_histogram(report, 40));
@@ -558,7 +595,7 @@ async fn bench(args: BenchArgs) -> CmdResult {
         args.connections,
         humantime::format_duration(args.duration),
     );
-    let report = load(
+    let load = load(
         client.clone(),
         &config,
         args.size,
@@ -569,7 +606,8 @@ async fn bench(args: BenchArgs) -> CmdResult {
     if let Some(server) = server {
         let _ = server.shutdown(Duration::from_secs(1)).await;
     }
-    print_report(&report, false);
+    print_report(&load, false);
+    let report = &load.report;
     if args.json {
         outln!("{}", report.to_json());
     }
@@ -680,7 +718,10 @@ async fn demo(duration: Duration) -> CmdResult {
     };
     match proto.call::<_, UserUpdate>("user.get", &missing).await {
         Err(e) if e.remote().is_some() => {
-            outln!("   Protobuf user.get    -> application error, as expected: {e}")
+            outln!(
+                "   Protobuf user.get    -> application error, as expected: {}",
+                text::one_line(&e.to_string())
+            )
         }
         other => {
             return Err(format!("demo: user.get of an unknown user answered {other:?}").into());
@@ -717,7 +758,7 @@ async fn demo(duration: Duration) -> CmdResult {
         rate: None,
         warmup: Duration::from_millis(300),
     };
-    let report = load(
+    let load = load(
         bench_client.clone(),
         &config,
         64,
@@ -725,7 +766,8 @@ async fn demo(duration: Duration) -> CmdResult {
     )
     .await;
     bench_client.close().await;
-    print_report(&report, true);
+    print_report(&load, true);
+    let report = &load.report;
 
     let metrics = client.metrics();
     outln!(
