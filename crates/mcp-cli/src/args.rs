@@ -119,7 +119,13 @@ pub(crate) fn hex(s: &str) -> Result<Bytes, String> {
     while i < chars.len() {
         let (at, c) = chars[i];
         match c {
-            '0' if matches!(chars.get(i + 1), Some((_, 'x' | 'X'))) => i += 2,
+            // `0x` starts a byte (or a run of them), never ends one: in `10x`, the `0` is a
+            // digit and the `x` is refused.
+            '0' if matches!(chars.get(i + 1), Some((_, 'x' | 'X')))
+                && (i == 0 || !chars[i - 1].1.is_ascii_hexdigit()) =>
+            {
+                i += 2
+            }
             c if c.is_ascii_hexdigit() => {
                 digits.push(c as u8);
                 i += 1;
@@ -161,6 +167,9 @@ mod tests {
         assert!(hex("zz").unwrap_err().contains("'z' at byte 0"));
         assert!(hex("4d 4").unwrap_err().contains("odd number"));
         assert!(hex("0x").is_ok());
+        assert_eq!(&hex("0x4d0x43").unwrap_err()[..5], "'x' a");
+        assert_eq!(&hex("0x4d 0x43 0X01").unwrap()[..], &[0x4d, 0x43, 0x01]);
+        assert!(hex("10x").is_err());
     }
 
     #[test]
