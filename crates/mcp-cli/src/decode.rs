@@ -231,12 +231,22 @@ fn body(t: &mut String, format_id: u8, body: &[u8]) {
     const SHOWN: usize = 256;
     let shown = &body[..body.len().min(SHOWN)];
     let cut = if body.len() > SHOWN { " ..." } else { "" };
+    // Text with a few line breaks or tabs reads better as text; each field stays on its
+    // line, with the peer's control characters escaped (`mcp_cli::text`). Any other control
+    // character says the body is binary: hex.
     match std::str::from_utf8(shown) {
         Ok(text)
             if format_id != format::PROTOBUF
-                && !text.chars().any(|c| c.is_control() && c != '\n') =>
+                && !text
+                    .chars()
+                    .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) =>
         {
-            let _ = writeln!(t, "   body {} bytes: {text}{cut}", body.len());
+            let _ = writeln!(
+                t,
+                "   body {} bytes: {}{cut}",
+                body.len(),
+                crate::text::one_line(text)
+            );
         }
         _ => {
             let _ = writeln!(t, "   body {} bytes: {}{cut}", body.len(), hex(shown));
@@ -297,6 +307,62 @@ mod tests {
             summary.text
         );
         assert!(summary.text.contains("CRC mismatch"), "{}", summary.text);
+    }
+
+    /// A hostile peer's text (an ERROR message, a GOAWAY reason, a method, a body) cannot
+    /// add lines to the report or reach the terminal as control characters.
+    #[test]
+    fn peer_text_stays_on_its_line_escaped() {
+        use mcp_codec::{ErrorFrame, Flags, GoAway, GoAwayCode, Notify};
+        let hostile = "bye\n@0: PING (type 0x05), CRC ok\r\u{1b}[2J\u{7}\u{202e}";
+        let mut bytes = Vec::new();
+        for envelope in [
+            Envelope::Error(ErrorFrame {
+                id: 0,
+                code: ErrorCode(1),
+                message: hostile,
+            }),
+            Envelope::GoAway(GoAway {
+                last_id: 0,
+                code: GoAwayCode(0),
+                reason: hostile,
+            }),
+            Envelope::Notify(Notify {
+                flags: Flags::NONE,
+                format: 0,
+                topic: "t\u{1b}",
+                meta: Metadata::EMPTY,
+                body: "line one\nline two\r\u{202e}".as_bytes(),
+            }),
+        ] {
+            envelope.encode_to_vec(&mut bytes).unwrap();
+        }
+        let summary = describe(&bytes);
+        assert_eq!(
+            (summary.frames, summary.problems),
+            (3, 0),
+            "{}",
+            summary.text
+        );
+        // Three frames, of two, two and three lines: nothing the peer sent made a line of
+        // its own.
+        assert_eq!(summary.text.lines().count(), 7, "{}", summary.text);
+        assert_eq!(
+            summary.text.lines().filter(|l| l.starts_with('@')).count(),
+            3,
+            "{}",
+            summary.text
+        );
+        assert!(
+            !summary.text.contains(['\r', '\u{1b}', '\u{7}', '\u{202e}']),
+            "{}",
+            summary.text
+        );
+        assert!(
+            summary.text.contains(r"line one\nline two\r\u{202e}"),
+            "{}",
+            summary.text
+        );
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! - [`loadgen`]: the closed/open-loop load generator behind `mcp bench`.
 //! - [`decode`]: the frame printer behind `mcp decode`.
 //! - [`ping`]: PING/PONG round trips behind `mcp ping`.
-//! - [`service`]: the demo service behind `mcp serve` and `mcp demo`.
+//! - [`service`]: the demo and interop test service behind `mcp serve` and `mcp demo`.
+//! - [`text`]: escaping the peer's text before it reaches a terminal.
 #![warn(missing_docs)]
 
 pub mod decode;
 pub mod loadgen;
 pub mod ping;
 pub mod service;
+pub mod text;

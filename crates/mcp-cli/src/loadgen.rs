@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -111,11 +111,39 @@ impl Progress {
     }
 }
 
+/// Latencies a worker keeps before adding them to the run's histogram.
+///
+/// A histogram of the run's range takes about 230 KB, so one per worker would make
+/// memory grow with the concurrency (100,000 workers: over 20 GB). Workers share one
+/// histogram instead and take its lock once per batch, which costs nothing measurable.
+const BATCH: usize = 256;
+
 /// One worker's share of the results.
 struct Tally {
     ok: u64,
     errors: BTreeMap<String, u64>,
-    latency_ns: Histogram<u64>,
+    /// Latencies not yet added to `shared`.
+    batch: Vec<u64>,
+    shared: Arc<Mutex<Histogram<u64>>>,
+}
+
+impl Tally {
+    fn record(&mut self, ns: u64) {
+        self.batch.push(ns);
+        if self.batch.len() >= BATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut histogram = self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ns in self.batch.drain(..) {
+            histogram.saturating_record(ns);
+        }
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -142,8 +170,10 @@ where
         .filter(|r| *r > 0.0)
         .map(|r| Duration::from_secs_f64(1.0 / r));
 
+    let shared = Arc::new(Mutex::new(histogram()));
     let mut workers = Vec::with_capacity(config.concurrency.max(1));
     for _ in 0..config.concurrency.max(1) {
+        let shared = Arc::clone(&shared);
         let call = Arc::clone(&call);
         let progress = Arc::clone(&progress);
         let ticket = Arc::clone(&ticket);
@@ -151,7 +181,8 @@ where
             let mut tally = Tally {
                 ok: 0,
                 errors: BTreeMap::new(),
-                latency_ns: histogram(),
+                batch: Vec::new(),
+                shared,
             };
             // Closed loop: when the last call ended, which is when the next one starts (one
             // clock read per call: the harness's own cost is part of every figure).
@@ -197,7 +228,7 @@ where
                         if measured {
                             tally.ok += 1;
                             let ns = done.duration_since(from).as_nanos().max(1) as u64;
-                            tally.latency_ns.saturating_record(ns);
+                            tally.record(ns);
                         }
                     }
                     Err(kind) => {
@@ -208,6 +239,7 @@ where
                     }
                 }
             }
+            tally.flush();
             tally
         }));
     }
@@ -225,8 +257,6 @@ where
                 for (kind, n) in tally.errors {
                     *report.errors.entry(kind).or_default() += n;
                 }
-                // Same bounds on both sides, so adding cannot fail.
-                let _ = report.latency_ns.add(&tally.latency_ns);
             }
             Err(err) => {
                 *report
@@ -236,6 +266,13 @@ where
             }
         }
     }
+    // Every worker has flushed its batch (a panicked one loses its last one, counted above).
+    report.latency_ns = std::mem::replace(
+        &mut *shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        histogram(),
+    );
     // The measured interval ends at `end`, or later if the last calls ran over.
     report.elapsed = Instant::now().max(end).duration_since(measure_from);
     report

@@ -1,7 +1,10 @@
 //! `mcp`: the command-line tool of mcp-rs.
 //!
 //! Every failure is one clear line on stderr and a non-zero exit code: 1 for a failed
-//! operation, 2 for a usage error. When stdout is a pipe whose reader has gone
+//! operation, 2 for a usage error (a flag's value that cannot work is refused by name).
+//! Text from the peer (ERROR messages, GOAWAY reasons, bodies) is printed with its control
+//! characters escaped (`mcp_cli::text`), so that it can neither add lines nor act on the
+//! terminal. When stdout is a pipe whose reader has gone
 //! (`mcp decode capture | head`), the program ends quietly with exit code 1.
 
 use std::io::{IsTerminal as _, Read as _, Write as _};
@@ -19,7 +22,10 @@ use mcp_proto::examples::v1::UserUpdate;
 use serde::{Deserialize, Serialize};
 
 use mcp_cli::loadgen::{self, LoadConfig, LoadReport, Progress};
+use mcp_cli::text;
 use mcp_cli::{decode, ping, service};
+
+mod args;
 
 /// `println!` for results. `println!` panics when stdout is a closed pipe (`mcp ping ADDR |
 /// head -2`); this ends the program quietly instead, as Unix tools do.
@@ -62,13 +68,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the demo service: echo, user.get, user.update, and a `ticker` topic.
+    /// Run the demo and interop test service: echo, sleep, fail, big, publish, user.get,
+    /// user.update, and a `ticker` topic (docs/protocol.md section 10).
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7000")]
         addr: SocketAddr,
         /// How often `ticker` pushes.
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        #[arg(long, default_value = "1s", value_parser = args::positive_duration)]
         tick: Duration,
     },
     /// Call METHOD on the server at ADDR and print the answer.
@@ -83,9 +90,10 @@ enum Command {
         /// A body sent as these bytes (format 0, raw, unless --format says otherwise).
         #[arg(long, conflicts_with = "hex")]
         raw: Option<String>,
-        /// A body given in hex (format 0, raw, unless --format says otherwise).
-        #[arg(long)]
-        hex: Option<String>,
+        /// A body given in hex, e.g. "4d 43 01" (format 0, raw, unless --format says
+        /// otherwise).
+        #[arg(long, value_parser = args::hex)]
+        hex: Option<Bytes>,
         /// The format byte: raw, json, protobuf, or a number 0..=255.
         #[arg(long, value_parser = parse_format)]
         format: Option<FormatId>,
@@ -93,7 +101,7 @@ enum Command {
         #[arg(long = "meta", value_parser = parse_meta)]
         meta: Vec<(String, String)>,
         /// The call's total budget.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = args::positive_duration)]
         timeout: Duration,
     },
     /// Send PINGs to ADDR and print round-trip times.
@@ -101,13 +109,13 @@ enum Command {
         /// The server, host:port.
         addr: String,
         /// How many PINGs.
-        #[arg(short = 'c', long, default_value_t = 4)]
+        #[arg(short = 'c', long, default_value = "4", value_parser = args::ping_count)]
         count: u32,
         /// Time between PINGs.
-        #[arg(short = 'i', long, default_value = "1s", value_parser = parse_duration)]
+        #[arg(short = 'i', long, default_value = "1s", value_parser = args::duration)]
         interval: Duration,
         /// How long to wait for each PONG.
-        #[arg(short = 'W', long, default_value = "2s", value_parser = parse_duration)]
+        #[arg(short = 'W', long, default_value = "2s", value_parser = args::positive_duration)]
         wait: Duration,
     },
     /// Load-test the `echo` method of ADDR (or of an embedded server with --embedded).
@@ -121,7 +129,7 @@ enum Command {
     /// run a short benchmark.
     Demo {
         /// How long the benchmark part runs.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = args::positive_duration)]
         duration: Duration,
     },
 }
@@ -135,22 +143,22 @@ struct BenchArgs {
     #[arg(long)]
     embedded: bool,
     /// Calls in flight at once (closed loop) or workers (open loop).
-    #[arg(short, long, default_value_t = 64)]
+    #[arg(short, long, default_value = "64", value_parser = args::concurrency)]
     concurrency: usize,
     /// How long to measure.
-    #[arg(short, long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(short, long, default_value = "5s", value_parser = args::positive_duration)]
     duration: Duration,
     /// Open loop: calls per second in total; latency counts from each call's due time.
-    #[arg(long)]
+    #[arg(long, value_parser = args::rate)]
     rate: Option<f64>,
-    /// Body size in bytes.
-    #[arg(short, long, default_value_t = 64)]
+    /// Body size in bytes (at most the maximum message size, 16 MiB).
+    #[arg(short, long, default_value = "64", value_parser = args::body_size)]
     size: usize,
     /// Connections the client may open.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value = "1", value_parser = args::connections)]
     connections: usize,
     /// Warm-up before measuring.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = args::duration)]
     warmup: Duration,
     /// The tokio runtime; current-thread is the default with --embedded (repeatable
     /// timings on small machines), multi-thread otherwise.
@@ -179,10 +187,6 @@ fn one_shot_pool() -> PoolConfig {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (try 500ms, 5s, 1m)"))
-}
-
 fn parse_format(s: &str) -> Result<FormatId, String> {
     Ok(match s {
         "raw" => FormatId::RAW,
@@ -203,8 +207,33 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
+/// Parses the command line. A value a parser refused (`--concurrency 0`, `--rate nan`) is
+/// one line naming the flag and why, exit code 2; clap's other errors keep their usage
+/// hint, and help and version print as clap does.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind;
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ValueValidation | ErrorKind::InvalidValue
+            ) =>
+        {
+            let rendered = e.render().to_string();
+            let line = rendered.lines().next().unwrap_or("error: invalid value");
+            eprintln!("{line}");
+            Err(ExitCode::from(USAGE))
+        }
+        Err(e) => e.exit(),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let runtime = match &cli.command {
         Command::Bench(args) => args.runtime.unwrap_or(if args.embedded {
             RuntimeKind::CurrentThread
@@ -256,22 +285,53 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("mcp: {message}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            // Errors quote the peer (an ERROR message, a GOAWAY reason): one line, with
+            // nothing that a terminal would act on.
+            eprintln!("mcp: {}", text::one_line(&failure.message));
+            ExitCode::from(failure.code)
         }
     }
 }
 
-type CmdResult = Result<ExitCode, String>;
+/// The exit code of a usage error.
+const USAGE: u8 = 2;
+
+/// Why a command failed: one line for stderr and the exit code.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    /// 1 for a failed operation, [`USAGE`] for a usage error.
+    code: u8,
+}
+
+impl Failure {
+    /// A usage error: the command line asked for something that cannot work.
+    fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            code: USAGE,
+        }
+    }
+}
+
+/// A failed operation.
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure { message, code: 1 }
+    }
+}
+
+type CmdResult = Result<ExitCode, Failure>;
 
 async fn serve(addr: SocketAddr, tick: Duration) -> CmdResult {
     let server = service::start(addr, tick)
         .await
         .map_err(|e| e.to_string())?;
     outln!(
-        "mcp: serving on {} (echo, user.get, user.update; topic {} every {}); Ctrl-C stops",
+        "mcp: serving on {} ({}; topic {} every {}); Ctrl-C stops",
         server.local_addr(),
+        service::METHODS.join(", "),
         service::TICKER,
         humantime::format_duration(tick)
     );
@@ -292,7 +352,7 @@ async fn call(
     method: String,
     json: Option<String>,
     raw: Option<String>,
-    hex: Option<String>,
+    hex: Option<Bytes>,
     format: Option<FormatId>,
     meta: Vec<(String, String)>,
     timeout: Duration,
@@ -304,10 +364,7 @@ async fn call(
             (Bytes::from(value.to_string()), FormatId::JSON)
         }
         (_, Some(text), _) => (Bytes::from(text), FormatId::RAW),
-        (_, _, Some(text)) => {
-            let bytes = decode::parse_input(text.as_bytes())?;
-            (Bytes::from(bytes), FormatId::RAW)
-        }
+        (_, _, Some(bytes)) => (bytes, FormatId::RAW),
         _ => (Bytes::new(), FormatId::RAW),
     };
     let client = Client::builder(addr.clone())
@@ -325,17 +382,19 @@ async fn call(
     let result = client.call_raw(request).await;
     client.close().await;
     let response = result.map_err(|e| e.to_string())?;
+    // The body is the peer's: its text is printed with control characters escaped
+    // (docs: `mcp_cli::text`), so that it cannot act on the terminal.
     let body = response.body();
     match response.format() {
         FormatId::JSON => match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(value) => outln!(
                 "{}",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
+                text::json(&serde_json::to_string_pretty(&value).unwrap_or_default())
             ),
-            Err(_) => outln!("{}", String::from_utf8_lossy(body)),
+            Err(_) => outln!("{}", text::block(&String::from_utf8_lossy(body))),
         },
         FormatId::RAW if std::str::from_utf8(body).is_ok() => {
-            outln!("{}", String::from_utf8_lossy(body))
+            outln!("{}", text::block(&String::from_utf8_lossy(body)))
         }
         other => outln!(
             "({} bytes, format {other}) {}",
@@ -380,8 +439,17 @@ async fn run_ping(addr: String, count: u32, interval: Duration, wait: Duration) 
     })
 }
 
+/// What a load run measured, and the first error in full (the report counts errors by kind
+/// only; this says why).
+struct Load {
+    report: LoadReport,
+    first_error: Option<String>,
+}
+
 /// Runs the load generator against `echo` through a client.
-async fn load(client: Client, config: &LoadConfig, size: usize, live: bool) -> LoadReport {
+async fn load(client: Client, config: &LoadConfig, size: usize, live: bool) -> Load {
+    let first_error = Arc::new(std::sync::OnceLock::new());
+    let first = Arc::clone(&first_error);
     let body = Bytes::from(vec![0x5a; size]);
     let progress = Arc::new(Progress::default());
     let total = config.warmup + config.duration;
@@ -389,11 +457,23 @@ async fn load(client: Client, config: &LoadConfig, size: usize, live: bool) -> L
     let report = loadgen::run(config, Arc::clone(&progress), move || {
         let client = client.clone();
         let request = RawRequest::new("echo", FormatId::RAW, body.clone());
+        let first = Arc::clone(&first);
         async move {
             match client.call_raw(request).await {
                 Ok(response) if response.body().len() == size => Ok(()),
-                Ok(_) => Err("wrong echo".to_string()),
-                Err(e) => Err(e.kind().to_string()),
+                Ok(response) => {
+                    first.get_or_init(|| {
+                        format!("echo answered {} bytes for {size}", response.body().len())
+                    });
+                    Err("wrong echo".to_string())
+                }
+                Err(e) => {
+                    first.get_or_init(|| e.to_string());
+                    Err(match e.code() {
+                        Some(code) => format!("remote ERROR {code}"),
+                        None => e.kind().to_string(),
+                    })
+                }
             }
         }
     })
@@ -402,7 +482,10 @@ async fn load(client: Client, config: &LoadConfig, size: usize, live: bool) -> L
     if live {
         eprintln!();
     }
-    report
+    Load {
+        report,
+        first_error: first_error.get().cloned(),
+    }
 }
 
 /// A progress bar on stderr, redrawn in place on a terminal, a line a second otherwise.
@@ -439,7 +522,8 @@ async fn print_progress(progress: Arc<Progress>, total: Duration, tty: bool) {
     }
 }
 
-fn print_report(report: &LoadReport, with_histogram: bool) {
+fn print_report(load: &Load, with_histogram: bool) {
+    let report = &load.report;
     outln!(
         "throughput: {:.0} requests/s ({} ok in {:.2} s)",
         report.requests_per_second(),
@@ -460,9 +544,13 @@ fn print_report(report: &LoadReport, with_histogram: bool) {
         let list: Vec<String> = report
             .errors
             .iter()
-            .map(|(k, n)| format!("{k}: {n}"))
+            .map(|(k, n)| format!("{}: {n}", text::one_line(k)))
             .collect();
         outln!("errors: {}", list.join(", "));
+        if let Some(first) = &load.first_error {
+            // It may quote the server (an ERROR message): one line, escaped.
+            outln!("first error: {}", text::one_line(first));
+        }
     }
     if with_histogram {
         out!("{}", loadgen::render_histogram(report, 40));
@@ -481,16 +569,16 @@ async fn bench(args: BenchArgs) -> CmdResult {
             addr
         }
         (Some(addr), false) => addr.clone(),
-        (None, false) => return Err("give ADDR or --embedded".to_string()),
+        (None, false) => return Err(Failure::usage("give ADDR or --embedded")),
     };
     let client = Client::builder(addr.clone())
-        .max_connections(args.connections.max(1))
-        .limit(LimitConfig::new(args.concurrency.max(1)))
+        .max_connections(args.connections)
+        .limit(LimitConfig::new(args.concurrency))
         .connect()
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
     let config = LoadConfig {
-        concurrency: args.concurrency.max(1),
+        concurrency: args.concurrency,
         duration: args.duration,
         rate: args.rate,
         warmup: args.warmup,
@@ -504,10 +592,10 @@ async fn bench(args: BenchArgs) -> CmdResult {
             Some(r) => format!("workers at {r} calls/s (open loop)"),
             None => "in flight (closed loop)".to_string(),
         },
-        args.connections.max(1),
+        args.connections,
         humantime::format_duration(args.duration),
     );
-    let report = load(
+    let load = load(
         client.clone(),
         &config,
         args.size,
@@ -518,7 +606,8 @@ async fn bench(args: BenchArgs) -> CmdResult {
     if let Some(server) = server {
         let _ = server.shutdown(Duration::from_secs(1)).await;
     }
-    print_report(&report, false);
+    print_report(&load, false);
+    let report = &load.report;
     if args.json {
         outln!("{}", report.to_json());
     }
@@ -542,6 +631,14 @@ fn run_decode(file: Option<PathBuf>) -> CmdResult {
             buf
         }
     };
+    if input.iter().all(u8::is_ascii_whitespace) {
+        let from = file
+            .as_ref()
+            .map_or_else(|| "stdin".to_string(), |path| path.display().to_string());
+        return Err(Failure::usage(format!(
+            "decode: {from} is empty: give a capture (binary or hex) as a file or on stdin"
+        )));
+    }
     let bytes = decode::parse_input(&input)?;
     let summary = decode::describe(&bytes);
     out!("{}", summary.text);
@@ -621,12 +718,13 @@ async fn demo(duration: Duration) -> CmdResult {
     };
     match proto.call::<_, UserUpdate>("user.get", &missing).await {
         Err(e) if e.remote().is_some() => {
-            outln!("   Protobuf user.get    -> application error, as expected: {e}")
+            outln!(
+                "   Protobuf user.get    -> application error, as expected: {}",
+                text::one_line(&e.to_string())
+            )
         }
         other => {
-            return Err(format!(
-                "demo: user.get of an unknown user answered {other:?}"
-            ));
+            return Err(format!("demo: user.get of an unknown user answered {other:?}").into());
         }
     }
 
@@ -638,9 +736,9 @@ async fn demo(duration: Duration) -> CmdResult {
     for i in 0..3 {
         match tokio::time::timeout(Duration::from_secs(5), ticks.next()).await {
             Ok(Some(Ok(tick))) => outln!("5. push {} on {:?}: {tick}", i + 1, service::TICKER),
-            Ok(Some(Err(e))) => return Err(fail("push", &e)),
-            Ok(None) => return Err("demo: the subscription ended".to_string()),
-            Err(_) => return Err("demo: no push within 5 s".to_string()),
+            Ok(Some(Err(e))) => return Err(fail("push", &e).into()),
+            Ok(None) => return Err("demo: the subscription ended".to_string().into()),
+            Err(_) => return Err("demo: no push within 5 s".to_string().into()),
         }
     }
     drop(ticks);
@@ -660,7 +758,7 @@ async fn demo(duration: Duration) -> CmdResult {
         rate: None,
         warmup: Duration::from_millis(300),
     };
-    let report = load(
+    let load = load(
         bench_client.clone(),
         &config,
         64,
@@ -668,7 +766,8 @@ async fn demo(duration: Duration) -> CmdResult {
     )
     .await;
     bench_client.close().await;
-    print_report(&report, true);
+    print_report(&load, true);
+    let report = &load.report;
 
     let metrics = client.metrics();
     outln!(
@@ -685,10 +784,7 @@ async fn demo(duration: Duration) -> CmdResult {
         .map_err(|e| fail("shutdown", &e))?;
     outln!("8. server shut down cleanly (GOAWAY)");
     if report.ok == 0 || report.error_count() > 0 {
-        return Err(format!(
-            "demo: the benchmark had {} errors",
-            report.error_count()
-        ));
+        return Err(format!("demo: the benchmark had {} errors", report.error_count()).into());
     }
     Ok(ExitCode::SUCCESS)
 }

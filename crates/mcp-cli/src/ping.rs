@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use mcp_codec::{Decoded, Envelope, FrameDecoder, Ping};
+use mcp_codec::{Decoded, Envelope, ErrorCode, FrameDecoder, Ping};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -60,6 +60,9 @@ pub async fn run(
     let mut stats = PingStats::default();
     let mut rbuf = BytesMut::with_capacity(4096);
     let mut decoder = FrameDecoder::new();
+    // The GOAWAY the server sent, if any: why it will close the connection. Its reason is
+    // the server's text, quoted in the error as it is (the CLI escapes what it prints).
+    let mut goaway: Option<String> = None;
     for seq in 1..=count {
         if seq > 1 {
             tokio::time::sleep(interval).await;
@@ -77,18 +80,29 @@ pub async fn run(
         stats.sent += 1;
         let answer = timeout(wait, async {
             loop {
-                // Take every whole frame; only our PONG ends the wait, anything else
-                // (a heartbeat PING of the server, a stale PONG) is skipped.
+                // Take every whole frame; only our PONG ends the wait, and an ERROR for the
+                // whole connection ends the run. Anything else (a heartbeat PING of the
+                // server, a stale PONG) is skipped; a GOAWAY is kept to say why the server
+                // closes.
                 loop {
                     match decoder.decode(&rbuf) {
                         Ok(Decoded::Frame { frame, len }) => {
-                            let ours = matches!(
-                                Envelope::parse(frame),
-                                Ok(Envelope::Pong(p)) if p.nonce == nonce
-                            );
+                            let outcome = match Envelope::parse(frame) {
+                                Ok(Envelope::Pong(p)) if p.nonce == nonce => Some(Ok(())),
+                                Ok(Envelope::Error(e)) if e.id == 0 => Some(Err(format!(
+                                    "the server ended the connection with ERROR {}: {}",
+                                    code_name(e.code),
+                                    e.message
+                                ))),
+                                Ok(Envelope::GoAway(g)) => {
+                                    goaway = Some(format!("GOAWAY {}: {}", g.code.0, g.reason));
+                                    None
+                                }
+                                _ => None,
+                            };
                             let _ = rbuf.split_to(len);
-                            if ours {
-                                return Ok(());
+                            if let Some(outcome) = outcome {
+                                return outcome;
                             }
                         }
                         Ok(Decoded::NeedMore { .. }) => break,
@@ -99,7 +113,14 @@ pub async fn run(
                     }
                 }
                 match stream.read_buf(&mut rbuf).await {
-                    Ok(0) => return Err("the server closed the connection".to_string()),
+                    Ok(0) => {
+                        return Err(match &goaway {
+                            Some(goaway) => {
+                                format!("the server closed the connection after {goaway}")
+                            }
+                            None => "the server closed the connection".to_string(),
+                        });
+                    }
                     Ok(_) => {}
                     Err(e) => return Err(format!("connection lost: {e}")),
                 }
@@ -117,4 +138,13 @@ pub async fn run(
         }
     }
     Ok(stats)
+}
+
+/// `1 (MALFORMED)`, `1404 (application)`.
+fn code_name(code: ErrorCode) -> String {
+    match code.name() {
+        Some(name) => format!("{} ({name})", code.0),
+        None if code.is_application() => format!("{} (application)", code.0),
+        None => code.0.to_string(),
+    }
 }

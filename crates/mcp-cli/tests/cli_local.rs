@@ -265,3 +265,139 @@ fn help_lists_every_command() {
     }
     out.assert_stdout_has("not the Model Context Protocol");
 }
+
+/// Panics unless `mcp ARGS` was refused as a usage error: exit code 2, one line on stderr
+/// holding every one of `needles` (the flag and why), nothing on stdout, no panic.
+#[track_caller]
+fn assert_refused(args: &[&str], needles: &[&str]) {
+    let out = run(args);
+    assert_refused_run(&out, needles);
+}
+
+#[track_caller]
+fn assert_refused_run(out: &support::Run, needles: &[&str]) {
+    out.assert_code(2);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr\n{out}");
+    for needle in needles {
+        assert!(lines[0].contains(needle), "stderr lacks {needle:?}\n{out}");
+    }
+    assert!(!out.stderr.contains("panicked"), "{out}");
+    assert!(out.stdout.is_empty(), "{out}");
+    // Refused before any work: no connection attempt, no allocation of the body.
+    assert!(out.elapsed < Duration::from_secs(10), "{out}");
+}
+
+/// An address nothing listens on: a refused flag must be caught before connecting.
+fn nowhere() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+#[test]
+fn bench_refuses_zero_concurrency() {
+    assert_refused(
+        &["bench", "--embedded", "--concurrency", "0"],
+        &["--concurrency", "between 1 and"],
+    );
+    assert_refused(&["bench", &nowhere(), "-c", "0"], &["--concurrency"]);
+    assert_refused(
+        &["bench", "--embedded", "--concurrency", "1000000000"],
+        &["--concurrency", "between 1 and 100000"],
+    );
+}
+
+#[test]
+fn bench_refuses_zero_connections() {
+    assert_refused(
+        &["bench", "--embedded", "--connections", "0"],
+        &["--connections", "between 1 and"],
+    );
+}
+
+#[test]
+fn bench_refuses_rates_that_are_not_positive_numbers() {
+    for rate in ["0", "nan", "NaN", "inf", "-inf", "-5", "1e-300", "fast"] {
+        // `--rate=-5`: a separate `-5` would be read as a flag.
+        let out = run(&["bench", "--embedded", &format!("--rate={rate}")]);
+        assert_refused_run(&out, &["--rate", rate]);
+    }
+}
+
+#[test]
+fn bench_refuses_a_zero_duration() {
+    assert_refused(
+        &["bench", "--embedded", "--duration", "0s"],
+        &["--duration", "longer than zero"],
+    );
+    assert_refused(
+        &["bench", "--embedded", "--duration", "500000000000y"],
+        &["--duration"],
+    );
+    assert_refused(
+        &["bench", "--embedded", "--warmup", "400days"],
+        &["--warmup", "at most"],
+    );
+}
+
+#[test]
+fn bench_refuses_a_body_past_the_maximum_message_size() {
+    // Once an abort on a failed allocation; 17 MB flooded local errors with no reason.
+    for size in ["100000000000", "17000000", "16777217"] {
+        let out = run(&["bench", "--embedded", "--size", size]);
+        assert_refused_run(&out, &["--size", "maximum message size", "16777216"]);
+    }
+}
+
+#[test]
+fn ping_refuses_a_zero_count() {
+    assert_refused(
+        &["ping", &nowhere(), "-c", "0"],
+        &["--count", "between 1 and"],
+    );
+    assert_refused(
+        &["ping", &nowhere(), "-W", "0s"],
+        &["--wait", "longer than zero"],
+    );
+}
+
+#[test]
+fn serve_refuses_a_zero_tick() {
+    // Once a panic in tokio's interval.
+    assert_refused(
+        &["serve", "--addr", "127.0.0.1:0", "--tick", "0s"],
+        &["--tick", "longer than zero"],
+    );
+}
+
+#[test]
+fn call_refuses_bad_hex_instead_of_sending_the_text() {
+    assert_refused(
+        &["call", &nowhere(), "echo", "--hex", "zz"],
+        &["--hex", "not a hex digit"],
+    );
+    assert_refused(
+        &["call", &nowhere(), "echo", "--hex", "4d 4"],
+        &["--hex", "odd number of hex digits"],
+    );
+    assert_refused(
+        &["call", &nowhere(), "echo", "--timeout", "0s"],
+        &["--timeout", "longer than zero"],
+    );
+}
+
+#[test]
+fn demo_refuses_a_zero_duration() {
+    assert_refused(&["demo", "--duration", "0ms"], &["--duration"]);
+}
+
+#[test]
+fn decode_of_empty_input_is_a_usage_error() {
+    let out = run_with_stdin(&["decode"], b"");
+    assert_refused_run(&out, &["mcp: decode: stdin is empty"]);
+    let out = run_with_stdin(&["decode"], b" \n\t");
+    assert_refused_run(&out, &["stdin is empty"]);
+    let path = scratch_file("empty.hex", b"");
+    let out = run(&["decode", path.to_str().expect("a UTF-8 path")]);
+    let _ = std::fs::remove_file(&path);
+    assert_refused_run(&out, &["empty.hex is empty"]);
+}

@@ -234,3 +234,33 @@ fn run_kill(pid: u32) -> std::process::ExitStatus {
         panic!("kill did not finish")
     })
 }
+
+#[test]
+fn serve_offers_the_interop_methods() {
+    let server = Server::start(&[]);
+    for method in ["echo", "sleep", "fail", "big", "publish"] {
+        assert!(server.banner.contains(method), "banner: {}", server.banner);
+    }
+    let out = run(&["call", &server.addr, "sleep", "--raw", "20"]);
+    out.assert_code(0);
+    assert_eq!(out.stdout, "20\n", "{out}");
+
+    let out = run(&["call", &server.addr, "fail", "--raw", "1404"]);
+    out.assert_code(1);
+    out.one_error_line(&["ERROR 1404"]);
+
+    let out = run(&["call", &server.addr, "fail", "--raw", "0"]);
+    out.assert_code(1);
+    out.one_error_line(&["ERROR 1"]);
+
+    let out = run(&[
+        "call",
+        &server.addr,
+        "publish",
+        "--json",
+        r#"{"topic": "nobody.listens", "body": "x"}"#,
+    ]);
+    out.assert_code(0);
+    let answer: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON answer");
+    assert_eq!(answer, json!({"delivered": 0}), "{out}");
+}
