@@ -19,10 +19,8 @@
 //!   frames. A count past the server's maximum message size is ERROR 7.
 //! - `publish`: JSON `{"topic": str, "body": str or any JSON, "format"?: int}`; pushes one
 //!   NOTIFY to every connection subscribed to the topic and answers `{"delivered": n}`.
-//!
-//! Not served yet: NOTIFY `echo` pushed back to the connection that sent it. A NOTIFY
-//! handler of mcp-server (`NotifyContext`) has no way to reach the connection the message
-//! came on; see docs/protocol.md section 10.
+//! - NOTIFY `echo` from a client: pushed back to that connection alone, same body and
+//!   format (`NotifyContext::push`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -137,6 +135,10 @@ pub async fn start_with_config(
     let server = Server::builder()
         .config(config)
         .route_raw("echo", |_ctx, body| async move { Ok(Reply::new(body)) })
+        .route_notify_fn("echo", |ctx, body| async move {
+            // Dropped when that connection's queue is full, as a publish would be.
+            let _ = ctx.push("echo", ctx.format(), body);
+        })
         .route_raw("sleep", move |ctx, body| {
             sleep(ctx, body, Arc::clone(&sleep_counters))
         })

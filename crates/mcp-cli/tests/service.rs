@@ -268,6 +268,36 @@ async fn next(sub: &mut RawSubscription) -> RawPush {
         .expect("the subscription goes on")
 }
 
+/// docs/protocol.md section 10: a NOTIFY on topic `echo` comes back to the connection that
+/// sent it, and to it alone, with the same body and format byte.
+#[tokio::test]
+async fn a_notify_on_echo_comes_back_to_its_sender_only() {
+    let service = start().await;
+    let mut sender = RawPeer::connect(service.local_addr()).await;
+    let mut other = RawPeer::connect(service.local_addr()).await;
+    // The other connection listens on `echo` too: a loop-back is no publish.
+    other.request(1, "$subscribe", 0, b"echo").await;
+    assert!(matches!(other.next().await, Seen::Response { id: 1, .. }));
+    sender
+        .send(Envelope::Notify(mcp_codec::Notify {
+            flags: Flags::NONE,
+            format: 200,
+            topic: "echo",
+            meta: Metadata::EMPTY,
+            body: b"loop",
+        }))
+        .await;
+    assert_eq!(
+        sender.next().await,
+        Seen::Notify {
+            topic: "echo".into(),
+            format: 200,
+            body: b"loop".to_vec()
+        }
+    );
+    assert_eq!(other.quiet(Duration::from_millis(200)).await, None);
+}
+
 #[tokio::test]
 async fn publish_pushes_to_subscribers_and_counts_them() {
     let service = start().await;
@@ -362,10 +392,25 @@ async fn publish_pushes_to_subscribers_and_counts_them() {
 /// A frame as the tests look at it.
 #[derive(Debug, PartialEq, Eq)]
 enum Seen {
-    Response { id: u32, more: bool, len: usize },
-    Continuation { more: bool, len: usize },
-    Error { id: u32, code: u16 },
+    Response {
+        id: u32,
+        more: bool,
+        len: usize,
+    },
+    Continuation {
+        more: bool,
+        len: usize,
+    },
+    Error {
+        id: u32,
+        code: u16,
+    },
     Pong([u8; 8]),
+    Notify {
+        topic: String,
+        format: u8,
+        body: Vec<u8>,
+    },
     Other(String),
 }
 
@@ -432,6 +477,11 @@ impl RawPeer {
                             code: e.code.0,
                         },
                         Envelope::Pong(p) => Seen::Pong(p.nonce),
+                        Envelope::Notify(n) => Seen::Notify {
+                            topic: n.topic.to_owned(),
+                            format: n.format,
+                            body: n.body.to_vec(),
+                        },
                         other => Seen::Other(format!("{other:?}")),
                     };
                     let _ = self.buf.split_to(len);

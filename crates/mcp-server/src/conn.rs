@@ -593,6 +593,8 @@ impl Conn {
             format: FormatId::new(push.format()),
             meta: ReceivedMeta::new(push.meta().clone()),
             peer: self.peer,
+            conn: self.writer.clone(),
+            max_message_len: self.shared.config.max_message_len,
         };
         let body = push.into_body();
         tokio::spawn(async move {

@@ -385,6 +385,9 @@ pub struct NotifyContext {
     pub(crate) format: FormatId,
     pub(crate) meta: ReceivedMeta,
     pub(crate) peer: SocketAddr,
+    /// The sending connection's writer, for [`NotifyContext::push`].
+    pub(crate) conn: mcp_transport::WireWriter,
+    pub(crate) max_message_len: usize,
 }
 
 impl NotifyContext {
@@ -406,6 +409,31 @@ impl NotifyContext {
     /// The client's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// Pushes a NOTIFY to the connection that sent this one, and to it alone (the interop
+    /// test service's `echo` loop-back, docs/protocol.md section 10).
+    ///
+    /// Never waits, as `publish` does not: `Ok(false)` when that connection's outbound
+    /// queue is full or it is closing (the NOTIFY is dropped). An invalid topic or a body
+    /// past the maximum message size is an `Err`, and nothing is sent.
+    pub fn push(
+        &self,
+        topic: &str,
+        format: FormatId,
+        body: impl Into<bytes::Bytes>,
+    ) -> Result<bool, crate::Error> {
+        let notification = crate::subscribe::Notification {
+            topic: topic.into(),
+            format: format.get(),
+            meta: Vec::new(),
+            body: body.into(),
+        };
+        crate::server::check_notification(&notification, self.max_message_len)?;
+        Ok(matches!(
+            crate::subscribe::Subscriber::offer(&self.conn, &notification),
+            crate::subscribe::Offer::Queued
+        ))
     }
 }
 

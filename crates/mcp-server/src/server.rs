@@ -329,6 +329,26 @@ async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut acceptor: A) {
     // The acceptor is dropped here: new connections are refused from now on.
 }
 
+/// Checks that a NOTIFY can be sent (a valid topic and metadata, a body within `limit`), so
+/// that a writer it is offered to can only fail by closing.
+pub(crate) fn check_notification(notification: &Notification, limit: usize) -> Result<(), Error> {
+    if notification.body.len() > limit {
+        return Err(Error::Publish(mcp_codec::Error::MessageTooLarge {
+            len: notification.body.len(),
+            limit,
+        }));
+    }
+    MessageFrames::new(Envelope::Notify(Notify {
+        flags: Flags::NONE,
+        format: notification.format,
+        topic: &notification.topic,
+        meta: Metadata::from_owned(&notification.meta),
+        body: &notification.body,
+    }))
+    .map_err(Error::Publish)?;
+    Ok(())
+}
+
 struct HandleInner {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
@@ -388,21 +408,7 @@ impl ServerHandle {
             body: body.into(),
         };
         // Validate once here, so that every subscriber's writer can only fail by closing.
-        let limit = self.inner.shared.config.max_message_len;
-        if notification.body.len() > limit {
-            return Err(Error::Publish(mcp_codec::Error::MessageTooLarge {
-                len: notification.body.len(),
-                limit,
-            }));
-        }
-        MessageFrames::new(Envelope::Notify(Notify {
-            flags: Flags::NONE,
-            format: notification.format,
-            topic: &notification.topic,
-            meta: Metadata::from_owned(&notification.meta),
-            body: &notification.body,
-        }))
-        .map_err(Error::Publish)?;
+        check_notification(&notification, self.inner.shared.config.max_message_len)?;
         let published = self.inner.shared.registry.publish(&notification);
         self.inner
             .shared
