@@ -441,6 +441,11 @@ impl Connection {
         self.shared.serial
     }
 
+    /// Whether any request on this connection was answered.
+    pub(crate) fn answered_any(&self) -> bool {
+        lock(&self.shared.core).counters().answers > 0
+    }
+
     pub(crate) fn max_in_flight(&self) -> usize {
         self.shared.config.max_in_flight
     }

@@ -286,6 +286,12 @@ impl TransportError {
         self.inner.timed_out
     }
 
+    /// The peer refused the request without processing it (its GOAWAY's `last_id` was
+    /// below it, or it answered ERROR 6): another connection may take it.
+    pub fn is_refused_by_peer(&self) -> bool {
+        self.is_not_processed() && matches!(self.inner.kind, ErrorKind::GoAway { .. })
+    }
+
     /// Whether another attempt on another connection (or after reconnecting) may succeed:
     /// the request was not processed and the failure is about this connection or its
     /// server's state (GOAWAY, ERROR 6, a lost or refused connection, local overload), not

@@ -141,6 +141,10 @@ struct PoolState {
     retired: Retired,
 }
 
+/// How many times one call may be refused by a GOAWAY or ERROR 6 and sent again on
+/// another connection before the refusal reaches the caller.
+const MAX_REFUSALS: u32 = 100;
+
 /// What starts a connection over a stream the connector opened; the stream's type is
 /// erased here, so that the pool is one type whatever it connects over.
 type Starter = Box<dyn FnOnce(StartArgs) -> Result<Connection, TransportError> + Send>;
@@ -307,6 +311,11 @@ impl Pool {
         opts: CallOptions,
     ) -> Result<Reply, TransportError> {
         let deadline = opts.resolve(Some(self.shared.config.default_timeout));
+        // A request refused by a GOAWAY (or ERROR 6) was certainly not processed: it goes
+        // to another connection here, so that a server rotating its connections costs
+        // callers nothing (docs/protocol.md section 7). Bounded, against a server that
+        // refuses everything; the deadline bounds it too.
+        let mut refusals = 0;
         loop {
             // Waiting for a connection or for room in its queue is boxed: those waits
             // (notifications, timers) are rare, and held inline they made this future about
@@ -318,7 +327,13 @@ impl Pool {
             };
             conn.wait_writable(deadline).await?;
             match conn.start_call(permit, method, format, meta, body, deadline) {
-                Ok(pending) => return pending.wait().await,
+                Ok(pending) => match pending.wait().await {
+                    Err(err) if err.is_refused_by_peer() && refusals < MAX_REFUSALS => {
+                        refusals += 1;
+                        continue;
+                    }
+                    outcome => return outcome,
+                },
                 // The connection started draining or closed after we picked it; the request
                 // never left this process, so another connection may take it.
                 Err(err) if err.is_retryable_elsewhere() => continue,
@@ -801,7 +816,13 @@ async fn connector(shared: Arc<PoolShared>, token: Arc<()>) {
         }
 
         if let Some(conn) = recent.take() {
-            if conn.is_open() || conn.useful_life() >= shared.config.backoff.initial {
+            // A connection that answered anything, then was closed politely (a GOAWAY
+            // rotating connections, say), was a success too: its replacement is opened at
+            // once, not after the backoff meant for a server that accepts and closes.
+            if conn.is_open()
+                || conn.answered_any()
+                || conn.useful_life() >= shared.config.backoff.initial
+            {
                 // A real success: the next failure starts a new series.
                 backoff.reset();
             } else {

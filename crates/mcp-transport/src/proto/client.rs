@@ -83,6 +83,8 @@ pub struct ClientCounters {
     pub pings_sent: u64,
     /// PINGs left unanswered because the write queue was at its limit.
     pub pongs_dropped: u64,
+    /// Answers handed to the request they were for.
+    pub answers: u64,
 }
 
 /// A hasher for request ids: one multiplication. The ids are chosen by this side (the
@@ -646,7 +648,10 @@ impl<W> ClientCore<W> {
     /// An answer for `id`: to its waiter, or counted and dropped.
     fn answer(&mut self, id: u32, outcome: Outcome) {
         match self.pending.remove(&id).map(|entry| entry.waiter) {
-            Some(Waiter::Caller(waiter)) => self.events.push(Event::Done(waiter, outcome)),
+            Some(Waiter::Caller(waiter)) => {
+                self.counters.answers += 1;
+                self.events.push(Event::Done(waiter, outcome));
+            }
             Some(Waiter::Detached(Some(resubscribe))) => {
                 // Only a refusal ends the subscribers: an ERROR 6 or a lost connection
                 // moves the subscriptions to another connection.
