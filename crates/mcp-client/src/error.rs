@@ -127,15 +127,10 @@ impl fmt::Display for Phase {
     }
 }
 
-/// What the server may have done with a request when the call failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Processed {
-    /// Certainly not processed: never sent, or refused by the server before any work
-    /// (ERROR 5, ERROR 6, a request after GOAWAY's `last_id`).
-    No,
-    /// Possibly processed: sent, and no answer says otherwise.
-    Maybe,
-}
+/// What the server may have done with a request when the call failed: the transport's
+/// definition, used as it is (crate-private here; callers ask
+/// [`Error::maybe_processed`]).
+pub(crate) use mcp_transport::Processed;
 
 /// An application's (or the protocol's) ERROR answer: code and message as the server sent
 /// them.
@@ -270,10 +265,7 @@ impl Error {
     /// Folds a transport failure into the facade's error, keeping it as the source.
     pub(crate) fn from_transport(err: mcp_transport::TransportError) -> Self {
         use mcp_transport::{ErrorKind as T, Phase as P, PoolExhausted};
-        let processed = match err.processed() {
-            mcp_transport::Processed::No => Processed::No,
-            mcp_transport::Processed::Maybe => Processed::Maybe,
-        };
+        let processed = err.processed();
         let phase = match err.phase() {
             // The transport's queue is a place on a connection: part of getting one.
             P::Queue | P::Pool => Phase::Pool,
