@@ -57,6 +57,7 @@ mod limit;
 mod metrics;
 mod retry;
 mod trace;
+mod transport;
 mod window;
 
 #[cfg(feature = "blocking")]

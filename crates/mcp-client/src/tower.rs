@@ -15,6 +15,7 @@ use mcp_format::Format;
 use crate::client::{Client, RawRequest, RawResponse};
 use crate::error::Error;
 use crate::limit::{LimitMode, Slot};
+use crate::transport::Transport;
 
 /// `Sync` as well: a `Client` handle holds it and is shared by reference across awaits.
 type SlotFuture = Pin<Box<dyn Future<Output = Result<Slot, Error>> + Send + Sync>>;
@@ -34,7 +35,7 @@ impl std::fmt::Debug for Ready {
     }
 }
 
-impl<F: Format> tower_service::Service<RawRequest> for Client<F> {
+impl<F: Format, T: Transport> tower_service::Service<RawRequest> for Client<F, T> {
     type Response = RawResponse;
     type Error = Error;
     type Future = Pin<Box<dyn Future<Output = Result<RawResponse, Error>> + Send + 'static>>;

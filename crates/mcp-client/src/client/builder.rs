@@ -8,12 +8,13 @@ use mcp_format::Format;
 use mcp_transport::{HeartbeatConfig, Pool, PoolConfig};
 use tokio::time::Instant;
 
-use super::{Backend, Client, Shared, Timing};
+use super::{Client, Shared, Timing};
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::error::Error;
 use crate::limit::{LimitConfig, Limiter};
 use crate::metrics::Recorder;
 use crate::retry::{Retry, RetryConfig};
+use crate::transport::Transport;
 use crate::window::later;
 
 /// Builds a [`Client`]. Start from [`Client::builder`].
@@ -170,14 +171,14 @@ impl<F: Format> ClientBuilder<F> {
             .check()
             .map_err(|e| Error::invalid(format!("invalid configuration: {e}")))?;
         let pool = Pool::new(self.addr.clone(), self.pool.clone());
-        Ok(self.build_with(Backend::Pool(pool)))
+        Ok(self.build_with(pool))
     }
 
-    /// The client over `backend` (the pool, or a scripted backend in unit tests).
-    pub(crate) fn build_with(self, backend: Backend) -> Client<F> {
+    /// The client over `transport` (the pool, or a scripted transport in unit tests).
+    pub(crate) fn build_with<T: Transport>(self, transport: T) -> Client<F, T> {
         let now = Instant::now();
         let shared = Shared {
-            backend,
+            transport,
             timing: self.timing,
             retry: Retry::new(self.retry),
             breaker: Breaker::new(self.breaker, now),
@@ -192,14 +193,8 @@ impl<F: Format> ClientBuilder<F> {
     /// unreachable server is reported here rather than by the first call.
     pub async fn connect(self) -> Result<Client<F>, Error> {
         let client = self.build()?;
-        // Only the pool connects; scripted test backends have nothing to open.
-        #[allow(irrefutable_let_patterns)]
-        if let super::Backend::Pool(pool) = &client.shared.backend {
-            let deadline = later(Instant::now(), client.shared.timing.timeout);
-            pool.ready(mcp_transport::CallOptions::deadline(deadline))
-                .await
-                .map_err(Error::from_transport)?;
-        }
+        let deadline = later(Instant::now(), client.shared.timing.timeout);
+        Transport::ready(&client.shared.transport, deadline).await?;
         Ok(client)
     }
 }

@@ -6,14 +6,11 @@
 //! 3. [`limit`](crate::limit): take a slot under the concurrency limit (queue phase);
 //! 4. [`retry`](crate::retry): run attempts until one succeeds or the policy gives up;
 //! 5. per attempt, [`breaker`](crate::breaker): fail fast if open, else record the outcome;
-//! 6. per attempt, the backend (the transport's pool): a connection, the REQUEST with
+//! 6. per attempt, the [`Transport`](crate::transport::Transport) (the pool): a connection, the REQUEST with
 //!    `traceparent`/`tracestate`/`deadline`, the answer within the attempt's deadline;
 //! 7. decode the body in the caller's format; [`metrics`](crate::metrics) record the call.
 
-mod backend;
 mod builder;
-#[cfg(all(test, feature = "json"))]
-mod fake;
 mod options;
 mod subscription;
 #[cfg(all(test, feature = "json"))]
@@ -26,11 +23,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use mcp_codec::{DEADLINE, TRACEPARENT, TRACESTATE};
 use mcp_format::{Decode, Encode, Format, FormatId};
-use mcp_transport::Meta;
+use mcp_transport::{Meta, Pool};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-pub(crate) use backend::{Attempt, Backend};
 pub use builder::ClientBuilder;
 pub use options::{CallOptions, RawPush, RawRequest, RawResponse};
 pub use subscription::{RawSubscription, Subscription};
@@ -41,6 +37,7 @@ use crate::limit::{Limiter, Slot};
 use crate::metrics::{MetricsSnapshot, Recorder};
 use crate::retry::Retry;
 use crate::trace::{self, TraceContext};
+use crate::transport::{Attempt, Transport};
 use crate::window::later;
 
 /// The client's timing settings.
@@ -66,8 +63,8 @@ impl Default for Timing {
 
 /// What every clone of a client shares.
 #[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) backend: Backend,
+pub(crate) struct Shared<T> {
+    pub(crate) transport: T,
     pub(crate) timing: Timing,
     pub(crate) retry: Retry,
     pub(crate) breaker: Breaker,
@@ -83,6 +80,10 @@ pub(crate) struct Shared {
 /// inside): clone it into every task that needs it; the clones share connections, limits,
 /// the breaker, the retry budget and the metrics.
 ///
+/// `T` is where calls go: the transport's connection pool, the only transport there is
+/// outside this crate's own tests (the parameter lets those drive the call path with a
+/// scripted transport without costing the real one a box or a vtable).
+///
 /// ```no_run
 /// # async fn demo() -> Result<(), mcp_client::Error> {
 /// use mcp_client::Client;
@@ -96,8 +97,8 @@ pub(crate) struct Shared {
 /// client.close().await;
 /// # Ok(()) }
 /// ```
-pub struct Client<F: Format = DefaultFormat> {
-    pub(crate) shared: Arc<Shared>,
+pub struct Client<F: Format = DefaultFormat, T = Pool> {
+    pub(crate) shared: Arc<Shared<T>>,
     format: F,
     /// A slot reserved by `tower_service::Service::poll_ready`, per handle (nothing without
     /// the `tower` feature).
@@ -119,7 +120,7 @@ pub type DefaultFormat = mcp_format::Json;
 #[cfg(not(feature = "json"))]
 pub type DefaultFormat = mcp_format::Raw;
 
-impl<F: Format> Clone for Client<F> {
+impl<F: Format, T> Clone for Client<F, T> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -130,11 +131,11 @@ impl<F: Format> Clone for Client<F> {
     }
 }
 
-impl<F: Format> std::fmt::Debug for Client<F> {
+impl<F: Format, T: Transport> std::fmt::Debug for Client<F, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("format", &self.format)
-            .field("backend", &self.shared.backend)
+            .field("endpoint", &self.shared.transport.endpoint())
             .field("closing", &self.shared.closing.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -148,8 +149,8 @@ impl Client {
     }
 }
 
-impl<F: Format> Client<F> {
-    pub(crate) fn from_shared(shared: Arc<Shared>, format: F) -> Self {
+impl<F: Format, T: Transport> Client<F, T> {
+    pub(crate) fn from_shared(shared: Arc<Shared<T>>, format: F) -> Self {
         Self {
             shared,
             format,
@@ -159,7 +160,7 @@ impl<F: Format> Client<F> {
 
     /// The same client (same connections, limits and metrics) speaking another format:
     /// `client.with_format(Protobuf).call(...)` overrides the format for one call.
-    pub fn with_format<G: Format>(&self, format: G) -> Client<G> {
+    pub fn with_format<G: Format>(&self, format: G) -> Client<G, T> {
         Client {
             shared: Arc::clone(&self.shared),
             format,
@@ -258,7 +259,7 @@ impl<F: Format> Client<F> {
         let meta = outgoing_meta(&options, &context, None);
         let result = self
             .shared
-            .backend
+            .transport
             .notify(topic, self.format.id(), meta, body, deadline)
             .instrument(trace::call_span(topic, &context))
             .await;
@@ -269,9 +270,9 @@ impl<F: Format> Client<F> {
     /// of the pushes, decoded in the client's format. The subscription survives reconnects
     /// (the client subscribes again by itself) and is cancelled on the server when the
     /// stream is dropped.
-    pub async fn subscribe<T>(&self, topic: &str) -> Result<Subscription<T, F>, Error>
+    pub async fn subscribe<M>(&self, topic: &str) -> Result<Subscription<M, F>, Error>
     where
-        F: Decode<T>,
+        F: Decode<M>,
     {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(self.local_failure(Error::closed()));
@@ -279,7 +280,7 @@ impl<F: Format> Client<F> {
         let deadline = later(Instant::now(), self.shared.timing.timeout);
         let pushes = self
             .shared
-            .backend
+            .transport
             .subscribe(topic, deadline)
             .await
             .map_err(|e| self.local_failure(e))?;
@@ -295,7 +296,7 @@ impl<F: Format> Client<F> {
         let deadline = later(Instant::now(), self.shared.timing.timeout);
         let pushes = self
             .shared
-            .backend
+            .transport
             .subscribe(topic, deadline)
             .await
             .map_err(|e| self.local_failure(e))?;
@@ -323,7 +324,7 @@ impl<F: Format> Client<F> {
         } else {
             shared.limiter.in_flight()
         };
-        shared.backend.close().await;
+        shared.transport.close().await;
         abandoned
     }
 
@@ -334,7 +335,7 @@ impl<F: Format> Client<F> {
         let shared = &self.shared;
         shared.closing.store(true, Ordering::Release);
         shared.limiter.close();
-        shared.backend.close_now();
+        shared.transport.close_now();
     }
 
     /// Whether [`Client::close`] was called on this client or a clone.
@@ -346,13 +347,14 @@ impl<F: Format> Client<F> {
     pub fn metrics(&self) -> MetricsSnapshot {
         let shared = &self.shared;
         let now = Instant::now();
+        let transport = shared.transport.stats();
         MetricsSnapshot {
             calls: shared.recorder.calls(),
             succeeded: shared.recorder.succeeded(),
             in_flight: shared.limiter.in_flight(),
             queued: shared.limiter.queued(),
-            connections: shared.backend.connections(),
-            reconnects: shared.backend.reconnects(),
+            connections: transport.connections,
+            reconnects: transport.reconnects,
             retries: shared.retry.retries(),
             retries_denied: shared.retry.denied_by_budget(),
             breaker: shared.breaker.state(now),
@@ -488,7 +490,7 @@ impl<F: Format> Client<F> {
                         let meta = outgoing_meta(options, context, Some(remaining));
                         tracing::trace!(attempt = number, "sending");
                         let result = shared
-                            .backend
+                            .transport
                             .call(Attempt {
                                 method,
                                 format,
