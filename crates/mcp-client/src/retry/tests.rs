@@ -4,8 +4,9 @@ use std::time::Duration;
 use mcp_codec::ErrorCode;
 use tokio::time::Instant;
 
+use super::budget::RetryBudget;
 use super::*;
-use crate::error::{Phase, Processed, RemoteError};
+use crate::error::{Error, Phase, Processed, RemoteError};
 
 fn remote(code: u16) -> Error {
     Error::from_remote(RemoteError::new(ErrorCode(code), ""))
