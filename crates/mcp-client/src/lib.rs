@@ -56,6 +56,7 @@ mod error;
 mod limit;
 mod metrics;
 mod retry;
+mod stack;
 mod trace;
 mod transport;
 mod window;

@@ -15,8 +15,10 @@
 //! connections are all full) is not counted at all. An application's ERROR,
 //! an unknown method or a body that does not decode are answers, so they count as successes.
 //!
-//! Same shape as the other policies: a public config, a crate-private state driven with the
-//! time passed in, its own counters, and tests that run it alone.
+//! Shape, as every policy folder: `mod.rs` (these docs and the public types: the config a
+//! builder takes, what the client reports), `state.rs` (`Breaker`, `Permit`, `Outcome`: the
+//! state machine with the time passed in, and its counters), `tests.rs` (the policy run
+//! alone). The stack (`stack.rs`) composes it with the others.
 
 mod state;
 #[cfg(test)]

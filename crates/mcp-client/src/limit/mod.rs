@@ -8,8 +8,12 @@
 //! client is visible before it starts refusing work.
 //!
 //! The limit also tracks what is in flight for [`Client::close`](crate::Client::close), which
-//! waits for it to drain. Same shape as the other policies: a public config, a crate-private
-//! state, its own counters, tests that run it alone.
+//! waits for it to drain.
+//!
+//! Shape, as every policy folder: `mod.rs` (these docs and the public types: the config a
+//! builder takes, what the client reports), `state.rs` (`Limiter` and `Slot`, bounded by
+//! the deadlines passed in, with their counters), `tests.rs` (the policy run alone). The
+//! stack (`stack.rs`) composes it with the others.
 
 mod state;
 #[cfg(test)]

@@ -8,6 +8,12 @@
 //! Recording is on every call's path, so it is kept cheap: counters are relaxed atomics,
 //! and latencies go into one of a few HdrHistograms chosen per thread, so that threads
 //! rarely contend for the same lock. A snapshot merges them.
+//!
+//! Shape, as every policy folder: `mod.rs` (these docs and the public types: the config a
+//! builder takes, what the client reports), `state.rs` (`Recorder`: the counters and
+//! histograms; the public part here is the snapshot types rather than a config, as metrics
+//! have no settings), `tests.rs` (the policy run alone). The stack (`stack.rs`) composes it
+//! with the others.
 
 mod state;
 #[cfg(test)]

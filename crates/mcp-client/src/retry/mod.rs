@@ -10,9 +10,11 @@
 //! 3. The [retry budget](RetryBudgetConfig) must allow it, so that retries cannot multiply an
 //!    outage: at most a fraction of recent requests (20%) plus a small floor per second.
 //!
-//! The module has the same shape as the others: a public config, a crate-private policy that
-//! is driven with the time passed in or in `tokio` virtual time, its own counters, and tests
-//! that run the policy alone.
+//! Shape, as every policy folder: `mod.rs` (these docs and the public types: the config a
+//! builder takes, what the client reports), `state.rs` (`Retry`: the decision with the time
+//! passed in, the loop of attempts in `tokio` time, and the counters; `budget.rs` the
+//! budget's window), `tests.rs` (the policy run alone). The stack (`stack.rs`) composes it
+//! with the others.
 
 mod budget;
 mod state;

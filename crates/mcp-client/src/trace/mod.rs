@@ -12,6 +12,11 @@
 //! big-endian) at the moment the attempt is handed to the connection (PROTOCOL.md
 //! section 3), so the server can refuse work the caller will no longer wait for.
 //!
+//! Shape, as every policy folder: `mod.rs` (these docs and the public types: the config a
+//! builder takes, what the client reports), `state.rs` (choosing a call's context, its span
+//! and its metadata; `context.rs` holds the public `TraceContext` value), `tests.rs` (the
+//! policy run alone). The stack (`stack.rs`) composes it with the others.
+//!
 //! [`CallOptions::trace`]: crate::CallOptions::trace
 
 mod context;
@@ -22,7 +27,9 @@ mod tests;
 use std::future::Future;
 
 pub use context::{TraceContext, TraceParseError};
-pub(crate) use state::{call_span, context_for_call, deadline_value};
+pub(crate) use state::{call_span, context_of, outgoing_meta};
+#[cfg(test)]
+pub(crate) use state::{context_for_call, deadline_value};
 
 tokio::task_local! {
     static CURRENT: TraceContext;

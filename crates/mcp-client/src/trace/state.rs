@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
+use mcp_codec::{DEADLINE, TRACEPARENT, TRACESTATE};
+use mcp_transport::Meta;
+
 use super::TraceContext;
+use crate::client::CallOptions;
 
 /// Chooses the context of a call: the first valid one of the explicit option, a
 /// `traceparent` (with its `tracestate`) in the caller's metadata, the enclosing scope; a
@@ -44,4 +48,50 @@ pub(crate) fn call_span(method: &str, context: &TraceContext) -> tracing::Span {
         trace_id = %context.trace_id_hex(),
         span_id = %context.span_id_hex(),
     )
+}
+
+/// The trace context a call sends (see [`context_for_call`]).
+pub(crate) fn context_of(options: &CallOptions) -> TraceContext {
+    let find = |key: &str| {
+        options
+            .metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_ref())
+    };
+    context_for_call(options.trace.as_ref(), find(TRACEPARENT), find(TRACESTATE))
+}
+
+/// The metadata of an outgoing frame: the caller's entries (minus the well-known keys the
+/// client sets itself), then `traceparent`, `tracestate` and, for calls, `deadline`.
+pub(crate) fn outgoing_meta(
+    options: &CallOptions,
+    context: &TraceContext,
+    remaining: Option<Duration>,
+) -> Meta {
+    let traceparent = context.traceparent_bytes();
+    let deadline = remaining.map(deadline_value);
+    // One buffer for every entry (built on every attempt: one allocation, not one per
+    // value). Most calls send exactly a `traceparent` and a `deadline`: that block is laid
+    // out from a plain array, without the filter and chain the general case needs.
+    if let (true, None, Some(deadline)) = (
+        options.metadata.is_empty(),
+        context.tracestate(),
+        deadline.as_ref(),
+    ) {
+        return Meta::from_entries([(TRACEPARENT, &traceparent[..]), (DEADLINE, &deadline[..])]);
+    }
+    let callers = options
+        .metadata
+        .iter()
+        .filter(|(key, _)| !matches!(key.as_ref(), TRACEPARENT | TRACESTATE | DEADLINE))
+        .map(|(key, value)| (key.as_ref(), value.as_ref()));
+    let own = [
+        Some((TRACEPARENT, &traceparent[..])),
+        context
+            .tracestate()
+            .map(|state| (TRACESTATE, state.as_bytes())),
+        deadline.as_ref().map(|d| (DEADLINE, &d[..])),
+    ];
+    Meta::from_entries(callers.chain(own.into_iter().flatten()))
 }

@@ -13,7 +13,8 @@ use tokio::time::Instant;
 
 use self::scripted::{Scripted, Step};
 use super::*;
-use crate::error::{ErrorKind, Processed, RemoteError};
+use crate::error::{ErrorKind, Phase, Processed, RemoteError};
+use crate::trace::TraceContext;
 use crate::{BreakerConfig, BreakerState, LimitConfig, LimitMode, RetryConfig};
 
 fn client(
