@@ -377,20 +377,14 @@ impl Error {
     /// request was certainly not processed or the call is idempotent. ERROR 9 INTERNAL is
     /// retryable only for idempotent calls; application codes never are (the application
     /// decides). A timeout of the total budget or of the queue is not: there is no time
-    /// left.
+    /// left. The rule is the retry policy's, which the client follows.
     pub fn is_retryable(&self) -> bool {
-        let transient = match self.inner.kind {
-            ErrorKind::Connect | ErrorKind::ConnectionLost => true,
-            ErrorKind::Timeout => !matches!(self.inner.phase, Some(Phase::Total | Phase::Queue)),
-            ErrorKind::Remote => self.inner.remote.as_ref().is_some_and(|r| {
-                matches!(
-                    r.code,
-                    ErrorCode::OVERLOADED | ErrorCode::UNAVAILABLE | ErrorCode::INTERNAL
-                )
-            }),
-            _ => false,
-        };
-        transient && (!self.maybe_processed() || self.inner.idempotent)
+        crate::retry::retryable(self)
+    }
+
+    /// Whether the call that failed was marked idempotent.
+    pub(crate) fn is_idempotent(&self) -> bool {
+        self.inner.idempotent
     }
 
     /// Whether a retry should go to another connection (ERROR 6, GOAWAY).

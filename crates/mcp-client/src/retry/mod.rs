@@ -1,8 +1,9 @@
 //! Retries: which failures get another attempt, when, and how many the client may afford.
 //!
 //! Three rules, applied in this order after a failed attempt:
-//! 1. The failure must be retryable ([`Error::is_retryable`](crate::Error::is_retryable)): transient (connection refused
-//!    or lost, a per-attempt timeout, ERROR 5, 6, or 9) and either certainly not processed or
+//! 1. The failure must be retryable (`state::retryable`, which callers see as
+//!    [`Error::is_retryable`](crate::Error::is_retryable)): transient (connection refused or
+//!    lost, a per-attempt timeout, ERROR 5, 6, or 9) and either certainly not processed or
 //!    the call marked idempotent. A call not marked idempotent is never sent twice once it
 //!    may have been processed.
 //! 2. A delay must be left in the backoff schedule (PROTOCOL.md section 7: 100, 300, 700 ms)
@@ -79,7 +80,7 @@ impl RetryConfig {
     }
 }
 
-pub(crate) use state::Retry;
+pub(crate) use state::{Retry, retryable};
 
 /// How many retries a client may make. The default is Finagle's: 20% of the requests of the
 /// last 10 seconds, plus 10 retries per second.

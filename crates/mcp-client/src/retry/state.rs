@@ -9,7 +9,30 @@ use tokio::time::Instant;
 
 use super::RetryConfig;
 use super::budget::RetryBudget;
-use crate::error::Error;
+use mcp_codec::ErrorCode;
+
+use crate::error::{Error, ErrorKind, Phase};
+
+/// The rule for "may this call be sent again?" (public as
+/// [`Error::is_retryable`](crate::Error::is_retryable)): the failure is transient and either
+/// the request was certainly not processed or the call is idempotent.
+///
+/// Transient: a refused or lost connection; a timeout, except of the total budget or of the
+/// queue for a slot (no time is left); ERROR 5 OVERLOADED, 6 UNAVAILABLE and 9 INTERNAL (9
+/// is "maybe processed", so only idempotent calls retry it). Application codes never are:
+/// the application decides.
+pub(crate) fn retryable(err: &Error) -> bool {
+    let transient = match err.kind() {
+        ErrorKind::Connect | ErrorKind::ConnectionLost => true,
+        ErrorKind::Timeout => !matches!(err.timeout_phase(), Some(Phase::Total | Phase::Queue)),
+        ErrorKind::Remote => matches!(
+            err.code(),
+            Some(ErrorCode::OVERLOADED | ErrorCode::UNAVAILABLE | ErrorCode::INTERNAL)
+        ),
+        _ => false,
+    };
+    transient && (!err.maybe_processed() || err.is_idempotent())
+}
 
 /// Why a retry was not made; kept for the trace and the tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +76,7 @@ impl Retry {
         now: Instant,
         deadline: Instant,
     ) -> Result<Duration, GiveUp> {
-        if !err.is_retryable() {
+        if !retryable(err) {
             return Err(GiveUp::NotRetryable);
         }
         let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
