@@ -2,8 +2,9 @@
 //!
 //! The counters live where they are counted (the limiter counts its queue, the retry policy
 //! its retries, the breaker its state); this module adds the call counters, errors by kind
-//! and the latency histogram, and [`Client::metrics`](crate::Client::metrics) gathers
-//! everything into a [`MetricsSnapshot`].
+//! and the latency histogram. The stack, which holds every policy and the transport, gathers
+//! everything into the [`MetricsSnapshot`] that [`Client::metrics`](crate::Client::metrics)
+//! returns.
 //!
 //! Recording is on every call's path, so it is kept cheap: counters are relaxed atomics,
 //! and latencies go into one of a few HdrHistograms chosen per thread, so that threads
