@@ -28,8 +28,6 @@ use std::future::Future;
 
 pub use context::{TraceContext, TraceParseError};
 pub(crate) use state::{call_span, context_of, outgoing_meta};
-#[cfg(test)]
-pub(crate) use state::{context_for_call, deadline_value};
 
 tokio::task_local! {
     static CURRENT: TraceContext;
