@@ -93,7 +93,7 @@ impl<T: Transport> Stack<T> {
             transport,
             timing: policies.timing,
             limit: Limiter::new(policies.limit),
-            retry: Retry::new(policies.retry),
+            retry: Retry::new(policies.retry, now),
             breaker: Breaker::new(policies.breaker, now),
             metrics: Recorder::default(),
             closing: AtomicBool::new(false),

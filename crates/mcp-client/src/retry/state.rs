@@ -57,8 +57,8 @@ pub(crate) struct Retry {
 }
 
 impl Retry {
-    pub(crate) fn new(config: RetryConfig) -> Self {
-        let budget = RetryBudget::new(config.budget.clone(), Instant::now());
+    pub(crate) fn new(config: RetryConfig, now: Instant) -> Self {
+        let budget = RetryBudget::new(config.budget.clone(), now);
         Self {
             config,
             budget,
