@@ -2,7 +2,8 @@
 //! which policies a call meets and in which order.
 //!
 //! The path of one call, outside in:
-//! 1. refuse if closing; start the clock of the call's total budget ([`Timing`]);
+//! 1. refuse if closing; start the clock of the call's total budget ([`Timing`]); count the
+//!    call as started ([`metrics`](crate::metrics));
 //! 2. [`trace`]: pick the trace context, open the `mcp.call` span;
 //! 3. [`limit`](crate::limit): take a slot under the concurrency limit (queue phase), unless
 //!    one was reserved beforehand (`tower_service::Service::poll_ready`);
@@ -11,7 +12,7 @@
 //! 6. per attempt, [`trace`] again: the `traceparent`, `tracestate` and `deadline` it sends;
 //! 7. per attempt, the [`Transport`] (the pool): a connection, the REQUEST, the answer within
 //!    the attempt's deadline;
-//! 8. [`metrics`](crate::metrics): record the call.
+//! 8. [`metrics`](crate::metrics): record the outcome and, for an answered call, its latency.
 //!
 //! Each policy lives in its own folder of the same shape (`mod.rs`: its docs and public
 //! config; `state.rs`: the crate-private state driven here, with the time passed in;
