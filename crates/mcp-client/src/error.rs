@@ -127,15 +127,10 @@ impl fmt::Display for Phase {
     }
 }
 
-/// What the server may have done with a request when the call failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Processed {
-    /// Certainly not processed: never sent, or refused by the server before any work
-    /// (ERROR 5, ERROR 6, a request after GOAWAY's `last_id`).
-    No,
-    /// Possibly processed: sent, and no answer says otherwise.
-    Maybe,
-}
+/// What the server may have done with a request when the call failed: the transport's
+/// definition, used as it is (crate-private here; callers ask
+/// [`Error::maybe_processed`]).
+pub(crate) use mcp_transport::Processed;
 
 /// An application's (or the protocol's) ERROR answer: code and message as the server sent
 /// them.
@@ -270,10 +265,7 @@ impl Error {
     /// Folds a transport failure into the facade's error, keeping it as the source.
     pub(crate) fn from_transport(err: mcp_transport::TransportError) -> Self {
         use mcp_transport::{ErrorKind as T, Phase as P, PoolExhausted};
-        let processed = match err.processed() {
-            mcp_transport::Processed::No => Processed::No,
-            mcp_transport::Processed::Maybe => Processed::Maybe,
-        };
+        let processed = err.processed();
         let phase = match err.phase() {
             // The transport's queue is a place on a connection: part of getting one.
             P::Queue | P::Pool => Phase::Pool,
@@ -385,20 +377,14 @@ impl Error {
     /// request was certainly not processed or the call is idempotent. ERROR 9 INTERNAL is
     /// retryable only for idempotent calls; application codes never are (the application
     /// decides). A timeout of the total budget or of the queue is not: there is no time
-    /// left.
+    /// left. The rule is the retry policy's, which the client follows.
     pub fn is_retryable(&self) -> bool {
-        let transient = match self.inner.kind {
-            ErrorKind::Connect | ErrorKind::ConnectionLost => true,
-            ErrorKind::Timeout => !matches!(self.inner.phase, Some(Phase::Total | Phase::Queue)),
-            ErrorKind::Remote => self.inner.remote.as_ref().is_some_and(|r| {
-                matches!(
-                    r.code,
-                    ErrorCode::OVERLOADED | ErrorCode::UNAVAILABLE | ErrorCode::INTERNAL
-                )
-            }),
-            _ => false,
-        };
-        transient && (!self.maybe_processed() || self.inner.idempotent)
+        crate::retry::retryable(self)
+    }
+
+    /// Whether the call that failed was marked idempotent.
+    pub(crate) fn is_idempotent(&self) -> bool {
+        self.inner.idempotent
     }
 
     /// Whether a retry should go to another connection (ERROR 6, GOAWAY).

@@ -56,7 +56,9 @@ mod error;
 mod limit;
 mod metrics;
 mod retry;
+mod stack;
 mod trace;
+mod transport;
 mod window;
 
 #[cfg(feature = "blocking")]
@@ -86,11 +88,3 @@ pub use mcp_format::Json;
 pub use mcp_format::Protobuf;
 pub use mcp_format::{Decode, DecodeError, Encode, EncodeError, Format, FormatId, Raw};
 pub use mcp_transport::{BackoffConfig, HeartbeatConfig, Meta, PoolConfig};
-
-/// The layers below, for what the re-exports above leave out (writing your own format,
-/// transport settings in detail, the codec).
-pub mod layers {
-    pub use mcp_codec as codec;
-    pub use mcp_format as format;
-    pub use mcp_transport as transport;
-}

@@ -5,9 +5,14 @@
 //! reserves a slot (pending while none is free) that the next `call` uses; in
 //! [`LimitMode::FailFast`] it is always ready and a call past the limit fails with
 //! [`Error::is_overloaded`], as tower's load shedding expects.
+//!
+//! Both halves use the client's one stack of policies (`stack.rs`): `poll_ready` reserves in
+//! its limit, and `call` runs the same call path as [`Client::call_raw`] with that slot, so
+//! this is a front end, not another composition of the policies.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use mcp_format::Format;
@@ -15,6 +20,7 @@ use mcp_format::Format;
 use crate::client::{Client, RawRequest, RawResponse};
 use crate::error::Error;
 use crate::limit::{LimitMode, Slot};
+use crate::transport::Transport;
 
 /// `Sync` as well: a `Client` handle holds it and is shared by reference across awaits.
 type SlotFuture = Pin<Box<dyn Future<Output = Result<Slot, Error>> + Send + Sync>>;
@@ -34,7 +40,7 @@ impl std::fmt::Debug for Ready {
     }
 }
 
-impl<F: Format> tower_service::Service<RawRequest> for Client<F> {
+impl<F: Format, T: Transport> tower_service::Service<RawRequest> for Client<F, T> {
     type Response = RawResponse;
     type Error = Error;
     type Future = Pin<Box<dyn Future<Output = Result<RawResponse, Error>> + Send + 'static>>;
@@ -43,10 +49,10 @@ impl<F: Format> tower_service::Service<RawRequest> for Client<F> {
         if self.is_closed() {
             return Poll::Ready(Err(Error::closed()));
         }
-        if self.shared.limiter.mode() == LimitMode::FailFast {
+        let limiter = self.stack.limit();
+        if limiter.mode() == LimitMode::FailFast {
             return Poll::Ready(Ok(()));
         }
-        let limiter = &self.shared.limiter;
         let ready = self.ready.get_or_insert_with(|| {
             Box::new(Ready {
                 waiting: None,
@@ -82,10 +88,10 @@ impl<F: Format> tower_service::Service<RawRequest> for Client<F> {
 
     fn call(&mut self, request: RawRequest) -> Self::Future {
         let slot = self.ready.as_mut().and_then(|r| r.slot.take());
-        let client = self.clone();
+        let stack = Arc::clone(&self.stack);
         Box::pin(async move {
-            client
-                .execute(
+            stack
+                .call(
                     &request.method,
                     request.format,
                     request.body,

@@ -3,7 +3,7 @@
 //! - **Closed**: calls go through; their outcomes are counted over a sliding window. When at
 //!   least `min_calls` were counted and the share of failures reaches `failure_rate`, the
 //!   breaker opens.
-//! - **Open**: every attempt fails at once with [`Error::is_circuit_open`], without touching
+//! - **Open**: every attempt fails at once with [`Error::is_circuit_open`](crate::Error::is_circuit_open), without touching
 //!   the network, until the cool-down has passed.
 //! - **Half-open**: up to `probes` attempts go through as probes; if they all succeed the
 //!   breaker closes (with a fresh window), and the first failure opens it again for another
@@ -15,21 +15,16 @@
 //! connections are all full) is not counted at all. An application's ERROR,
 //! an unknown method or a body that does not decode are answers, so they count as successes.
 //!
-//! Same shape as the other policies: a public config, a crate-private state driven with the
-//! time passed in, its own counters, and tests that run it alone.
+//! Shape, as every policy folder: `mod.rs` (these docs and the public types: the config a
+//! builder takes, what the client reports), `state.rs` (`Breaker`, `Permit`, `Outcome`: the
+//! state machine with the time passed in, and its counters), `tests.rs` (the policy run
+//! alone). The stack (`stack.rs`) composes it with the others.
 
+mod state;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-
-use mcp_codec::ErrorCode;
-use tokio::time::Instant;
-
-use crate::error::{Error, ErrorKind, Phase};
-use crate::window::{Counts, Window};
 
 /// Circuit breaker settings.
 ///
@@ -119,252 +114,4 @@ pub enum BreakerState {
     HalfOpen,
 }
 
-#[derive(Debug)]
-enum State {
-    Closed,
-    Open { until: Instant },
-    HalfOpen { in_flight: u32, successes: u32 },
-}
-
-#[derive(Debug)]
-struct Inner {
-    state: State,
-    window: Window,
-}
-
-/// The breaker of one client.
-#[derive(Debug)]
-pub(crate) struct Breaker {
-    config: BreakerConfig,
-    inner: Mutex<Inner>,
-    /// Whether the state is anything but closed. Read without the lock on every attempt,
-    /// so that a healthy client's attempts take no lock to be admitted; written under the
-    /// lock. An attempt admitted just as the breaker opens is harmless: outcomes of
-    /// attempts admitted in another state are not counted.
-    tripped: AtomicBool,
-    opened: AtomicU64,
-    rejected: AtomicU64,
-}
-
-/// How an attempt ended, for the breaker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    Success,
-    Failure,
-    /// The attempt was abandoned without an outcome (the caller went away).
-    Ignored,
-}
-
-impl Outcome {
-    /// Classifies an attempt's result (see the module docs).
-    pub(crate) fn of<T>(result: &Result<T, Error>) -> Self {
-        let Err(err) = result else {
-            return Outcome::Success;
-        };
-        let failure = match err.kind() {
-            ErrorKind::Connect | ErrorKind::ConnectionLost | ErrorKind::Protocol => true,
-            // The queue, the pool's connections being full and the total budget are the
-            // caller's own limits, not signs about the server: counting them would let a
-            // purely local overload open the breaker against a healthy server.
-            ErrorKind::Timeout
-                if matches!(
-                    err.timeout_phase(),
-                    Some(Phase::Queue | Phase::Pool | Phase::Total)
-                ) =>
-            {
-                return Outcome::Ignored;
-            }
-            ErrorKind::Timeout => true,
-            ErrorKind::Remote => matches!(
-                err.code(),
-                Some(ErrorCode::OVERLOADED | ErrorCode::UNAVAILABLE | ErrorCode::INTERNAL)
-            ),
-            ErrorKind::CircuitOpen | ErrorKind::Overloaded | ErrorKind::Closed => {
-                return Outcome::Ignored;
-            }
-            _ => false,
-        };
-        if failure {
-            Outcome::Failure
-        } else {
-            Outcome::Success
-        }
-    }
-}
-
-/// Leave to make one attempt. Dropping it without [`Permit::record`] counts as
-/// [`Outcome::Ignored`], so an abandoned probe frees its place.
-#[derive(Debug)]
-pub(crate) struct Permit<'a> {
-    breaker: &'a Breaker,
-    probe: bool,
-    done: bool,
-}
-
-impl Permit<'_> {
-    pub(crate) fn record(mut self, outcome: Outcome, now: Instant) {
-        self.done = true;
-        self.breaker.record(self.probe, outcome, now);
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.breaker
-                .record(self.probe, Outcome::Ignored, Instant::now());
-        }
-    }
-}
-
-/// Buckets of the sliding window.
-const BUCKETS: usize = 10;
-
-impl Breaker {
-    pub(crate) fn new(config: BreakerConfig, now: Instant) -> Self {
-        let window = Window::new(config.window, BUCKETS, now);
-        Self {
-            config,
-            inner: Mutex::new(Inner {
-                state: State::Closed,
-                window,
-            }),
-            tripped: AtomicBool::new(false),
-            opened: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // Every update leaves the state consistent, so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Asks to make one attempt at `now`.
-    pub(crate) fn acquire(&self, now: Instant) -> Result<Permit<'_>, Error> {
-        if !self.config.enabled || !self.tripped.load(Ordering::Acquire) {
-            return Ok(self.permit(false));
-        }
-        let mut inner = self.lock();
-        let probe = match &mut inner.state {
-            State::Closed => false,
-            State::Open { until } if now < *until => {
-                drop(inner);
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(Error::circuit_open());
-            }
-            State::Open { .. } => {
-                tracing::info!("circuit breaker half-open: probing");
-                inner.state = State::HalfOpen {
-                    in_flight: 1,
-                    successes: 0,
-                };
-                true
-            }
-            State::HalfOpen {
-                in_flight,
-                successes,
-            } => {
-                if in_flight.saturating_add(*successes) < self.config.probes {
-                    *in_flight += 1;
-                    true
-                } else {
-                    drop(inner);
-                    self.rejected.fetch_add(1, Ordering::Relaxed);
-                    return Err(Error::circuit_open());
-                }
-            }
-        };
-        Ok(self.permit(probe))
-    }
-
-    fn permit(&self, probe: bool) -> Permit<'_> {
-        Permit {
-            breaker: self,
-            probe,
-            done: false,
-        }
-    }
-
-    fn record(&self, probe: bool, outcome: Outcome, now: Instant) {
-        if !self.config.enabled || outcome == Outcome::Ignored && !probe {
-            return;
-        }
-        let mut inner = self.lock();
-        let Inner { state, window } = &mut *inner;
-        match state {
-            State::Closed if !probe => {
-                let failed = outcome == Outcome::Failure;
-                window.add(now, 1, u64::from(failed));
-                // A success cannot raise the failure rate: only a failure needs the sums.
-                if !failed {
-                    return;
-                }
-                let Counts {
-                    a: calls,
-                    b: failures,
-                } = window.sum(now);
-                #[allow(clippy::cast_precision_loss)] // counts stay far below 2^52
-                let rate = failures as f64 / calls as f64;
-                if calls >= u64::from(self.config.min_calls) && rate >= self.config.failure_rate {
-                    tracing::warn!(calls, failures, "circuit breaker open");
-                    self.open(state, window, now);
-                }
-            }
-            State::HalfOpen {
-                in_flight,
-                successes,
-            } if probe => {
-                *in_flight = in_flight.saturating_sub(1);
-                match outcome {
-                    Outcome::Failure => {
-                        tracing::warn!("circuit breaker probe failed: open again");
-                        self.open(state, window, now);
-                    }
-                    Outcome::Success => {
-                        *successes += 1;
-                        if *successes >= self.config.probes {
-                            tracing::info!("circuit breaker closed");
-                            *state = State::Closed;
-                            window.clear();
-                            self.tripped.store(false, Ordering::Release);
-                        }
-                    }
-                    Outcome::Ignored => {}
-                }
-            }
-            // An attempt admitted in an earlier state ended after a transition: its outcome
-            // describes the server before the change and is not counted.
-            _ => {}
-        }
-    }
-
-    fn open(&self, state: &mut State, window: &mut Window, now: Instant) {
-        *state = State::Open {
-            until: crate::window::later(now, self.config.cool_down),
-        };
-        window.clear();
-        self.tripped.store(true, Ordering::Release);
-        self.opened.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The state at `now` (an open breaker whose cool-down has passed reports half-open).
-    pub(crate) fn state(&self, now: Instant) -> BreakerState {
-        match self.lock().state {
-            State::Closed => BreakerState::Closed,
-            State::Open { until } if now < until => BreakerState::Open,
-            State::Open { .. } | State::HalfOpen { .. } => BreakerState::HalfOpen,
-        }
-    }
-
-    /// How many times the breaker opened.
-    pub(crate) fn opened(&self) -> u64 {
-        self.opened.load(Ordering::Relaxed)
-    }
-
-    /// How many attempts it refused (the metrics count them as `circuit_open` errors).
-    #[cfg(test)]
-    pub(crate) fn rejected(&self) -> u64 {
-        self.rejected.load(Ordering::Relaxed)
-    }
-}
+pub(crate) use state::{Breaker, Outcome};

@@ -1,9 +1,10 @@
 use std::time::Duration;
 
+use mcp_codec::ErrorCode;
 use tokio::time::{Instant, advance};
 
 use super::*;
-use crate::error::{Processed, RemoteError};
+use crate::error::{Error, ErrorKind, Phase, Processed, RemoteError};
 
 fn config() -> BreakerConfig {
     BreakerConfig::default()

@@ -1,19 +1,19 @@
 //! `ClientBuilder`: every setting of a client, with the defaults of PROTOCOL.md section 7.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use mcp_format::Format;
 use mcp_transport::{HeartbeatConfig, Pool, PoolConfig};
 use tokio::time::Instant;
 
-use super::{Backend, Client, Shared, Timing};
-use crate::breaker::{Breaker, BreakerConfig};
+use super::Client;
+use crate::breaker::BreakerConfig;
 use crate::error::Error;
-use crate::limit::{LimitConfig, Limiter};
-use crate::metrics::Recorder;
-use crate::retry::{Retry, RetryConfig};
+use crate::limit::LimitConfig;
+use crate::retry::RetryConfig;
+use crate::stack::{Policies, Stack};
+use crate::transport::Transport;
 use crate::window::later;
 
 /// Builds a [`Client`]. Start from [`Client::builder`].
@@ -33,10 +33,7 @@ use crate::window::later;
 pub struct ClientBuilder<F: Format> {
     addr: String,
     format: F,
-    timing: Timing,
-    retry: RetryConfig,
-    breaker: BreakerConfig,
-    limit: LimitConfig,
+    policies: Policies,
     pool: PoolConfig,
 }
 
@@ -45,10 +42,7 @@ impl ClientBuilder<super::DefaultFormat> {
         Self {
             addr,
             format: super::DefaultFormat::default(),
-            timing: Timing::default(),
-            retry: RetryConfig::default(),
-            breaker: BreakerConfig::default(),
-            limit: LimitConfig::default(),
+            policies: Policies::default(),
             pool: PoolConfig::default(),
         }
     }
@@ -60,10 +54,7 @@ impl<F: Format> ClientBuilder<F> {
         ClientBuilder {
             addr: self.addr,
             format,
-            timing: self.timing,
-            retry: self.retry,
-            breaker: self.breaker,
-            limit: self.limit,
+            policies: self.policies,
             pool: self.pool,
         }
     }
@@ -75,7 +66,7 @@ impl<F: Format> ClientBuilder<F> {
     }
 
     fn timeout_inner(&mut self, timeout: Duration) {
-        self.timing.timeout = timeout;
+        self.policies.timing.timeout = timeout;
         // The transport's own default applies to calls made without a deadline; ours
         // always carry one, but keep the two in step.
         self.pool.default_timeout = timeout;
@@ -83,7 +74,7 @@ impl<F: Format> ClientBuilder<F> {
 
     /// The budget of one attempt: connection, write and answer (2 s).
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.timing.attempt_timeout = timeout;
+        self.policies.timing.attempt_timeout = timeout;
         self
     }
 
@@ -95,25 +86,25 @@ impl<F: Format> ClientBuilder<F> {
 
     /// How long [`Client::close`] lets calls in flight finish (5 s).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.timing.close_timeout = timeout;
+        self.policies.timing.close_timeout = timeout;
         self
     }
 
     /// The retry policy.
     pub fn retry(mut self, retry: RetryConfig) -> Self {
-        self.retry = retry;
+        self.policies.retry = retry;
         self
     }
 
     /// The circuit breaker.
     pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
-        self.breaker = breaker;
+        self.policies.breaker = breaker;
         self
     }
 
     /// The concurrency limit.
     pub fn limit(mut self, limit: LimitConfig) -> Self {
-        self.limit = limit;
+        self.policies.limit = limit;
         self
     }
 
@@ -140,7 +131,7 @@ impl<F: Format> ClientBuilder<F> {
     /// does so).
     pub fn pool_config(mut self, pool: PoolConfig) -> Self {
         self.pool = pool;
-        let timeout = self.timing.timeout;
+        let timeout = self.policies.timing.timeout;
         self.timeout_inner(timeout);
         self
     }
@@ -156,8 +147,8 @@ impl<F: Format> ClientBuilder<F> {
         // A setting that cannot work is refused here, with its name, rather than showing
         // up later as calls that all time out or connections that all die.
         let timing = [
-            ("timeout", self.timing.timeout),
-            ("attempt_timeout", self.timing.attempt_timeout),
+            ("timeout", self.policies.timing.timeout),
+            ("attempt_timeout", self.policies.timing.attempt_timeout),
         ];
         for (field, value) in timing {
             if value.is_zero() {
@@ -170,36 +161,21 @@ impl<F: Format> ClientBuilder<F> {
             .check()
             .map_err(|e| Error::invalid(format!("invalid configuration: {e}")))?;
         let pool = Pool::new(self.addr.clone(), self.pool.clone());
-        Ok(self.build_with(Backend::Pool(pool)))
+        Ok(self.build_with(pool))
     }
 
-    /// The client over `backend` (the pool, or a scripted backend in unit tests).
-    pub(crate) fn build_with(self, backend: Backend) -> Client<F> {
-        let now = Instant::now();
-        let shared = Shared {
-            backend,
-            timing: self.timing,
-            retry: Retry::new(self.retry),
-            breaker: Breaker::new(self.breaker, now),
-            limiter: Limiter::new(self.limit),
-            recorder: Recorder::default(),
-            closing: AtomicBool::new(false),
-        };
-        Client::from_shared(Arc::new(shared), self.format)
+    /// The client over `transport` (the pool, or a scripted transport in unit tests).
+    pub(crate) fn build_with<T: Transport>(self, transport: T) -> Client<F, T> {
+        let stack = Stack::new(transport, self.policies);
+        Client::from_stack(Arc::new(stack), self.format)
     }
 
     /// The client, with a first connection open (within the connect timeout), so that an
     /// unreachable server is reported here rather than by the first call.
     pub async fn connect(self) -> Result<Client<F>, Error> {
         let client = self.build()?;
-        // Only the pool connects; scripted test backends have nothing to open.
-        #[allow(irrefutable_let_patterns)]
-        if let super::Backend::Pool(pool) = &client.shared.backend {
-            let deadline = later(Instant::now(), client.shared.timing.timeout);
-            pool.ready(mcp_transport::CallOptions::deadline(deadline))
-                .await
-                .map_err(Error::from_transport)?;
-        }
+        let deadline = later(Instant::now(), client.stack.timing().timeout);
+        Transport::ready(client.stack.transport(), deadline).await?;
         Ok(client)
     }
 }

@@ -8,9 +8,9 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use mcp_format::{Decode, Format};
 
-use super::backend::PushStream;
 use super::options::RawPush;
 use crate::error::Error;
+use crate::transport::PushStream;
 
 /// A subscription: a [`Stream`] of the pushes on a topic, decoded as `T` in the format `F`.
 ///

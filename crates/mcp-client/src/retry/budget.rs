@@ -3,62 +3,11 @@
 //! with little traffic can still retry.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::RetryBudgetConfig;
 use crate::window::Window;
-
-/// How many retries a client may make. The default is Finagle's: 20% of the requests of the
-/// last 10 seconds, plus 10 retries per second.
-///
-/// During an outage every request fails; without a budget each would be tried up to four
-/// times, quadrupling the load on a server that is already failing. With it, once the
-/// floor is spent, retries add at most 20% to the load.
-#[derive(Clone, Debug)]
-pub struct RetryBudgetConfig {
-    pub(crate) window: Duration,
-    pub(crate) percent: f64,
-    pub(crate) min_per_second: u32,
-}
-
-impl Default for RetryBudgetConfig {
-    fn default() -> Self {
-        Self {
-            window: Duration::from_secs(10),
-            percent: 0.2,
-            min_per_second: 10,
-        }
-    }
-}
-
-impl RetryBudgetConfig {
-    /// The window over which requests and retries are counted (default 10 s).
-    #[must_use]
-    pub fn window(mut self, window: Duration) -> Self {
-        self.window = window;
-        self
-    }
-
-    /// The fraction of requests that may be retried, 0.0..=1.0 (default 0.2). Values outside
-    /// the range are clamped.
-    #[must_use]
-    pub fn percent(mut self, percent: f64) -> Self {
-        self.percent = if percent.is_nan() {
-            0.0
-        } else {
-            percent.clamp(0.0, 1.0)
-        };
-        self
-    }
-
-    /// Retries allowed per second of the window whatever the traffic (default 10).
-    #[must_use]
-    pub fn min_per_second(mut self, min: u32) -> Self {
-        self.min_per_second = min;
-        self
-    }
-}
 
 /// The budget's state: requests (`a`) and retries (`b`) counted in a sliding window.
 #[derive(Debug)]

@@ -1,8 +1,9 @@
 //! Retries: which failures get another attempt, when, and how many the client may afford.
 //!
 //! Three rules, applied in this order after a failed attempt:
-//! 1. The failure must be retryable ([`Error::is_retryable`]): transient (connection refused
-//!    or lost, a per-attempt timeout, ERROR 5, 6, or 9) and either certainly not processed or
+//! 1. The failure must be retryable (`state::retryable`, which callers see as
+//!    [`Error::is_retryable`](crate::Error::is_retryable)): transient (connection refused or
+//!    lost, a per-attempt timeout, ERROR 5, 6, or 9) and either certainly not processed or
 //!    the call marked idempotent. A call not marked idempotent is never sent twice once it
 //!    may have been processed.
 //! 2. A delay must be left in the backoff schedule (PROTOCOL.md section 7: 100, 300, 700 ms)
@@ -10,24 +11,18 @@
 //! 3. The [retry budget](RetryBudgetConfig) must allow it, so that retries cannot multiply an
 //!    outage: at most a fraction of recent requests (20%) plus a small floor per second.
 //!
-//! The module has the same shape as the others: a public config, a crate-private policy that
-//! is driven with the time passed in or in `tokio` virtual time, its own counters, and tests
-//! that run the policy alone.
+//! Shape, as every policy folder: `mod.rs` (these docs and the public types: the config a
+//! builder takes, what the client reports), `state.rs` (`Retry`: the decision with the time
+//! passed in, the loop of attempts in `tokio` time, and the counters; `budget.rs` the
+//! budget's window), `tests.rs` (the policy run alone). The stack (`stack.rs`) composes it
+//! with the others.
 
 mod budget;
+mod state;
 #[cfg(test)]
 mod tests;
 
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use tokio::time::Instant;
-
-pub(crate) use budget::RetryBudget;
-pub use budget::RetryBudgetConfig;
-
-use crate::error::Error;
 
 /// How a client retries failed attempts. The default follows PROTOCOL.md section 7.
 ///
@@ -85,118 +80,55 @@ impl RetryConfig {
     }
 }
 
-/// Why a retry was not made; kept for the trace and the tests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum GiveUp {
-    /// The failure is not retryable.
-    NotRetryable,
-    /// The backoff schedule is used up.
-    Exhausted,
-    /// The next delay does not fit in the call's total budget.
-    NoTime,
-    /// The retry budget is spent.
-    Budget,
+pub(crate) use state::{Retry, retryable};
+
+/// How many retries a client may make. The default is Finagle's: 20% of the requests of the
+/// last 10 seconds, plus 10 retries per second.
+///
+/// During an outage every request fails; without a budget each would be tried up to four
+/// times, quadrupling the load on a server that is already failing. With it, once the
+/// floor is spent, retries add at most 20% to the load.
+#[derive(Clone, Debug)]
+pub struct RetryBudgetConfig {
+    pub(crate) window: Duration,
+    pub(crate) percent: f64,
+    pub(crate) min_per_second: u32,
 }
 
-/// The retry policy of one client: its config, its budget and its counters.
-#[derive(Debug)]
-pub(crate) struct Retry {
-    config: RetryConfig,
-    budget: RetryBudget,
-    retries: AtomicU64,
-    denied_by_budget: AtomicU64,
-}
-
-impl Retry {
-    pub(crate) fn new(config: RetryConfig) -> Self {
-        let budget = RetryBudget::new(config.budget.clone(), Instant::now());
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
         Self {
-            config,
-            budget,
-            retries: AtomicU64::new(0),
-            denied_by_budget: AtomicU64::new(0),
+            window: Duration::from_secs(10),
+            percent: 0.2,
+            min_per_second: 10,
         }
     }
+}
 
-    /// Decides what follows failed attempt number `attempt` (1-based): a retry after the
-    /// returned delay, or giving up. A retry withdraws from the budget.
-    pub(crate) fn decide(
-        &self,
-        err: &Error,
-        attempt: u32,
-        now: Instant,
-        deadline: Instant,
-    ) -> Result<Duration, GiveUp> {
-        if !err.is_retryable() {
-            return Err(GiveUp::NotRetryable);
-        }
-        let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
-        let Some(&delay) = self.config.backoff.get(index) else {
-            return Err(GiveUp::Exhausted);
+impl RetryBudgetConfig {
+    /// The window over which requests and retries are counted (default 10 s).
+    #[must_use]
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// The fraction of requests that may be retried, 0.0..=1.0 (default 0.2). Values outside
+    /// the range are clamped.
+    #[must_use]
+    pub fn percent(mut self, percent: f64) -> Self {
+        self.percent = if percent.is_nan() {
+            0.0
+        } else {
+            percent.clamp(0.0, 1.0)
         };
-        // A retry that would start after the deadline could only time out; a retry that
-        // starts right at it has no time for an answer either.
-        if crate::window::later(now, delay) >= deadline {
-            return Err(GiveUp::NoTime);
-        }
-        if !self.budget.try_withdraw(now) {
-            self.denied_by_budget.fetch_add(1, Ordering::Relaxed);
-            return Err(GiveUp::Budget);
-        }
-        self.retries.fetch_add(1, Ordering::Relaxed);
-        Ok(delay)
+        self
     }
 
-    /// Runs `attempt` (given the attempt number and whether the previous failure asked for
-    /// another connection) until it succeeds or [`Retry::decide`] gives up; with `allowed`
-    /// false, once. Every call
-    /// deposits in the budget once, whatever its number of attempts. The caller bounds the
-    /// whole with the total deadline; this only avoids starting retries that cannot finish.
-    pub(crate) async fn run<T, F, Fut>(
-        &self,
-        idempotent: bool,
-        allowed: bool,
-        now: Instant,
-        deadline: Instant,
-        mut attempt: F,
-    ) -> Result<T, Error>
-    where
-        F: FnMut(u32, bool) -> Fut,
-        Fut: Future<Output = Result<T, Error>>,
-    {
-        self.budget.deposit(now);
-        let mut number = 1u32;
-        let mut other_connection = false;
-        loop {
-            let err = match attempt(number, other_connection).await {
-                Ok(value) => return Ok(value),
-                Err(err) => err.for_call(idempotent, number),
-            };
-            if !allowed {
-                return Err(err);
-            }
-            match self.decide(&err, number, Instant::now(), deadline) {
-                Ok(delay) => {
-                    tracing::debug!(attempt = number, ?delay, error = %err, "retrying");
-                    other_connection = err.wants_other_connection();
-                    tokio::time::sleep(delay).await;
-                    number += 1;
-                }
-                Err(reason) => {
-                    tracing::debug!(attempt = number, ?reason, error = %err, "not retrying");
-                    return Err(err);
-                }
-            }
-        }
-    }
-
-    /// Retries made so far.
-    pub(crate) fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
-    }
-
-    /// Retries refused by the budget so far.
-    pub(crate) fn denied_by_budget(&self) -> u64 {
-        self.denied_by_budget.load(Ordering::Relaxed)
+    /// Retries allowed per second of the window whatever the traffic (default 10).
+    #[must_use]
+    pub fn min_per_second(mut self, min: u32) -> Self {
+        self.min_per_second = min;
+        self
     }
 }

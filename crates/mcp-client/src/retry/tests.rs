@@ -4,8 +4,9 @@ use std::time::Duration;
 use mcp_codec::ErrorCode;
 use tokio::time::Instant;
 
+use super::budget::RetryBudget;
 use super::*;
-use crate::error::{Phase, Processed, RemoteError};
+use crate::error::{Error, Phase, Processed, RemoteError};
 
 fn remote(code: u16) -> Error {
     Error::from_remote(RemoteError::new(ErrorCode(code), ""))
@@ -42,7 +43,7 @@ async fn drive(
 
 #[tokio::test(start_paused = true)]
 async fn backoff_follows_the_protocol_schedule() {
-    let retry = Retry::new(RetryConfig::default());
+    let retry = Retry::new(RetryConfig::default(), Instant::now());
     let (result, starts) = drive(&retry, false, Duration::from_secs(5), None, |_| remote(5)).await;
     let err = result.expect_err("every attempt fails");
     assert_eq!(err.attempts(), 4);
@@ -55,7 +56,7 @@ async fn backoff_follows_the_protocol_schedule() {
 
 #[tokio::test(start_paused = true)]
 async fn success_stops_retrying() {
-    let retry = Retry::new(RetryConfig::default());
+    let retry = Retry::new(RetryConfig::default(), Instant::now());
     let (result, starts) = drive(&retry, false, Duration::from_secs(5), Some(2), |_| {
         remote(6)
     })
@@ -66,7 +67,7 @@ async fn success_stops_retrying() {
 
 #[tokio::test(start_paused = true)]
 async fn a_maybe_processed_call_is_retried_only_if_idempotent() {
-    let retry = Retry::new(RetryConfig::default());
+    let retry = Retry::new(RetryConfig::default(), Instant::now());
     let (result, starts) = drive(&retry, false, Duration::from_secs(5), None, |_| {
         lost_after_write()
     })
@@ -90,7 +91,7 @@ async fn a_maybe_processed_call_is_retried_only_if_idempotent() {
 
 #[tokio::test(start_paused = true)]
 async fn non_retryable_codes_fail_at_once() {
-    let retry = Retry::new(RetryConfig::default());
+    let retry = Retry::new(RetryConfig::default(), Instant::now());
     for code in [1, 2, 3, 4, 7, 8, 1000] {
         let (_, starts) = drive(&retry, true, Duration::from_secs(5), None, |_| remote(code)).await;
         assert_eq!(starts.len(), 1, "code {code}");
@@ -100,7 +101,7 @@ async fn non_retryable_codes_fail_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn retries_stop_when_the_delay_does_not_fit_the_budget() {
-    let retry = Retry::new(RetryConfig::default());
+    let retry = Retry::new(RetryConfig::default(), Instant::now());
     // 450 ms: attempts at 0 and 100 ms fit; the next would start at 400 ms, still inside;
     // the one after at 1100 ms would not.
     let (_, starts) = drive(&retry, false, Duration::from_millis(450), None, |_| {
@@ -112,7 +113,7 @@ async fn retries_stop_when_the_delay_does_not_fit_the_budget() {
 
 #[tokio::test(start_paused = true)]
 async fn unavailable_asks_for_another_connection() {
-    let retry = Retry::new(RetryConfig::default());
+    let retry = Retry::new(RetryConfig::default(), Instant::now());
     let seen = std::sync::Mutex::new(Vec::new());
     let _ = retry
         .run(
@@ -131,7 +132,7 @@ async fn unavailable_asks_for_another_connection() {
 
 #[tokio::test(start_paused = true)]
 async fn timeouts_of_the_budget_or_queue_are_final() {
-    let retry = Retry::new(RetryConfig::default());
+    let retry = Retry::new(RetryConfig::default(), Instant::now());
     for phase in [Phase::Total, Phase::Queue] {
         let (_, starts) = drive(&retry, true, Duration::from_secs(5), None, |_| {
             Error::timeout(phase, Processed::No)
@@ -159,7 +160,7 @@ async fn the_budget_bounds_retries_during_an_outage() {
             .window(Duration::from_secs(3600))
             .min_per_second(0),
     );
-    let retry = Retry::new(config);
+    let retry = Retry::new(config, Instant::now());
     let attempts = AtomicU32::new(0);
     let calls = 1000;
     for _ in 0..calls {
@@ -215,7 +216,7 @@ fn config_reports_its_attempts() {
 
 #[tokio::test(start_paused = true)]
 async fn a_call_may_opt_out_of_retries() {
-    let retry = Retry::new(RetryConfig::default());
+    let retry = Retry::new(RetryConfig::default(), Instant::now());
     let mut attempts = 0;
     let result = retry
         .run(

@@ -12,16 +12,22 @@
 //! big-endian) at the moment the attempt is handed to the connection (PROTOCOL.md
 //! section 3), so the server can refuse work the caller will no longer wait for.
 //!
+//! Shape, as every policy folder: `mod.rs` (these docs and the public types: the config a
+//! builder takes, what the client reports), `state.rs` (choosing a call's context, its span
+//! and its metadata; `context.rs` holds the public `TraceContext` value), `tests.rs` (the
+//! policy run alone). The stack (`stack.rs`) composes it with the others.
+//!
 //! [`CallOptions::trace`]: crate::CallOptions::trace
 
 mod context;
+mod state;
 #[cfg(test)]
 mod tests;
 
 use std::future::Future;
-use std::time::Duration;
 
 pub use context::{TraceContext, TraceParseError};
+pub(crate) use state::{call_span, context_of, outgoing_meta};
 
 tokio::task_local! {
     static CURRENT: TraceContext;
@@ -39,45 +45,4 @@ impl TraceContext {
     pub fn current() -> Option<TraceContext> {
         CURRENT.try_with(Clone::clone).ok()
     }
-}
-
-/// Chooses the context of a call: the first valid one of the explicit option, a
-/// `traceparent` (with its `tracestate`) in the caller's metadata, the enclosing scope; a
-/// fresh root otherwise. Returns the context the call sends (a child with a new span id).
-pub(crate) fn context_for_call(
-    explicit: Option<&TraceContext>,
-    traceparent: Option<&[u8]>,
-    tracestate: Option<&[u8]>,
-) -> TraceContext {
-    let parent = explicit.cloned().or_else(|| {
-        let value = std::str::from_utf8(traceparent?).ok()?;
-        let mut parent = TraceContext::parse(value).ok()?;
-        // The W3C spec passes `tracestate` on only with a `traceparent` that parsed.
-        if let Some(state) = tracestate.and_then(|s| std::str::from_utf8(s).ok()) {
-            parent = parent.with_tracestate(state);
-        }
-        Some(parent)
-    });
-    match parent.or_else(TraceContext::current) {
-        Some(parent) => parent.child(),
-        None => TraceContext::new_root(),
-    }
-}
-
-/// The `deadline` metadata value for `remaining` time: whole milliseconds, big-endian,
-/// saturating at `u32::MAX` (49 days). Rounded down, so a server never believes it has more
-/// time than the caller will wait.
-pub(crate) fn deadline_value(remaining: Duration) -> [u8; 4] {
-    let ms = u32::try_from(remaining.as_millis()).unwrap_or(u32::MAX);
-    ms.to_be_bytes()
-}
-
-/// The span every call runs in.
-pub(crate) fn call_span(method: &str, context: &TraceContext) -> tracing::Span {
-    tracing::info_span!(
-        "mcp.call",
-        method = %method,
-        trace_id = %context.trace_id_hex(),
-        span_id = %context.span_id_hex(),
-    )
 }

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use super::state::{context_for_call, deadline_value};
 use super::*;
 
 const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

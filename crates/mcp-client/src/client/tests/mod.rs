@@ -1,120 +1,27 @@
-//! The call path driven by a scripted backend, in virtual time.
+//! The call path driven by a scripted transport, in virtual time.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+mod scripted;
+
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use mcp_codec::{ErrorCode, TRACEPARENT};
 use mcp_format::{FormatId, Json, Raw};
-use mcp_transport::Meta;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::fake::{BoxFuture, Fake};
+use self::scripted::{Scripted, Step};
 use super::*;
-use crate::error::{ErrorKind, Processed, RemoteError};
+use crate::error::{ErrorKind, Phase, Processed, RemoteError};
+use crate::trace::TraceContext;
 use crate::{BreakerConfig, BreakerState, LimitConfig, LimitMode, RetryConfig};
-
-/// What the fake saw of one attempt.
-#[derive(Clone, Debug)]
-struct Seen {
-    at: Duration,
-    method: String,
-    format: FormatId,
-    traceparent: String,
-    deadline_ms: Option<u32>,
-    /// The attempt's deadline, from the fake's start.
-    until: Duration,
-    meta: Vec<(String, Vec<u8>)>,
-    body: Bytes,
-    other_connection: bool,
-}
-
-type Script = dyn Fn(u32, &Seen) -> Step + Send + Sync;
-
-enum Step {
-    Echo,
-    Fail(Error),
-    /// Never answers: waits for the attempt's deadline, then times out as the transport
-    /// does.
-    Hang,
-    Answer(FormatId, &'static [u8]),
-}
-
-struct Scripted {
-    start: Instant,
-    attempts: AtomicU32,
-    seen: Mutex<Vec<Seen>>,
-    script: Box<Script>,
-}
-
-impl Scripted {
-    fn new(script: impl Fn(u32, &Seen) -> Step + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(Self {
-            start: Instant::now(),
-            attempts: AtomicU32::new(0),
-            seen: Mutex::new(Vec::new()),
-            script: Box::new(script),
-        })
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Fake for Scripted {
-    fn call<'a>(&'a self, attempt: Attempt<'a>) -> BoxFuture<'a, Result<RawResponse, Error>> {
-        Box::pin(async move {
-            let n = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
-            let seen = Seen {
-                at: self.start.elapsed(),
-                method: attempt.method.to_owned(),
-                format: attempt.format,
-                traceparent: String::from_utf8(
-                    attempt.meta.get(TRACEPARENT).unwrap_or_default().to_vec(),
-                )
-                .unwrap(),
-                deadline_ms: attempt.meta.deadline_ms(),
-                until: attempt.deadline.saturating_duration_since(self.start),
-                meta: attempt
-                    .meta
-                    .iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_vec()))
-                    .collect(),
-                body: attempt.body.clone(),
-                other_connection: attempt.other_connection,
-            };
-            self.seen.lock().unwrap().push(seen.clone());
-            // Answers take a little virtual time, like a network.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            match (self.script)(n, &seen) {
-                Step::Echo => Ok(RawResponse {
-                    format: attempt.format,
-                    meta: Meta::new(),
-                    body: attempt.body,
-                }),
-                Step::Answer(format, body) => Ok(RawResponse {
-                    format,
-                    meta: Meta::new(),
-                    body: Bytes::from_static(body),
-                }),
-                Step::Fail(e) => Err(e),
-                Step::Hang => {
-                    tokio::time::sleep_until(attempt.deadline).await;
-                    Err(Error::timeout(Phase::Response, Processed::Maybe))
-                }
-            }
-        })
-    }
-}
 
 fn client(
     fake: Arc<Scripted>,
     tune: impl FnOnce(ClientBuilder<Json>) -> ClientBuilder<Json>,
-) -> Client<Json> {
-    tune(Client::builder("fake:0")).build_with(Backend::Fake(fake))
+) -> Client<Json, Arc<Scripted>> {
+    tune(Client::builder("fake:0")).build_with(fake)
 }
 
 fn remote(code: u16) -> Error {

@@ -1,0 +1,227 @@
+//! The seam between the call path and the network: the [`Transport`] trait, and its one
+//! production implementation, the transport's [`Pool`].
+//!
+//! The call path above it (policies, metadata, decoding) is written against the trait, so
+//! its unit tests drive it with a scripted transport in virtual time, without sockets; that
+//! fake lives with those tests (`client/tests/`), not here. `Client` is generic over the
+//! transport with the pool as the default, so production code is statically dispatched:
+//! no box, no vtable, no allocation per call.
+//!
+//! The trait is `pub` inside this private module so that it can bound `Client`'s public
+//! methods; it cannot be named, hence not implemented, outside the crate.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_core::Stream;
+use mcp_format::FormatId;
+use mcp_transport::{CallOptions as TransportOptions, Meta, Pool, Reply};
+use tokio::time::Instant;
+
+use crate::client::{RawPush, RawResponse};
+use crate::error::{Error, Phase, Processed};
+use crate::metrics::ConnectionCounts;
+
+/// How long `close` waits for the transport's tasks to end once told to.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One attempt of a call, as handed to the transport.
+pub struct Attempt<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) format: FormatId,
+    pub(crate) meta: Meta,
+    pub(crate) body: Bytes,
+    pub(crate) deadline: Instant,
+    /// The previous attempt failed in a way tied to its connection (ERROR 6, GOAWAY). The
+    /// pool never hands out a draining connection, so it needs no hint; scripted transports
+    /// check that the policy sets it.
+    #[cfg_attr(not(all(test, feature = "json")), allow(dead_code))]
+    pub(crate) other_connection: bool,
+}
+
+impl fmt::Debug for Attempt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attempt")
+            .field("method", &self.method)
+            .field("format", &self.format)
+            .field("deadline", &self.deadline)
+            .field("other_connection", &self.other_connection)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stream of pushes for one subscription.
+/// Pushes, then at most one `Err` as the last item: why the subscription ended early (the
+/// server refused to subscribe again after a reconnect, or did not answer).
+pub(crate) type PushStream = Pin<Box<dyn Stream<Item = Result<RawPush, Error>> + Send>>;
+
+/// The transport's counters the client's metrics report.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub(crate) connections: ConnectionCounts,
+    pub(crate) reconnects: u64,
+}
+
+/// Where a client's attempts, notifications and subscriptions go: what the facade uses of
+/// the network. Errors come already folded into the facade's [`Error`].
+pub trait Transport: Send + Sync + 'static {
+    /// Sends one attempt of a call and waits for its answer, until `attempt.deadline`.
+    fn call<'a>(
+        &'a self,
+        attempt: Attempt<'a>,
+    ) -> impl Future<Output = Result<RawResponse, Error>> + Send + 'a;
+
+    /// Sends a one-way message, giving up at `deadline`.
+    fn notify<'a>(
+        &'a self,
+        topic: &'a str,
+        format: FormatId,
+        meta: Meta,
+        body: Bytes,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a;
+
+    /// Subscribes to `pattern`, giving up at `deadline`.
+    fn subscribe<'a>(
+        &'a self,
+        pattern: &'a str,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<PushStream, Error>> + Send + 'a;
+
+    /// Waits until a call could be sent (a connection is open), at most until `deadline`.
+    fn ready(&self, deadline: Instant) -> impl Future<Output = Result<(), Error>> + Send + '_;
+
+    /// Closes, and waits a little for background work to end.
+    fn close(&self) -> impl Future<Output = ()> + Send + '_;
+
+    /// Closes without waiting.
+    fn close_now(&self);
+
+    /// The counters for the metrics.
+    fn stats(&self) -> Stats;
+
+    /// Where the transport goes, for `Debug`.
+    fn endpoint(&self) -> &str;
+}
+
+impl Transport for Pool {
+    async fn call(&self, attempt: Attempt<'_>) -> Result<RawResponse, Error> {
+        let options = TransportOptions::deadline(attempt.deadline);
+        let reply = Pool::call(
+            self,
+            attempt.method,
+            attempt.format.get(),
+            &attempt.meta,
+            &attempt.body,
+            options,
+        )
+        .await
+        .map_err(Error::from_transport)?;
+        match reply {
+            Reply::Response(r) => Ok(RawResponse {
+                format: FormatId::new(r.format()),
+                meta: r.meta().clone(),
+                body: r.into_body(),
+            }),
+            Reply::Error(e) => Err(Error::from_remote(crate::RemoteError::new(
+                e.code, e.message,
+            ))),
+        }
+    }
+
+    async fn notify(
+        &self,
+        topic: &str,
+        format: FormatId,
+        meta: Meta,
+        body: Bytes,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        let sent = Pool::notify(self, topic, format.get(), &meta, &body);
+        match tokio::time::timeout_at(deadline, sent).await {
+            Ok(result) => result.map_err(Error::from_transport),
+            Err(_) => Err(Error::timeout(Phase::Write, Processed::No)),
+        }
+    }
+
+    async fn subscribe(&self, pattern: &str, deadline: Instant) -> Result<PushStream, Error> {
+        // The pool bounds the `$subscribe` call with its default timeout, which the builder
+        // keeps equal to the client's total budget; this bounds it as well.
+        let sub = tokio::time::timeout_at(deadline, Pool::subscribe(self, pattern))
+            .await
+            .map_err(|_| Error::timeout(Phase::Response, Processed::Maybe))?
+            .map_err(Error::from_transport)?;
+        Ok(Box::pin(ToRawPush { sub, ended: false }))
+    }
+
+    async fn ready(&self, deadline: Instant) -> Result<(), Error> {
+        Pool::ready(self, TransportOptions::deadline(deadline))
+            .await
+            .map_err(Error::from_transport)
+    }
+
+    async fn close(&self) {
+        // Connections close (pending calls fail as closed), subscription streams end; then
+        // wait a little for the background tasks to be gone.
+        Pool::close(self);
+        if !self.join(JOIN_TIMEOUT).await {
+            tracing::warn!("transport tasks still running after close");
+        }
+    }
+
+    fn close_now(&self) {
+        Pool::close(self);
+    }
+
+    fn stats(&self) -> Stats {
+        let stats = Pool::stats(self);
+        Stats {
+            connections: ConnectionCounts {
+                connecting: stats.connecting,
+                ready: stats.open,
+                draining: stats.draining,
+            },
+            reconnects: stats.reconnects,
+        }
+    }
+
+    fn endpoint(&self) -> &str {
+        Pool::endpoint(self)
+    }
+}
+
+/// Maps the transport's pushes to the facade's; when the transport's stream ends with a
+/// reason ([`mcp_transport::Subscription::error`]), that reason is the last item.
+struct ToRawPush {
+    sub: mcp_transport::Subscription,
+    ended: bool,
+}
+
+impl Stream for ToRawPush {
+    type Item = Result<RawPush, Error>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.ended {
+            return std::task::Poll::Ready(None);
+        }
+        Pin::new(&mut self.sub)
+            .poll_next(cx)
+            .map(|push| match push {
+                Some(p) => Some(Ok(RawPush {
+                    format: FormatId::new(p.format()),
+                    topic: p.topic().to_owned(),
+                    meta: p.meta().clone(),
+                    body: p.into_body(),
+                })),
+                None => {
+                    self.ended = true;
+                    self.sub.error().map(|e| Err(Error::from_transport(e)))
+                }
+            })
+    }
+}
