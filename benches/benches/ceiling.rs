@@ -35,10 +35,10 @@ use bytes::Bytes;
 use mcp_benches::mcp_echo;
 use mcp_benches::raw_echo::{self, RawEchoClient};
 use mcp_cli::loadgen::{self, LoadConfig, LoadReport};
-use mcp_client::layers::transport::{self, CallOptions, Connection, ConnectionConfig, Meta};
 use mcp_client::{Client, LimitConfig, RawRequest};
 use mcp_format::FormatId;
 use mcp_server::{Reply, Server, ServerHandle};
+use mcp_transport::{self as transport, CallOptions, Connection, ConnectionConfig, Meta};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)

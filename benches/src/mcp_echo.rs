@@ -75,7 +75,7 @@ fn invalid<E: Into<Box<dyn std::error::Error + Send + Sync>>>(e: E) -> io::Error
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mcp_client::layers::transport::{CallOptions, Connection, ConnectionConfig, Meta, Reply};
+    use mcp_transport::{CallOptions, Connection, ConnectionConfig, Meta, Reply};
     use std::time::Duration;
 
     #[tokio::test]
