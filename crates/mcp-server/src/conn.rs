@@ -317,7 +317,9 @@ impl Conn {
         let mut left = BATCH;
         loop {
             self.alive(reader, now);
-            if let Some(end) = self.inbound(message, now) {
+            // A message whose frames came over several reads arrived with its head frame.
+            let arrived = reader.message_started().unwrap_or(now);
+            if let Some(end) = self.inbound(message, arrived, now) {
                 return Some(end);
             }
             left = left.saturating_sub(1);
@@ -353,9 +355,9 @@ impl Conn {
         }
     }
 
-    fn inbound(&mut self, message: Inbound, now: Instant) -> Option<End> {
+    fn inbound(&mut self, message: Inbound, arrived: Instant, now: Instant) -> Option<End> {
         match message {
-            Inbound::Request(request) => return self.request(request, now),
+            Inbound::Request(request) => return self.request(request, arrived, now),
             Inbound::Notify(push) => self.notify(push),
             Inbound::Ping(nonce) => self.send(Envelope::Pong(Pong { nonce })),
             Inbound::Pong(_) => {}
@@ -414,14 +416,14 @@ impl Conn {
         }
     }
 
-    fn request(&mut self, request: InboundRequest, now: Instant) -> Option<End> {
+    fn request(&mut self, request: InboundRequest, arrived: Instant, now: Instant) -> Option<End> {
         // The method is looked up once, here: the route decides the admission and is the
         // handler that runs.
         let method = request.method();
         let route = self.shared.router.handler(method);
-        // A message of several frames is handed over when its last frame arrives, so its
-        // deadline counts from then, not from its head frame: at most a few milliseconds
-        // more lenient than PROTOCOL.md section 3, and never stricter.
+        // The deadline counts from the head frame's arrival (docs/protocol.md section
+        // 4.2): for a message whose body took several reads, the time its body took to
+        // arrive counts against it.
         let head = RequestHead {
             id: request.id(),
             format: request.format(),
@@ -429,7 +431,7 @@ impl Conn {
             routed: route.is_some(),
             deadline_ms: request.meta().deadline_ms(),
             body_len: request.body().len(),
-            arrived: now.into_std(),
+            arrived: arrived.into_std(),
         };
         let verdict = self.state.admit(&head, now.into_std());
         match verdict {
