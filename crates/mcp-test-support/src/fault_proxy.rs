@@ -83,7 +83,9 @@ pub struct Faults {
     /// Stop forwarding (and reading, so the sender backs up), and close both sides (FIN)
     /// this long after the stall began; `Duration::MAX` stalls until the fault is lifted.
     pub stall: Option<Duration>,
-    /// Once this many bytes went this way on a connection, close it this way.
+    /// Once this many bytes went this way on a connection, close it this way. Bytes are
+    /// counted from when the connection opened or these faults were set, whichever is
+    /// later: "cut after N more bytes".
     pub cut: Option<(u64, Close)>,
     /// Write every chunk in pieces of `min..=max` bytes (pseudo-random, seeded per
     /// connection, so a run repeats itself).
@@ -607,12 +609,18 @@ where
     let mut config = pumps.config.clone();
     let mut rng = XorShift::new(seed);
     let mut buf = vec![0u8; CHUNK];
+    // Bytes forwarded since this direction's faults last changed: what a cut counts.
     let mut sent_here: u64 = 0;
+    let mut last = Faults::default();
     let mut stall_since: Option<Instant> = None;
     // The bandwidth limit's clock: when the next byte may go.
     let mut next_send = Instant::now();
     loop {
         let faults = config.borrow_and_update().get(direction).clone();
+        if faults != last {
+            sent_here = 0;
+            last = faults.clone();
+        }
         if let Some(after) = faults.stall {
             let since = *stall_since.get_or_insert_with(Instant::now);
             let close_at = async {

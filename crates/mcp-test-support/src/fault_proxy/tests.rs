@@ -246,6 +246,24 @@ async fn a_cut_forwards_exactly_n_bytes_then_closes() {
 }
 
 #[tokio::test]
+async fn a_cut_counts_from_when_it_is_set() {
+    let (_echo, proxy) = setup().await;
+    let mut stream = connect(&proxy).await;
+    stream.write_all(&pattern(50)).await.expect("write");
+    assert_eq!(read_exact(&mut stream, 50).await, pattern(50));
+    proxy.set(Direction::ToClient, Faults::none().cut_after(10));
+    let data = pattern(100);
+    stream.write_all(&data).await.expect("write");
+    let mut back = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut back))
+        .await
+        .expect("closed in time")
+        .expect("a FIN");
+    assert_eq!(back, data[..10], "ten bytes after the cut was set");
+    assert_eq!(proxy.stats().to_client.forwarded, 60);
+}
+
+#[tokio::test]
 async fn reset_after_n_bytes_sends_an_rst() {
     let (_echo, proxy) = setup().await;
     proxy.set(Direction::ToServer, Faults::none().reset_after(0));
