@@ -679,3 +679,222 @@ async fn a_slow_link_with_large_messages_is_kept_alive() {
     assert_eq!(server.stats().heartbeat_timeouts, 0);
     stop(client, server).await;
 }
+
+/// A connection closed in the middle of a message, either way: the call in flight fails
+/// as a lost connection, and the next call reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_in_the_middle_of_a_message_either_way() {
+    let handled = Arc::new(AtomicU64::new(0));
+    let h = handled.clone();
+    let server = serve(Server::builder().route_raw("echo", move |_ctx, body| {
+        h.fetch_add(1, Ordering::SeqCst);
+        async move { Ok(Reply::new(body)) }
+    }))
+    .await;
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let client = client_for(proxy.addr())
+        .max_connections(1)
+        .build()
+        .expect("build");
+    bounded("warm-up", client.call_raw(raw("echo", "warm")))
+        .await
+        .expect("warm-up");
+
+    // Half of a 200 KB answer, then FIN.
+    proxy.set(Direction::ToClient, Faults::none().cut_after(100_000));
+    let err = bounded("answer cut", client.call_raw(raw("echo", pattern(200_000))))
+        .await
+        .expect_err("cut");
+    assert_eq!(err.kind(), ErrorKind::ConnectionLost, "{err:?}");
+    assert!(err.maybe_processed(), "the server answered it: {err:?}");
+    assert!(!err.is_retryable());
+    assert_eq!(handled.load(Ordering::SeqCst), 2);
+    proxy.clear();
+    let back = bounded("after", client.call_raw(raw("echo", "again")))
+        .await
+        .expect("reconnected");
+    assert_eq!(back.body().as_ref(), b"again");
+
+    // Half of a 200 KB request, then the connection goes (an RST, as the proxy closes a
+    // socket with the rest of the request unread). The server never saw a whole request;
+    // whether the client can know that depends on how much the kernel took, so only the
+    // kind is asserted here.
+    proxy.set(Direction::ToServer, Faults::none().cut_after(100_000));
+    let err = bounded(
+        "request cut",
+        client.call_raw(raw("echo", pattern(200_000))),
+    )
+    .await
+    .expect_err("cut");
+    assert_eq!(err.kind(), ErrorKind::ConnectionLost, "{err:?}");
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        3,
+        "the cut request was not handled"
+    );
+    proxy.clear();
+    let back = bounded("after", client.call_raw(raw("echo", "again")))
+        .await
+        .expect("reconnected");
+    assert_eq!(back.body().as_ref(), b"again");
+    assert_eq!(proxy.stats().accepted, 3);
+    stop(client, server).await;
+}
+
+/// Connects refused (the proxy stops listening and drops its connections): calls fail as
+/// "could not connect", certainly not processed, hence retryable; once connects are
+/// accepted again the client is back without being told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connects_fail_as_not_processed_and_are_recovered_from() {
+    let server = serve(echo_routes()).await;
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let client = client_for(proxy.addr()).build().expect("build");
+    bounded("warm-up", client.call_raw(raw("echo", "warm")))
+        .await
+        .expect("warm-up");
+
+    proxy.refuse_new().await;
+    proxy.close_all();
+    proxy
+        .wait_until("the connection is closed", |s| s.open == 0)
+        .await;
+    for _ in 0..2 {
+        let start = Instant::now();
+        let options = CallOptions::new().timeout(Duration::from_millis(500));
+        let err = bounded("refused", async {
+            client.call_raw(raw_with("echo", "x", options)).await
+        })
+        .await
+        .expect_err("nobody listens");
+        assert_eq!(err.kind(), ErrorKind::Connect, "{err:?}");
+        assert!(!err.maybe_processed(), "{err:?}");
+        assert!(err.is_retryable(), "{err:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    proxy.accept_new().await;
+    let back = bounded("accepted again", client.call_raw(raw("echo", "back")))
+        .await
+        .expect("reconnected");
+    assert_eq!(back.body().as_ref(), b"back");
+    stop(client, server).await;
+}
+
+/// FINDING (fails today; run with `--ignored`): a request whose bytes never fully left the
+/// client is reported as possibly processed when its connection dies.
+///
+/// A (8 MiB) is being written over a 64 KiB/s link; B (a few bytes) waits behind it in the
+/// connection's write queue (only PING and PONG may come between a message's frames). An
+/// RST ends the connection: the server received no whole request (its count says so), yet
+/// both calls fail with `maybe_processed() == true`, so B, not idempotent, is not retried
+/// although it certainly could be. The transport's `Connection::finish` gives every pending
+/// call `Processed::Maybe`; a request not yet completely handed to the socket is
+/// `Processed::No`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: unsent requests are reported maybe-processed when the connection dies"]
+async fn finding_a_request_still_queued_when_the_connection_dies_is_not_processed() {
+    let handled = Arc::new(AtomicU64::new(0));
+    let h = handled.clone();
+    let server = serve(Server::builder().route_raw("echo", move |_ctx, body| {
+        h.fetch_add(1, Ordering::SeqCst);
+        async move { Ok(Reply::new(body)) }
+    }))
+    .await;
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    let client = client_for(proxy.addr())
+        .max_connections(1)
+        .timeout(Duration::from_secs(10))
+        .attempt_timeout(Duration::from_secs(10))
+        .retry(RetryConfig::default().backoff([Duration::from_millis(20); 3]))
+        .build()
+        .expect("build");
+    bounded("warm-up", client.call_raw(raw("echo", "warm")))
+        .await
+        .expect("warm-up");
+    proxy.set(Direction::ToServer, Faults::none().bandwidth(64 * 1024));
+    let before = proxy.stats().to_server.forwarded;
+    let big = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call_raw(raw("echo", pattern(8 << 20))).await })
+    };
+    proxy
+        .wait_until("the big request is on its way", |s| {
+            s.to_server.forwarded > before + 1000
+        })
+        .await;
+    let small = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call_raw(raw("echo", "small")).await })
+    };
+    bounded("both in flight", async {
+        while client.metrics().in_flight < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.clear();
+    proxy.reset_all();
+    let big = bounded("big", big).await.expect("task");
+    let small = bounded("small", small).await.expect("task");
+    assert_eq!(
+        handled.load(Ordering::SeqCst) as usize,
+        1 + usize::from(small.is_ok())
+    );
+    match small {
+        Ok(back) => assert_eq!(back.body().as_ref(), b"small", "retried"),
+        Err(err) => assert!(!err.maybe_processed(), "never written: {err:?}"),
+    }
+    let big = big.expect_err("reset while being written");
+    assert!(
+        !big.maybe_processed(),
+        "half written, never processed: {big:?}"
+    );
+    stop(client, server).await;
+}
+
+/// FINDING (fails today; run with `--ignored`): an upload that takes longer than the
+/// heartbeat's interval + timeout kills its own connection when nothing else comes back.
+///
+/// The client receives nothing while it uploads 256 KiB at 64 KiB/s, so it sends a PING
+/// after the interval; that PING sits behind the rest of the upload (in the kernel's
+/// buffers and on the slow link), so its PONG cannot come back within the timeout, and the
+/// client declares the connection dead ("nothing received for 2s after a PING") about
+/// 2.5 s into a 4 s upload; the call fails as a lost connection, possibly processed. This
+/// is what PROTOCOL.md section 7 says to the letter; the consequence is that the heartbeat
+/// timeout must exceed the longest transfer on the slowest link (with the defaults, 20 s:
+/// a 16 MiB message below about 800 KiB/s fails every time). Counting the socket's write
+/// progress as a sign of life, or starting the PONG's timeout only once the PING has left
+/// the client's queue, would avoid it. [`a_slow_link_with_large_messages_is_kept_alive`]
+/// passes because frames keep arriving the other way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: a long upload with nothing coming back outlives the heartbeat"]
+async fn finding_a_slow_upload_alone_is_killed_by_the_clients_own_heartbeat() {
+    const SIZE: usize = 256 * 1024;
+    let (interval, timeout) = (Duration::from_millis(500), Duration::from_secs(2));
+    let server =
+        serve(Server::builder().heartbeat(interval, timeout).route_raw(
+            "upload",
+            |_ctx, body: Bytes| async move {
+                Ok(Reply::new((body.len() as u64).to_be_bytes().to_vec()))
+            },
+        ))
+        .await;
+    let proxy = FaultProxy::start(server.local_addr()).await;
+    proxy.set_both(Faults::none().bandwidth(64 * 1024));
+    let client = client_for(proxy.addr())
+        .max_connections(1)
+        .heartbeat(interval, timeout)
+        .timeout(BOUND)
+        .attempt_timeout(BOUND)
+        .build()
+        .expect("build");
+    let result = bounded("upload", client.call_raw(raw("upload", pattern(SIZE)))).await;
+    let back = result.expect("the upload outlives the heartbeat");
+    assert_eq!(back.body().as_ref(), (SIZE as u64).to_be_bytes());
+    stop(client, server).await;
+}
