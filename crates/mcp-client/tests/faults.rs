@@ -197,11 +197,14 @@ async fn latency_longer_than_the_budget_times_out_and_the_client_stays_usable() 
     assert_eq!(err.timeout_phase(), Some(Phase::Response), "{err:?}");
     assert!(err.maybe_processed());
 
-    // Still under latency, a call with the default budget gets its own answer, not one of
-    // the late ones.
+    // Still under latency (behind the late answers, each 500 ms late in turn), a call with
+    // time to spare gets its own answer, not one of the late ones.
+    let patient = CallOptions::new()
+        .timeout(Duration::from_secs(10))
+        .attempt_timeout(Duration::from_secs(10));
     let back = bounded(
         "a call within its budget",
-        client.call_raw(raw("echo", "own")),
+        client.call_raw(raw_with("echo", "own", patient)),
     )
     .await
     .expect("answered late but in time");
