@@ -250,6 +250,7 @@ pub struct FaultProxy {
     kill: watch::Sender<Kill>,
     accepting: watch::Sender<bool>,
     listening: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
     counters: Arc<Counters>,
     accept: JoinHandle<()>,
 }
@@ -272,6 +273,7 @@ impl FaultProxy {
         let (kill, _) = watch::channel((0, Close::Fin));
         let (accepting, accepting_rx) = watch::channel(true);
         let (listening_tx, listening) = watch::channel(true);
+        let (stop, stop_rx) = watch::channel(false);
         let counters = Arc::new(Counters::default());
         let accept = tokio::spawn(accept_loop(
             listener,
@@ -284,6 +286,7 @@ impl FaultProxy {
             },
             accepting_rx,
             listening_tx,
+            stop_rx,
         ));
         Ok(FaultProxy {
             addr,
@@ -292,6 +295,7 @@ impl FaultProxy {
             kill,
             accepting,
             listening,
+            stop,
             counters,
             accept,
         })
@@ -396,11 +400,13 @@ impl FaultProxy {
     }
 
     /// Stops the proxy and waits until its tasks are gone: the listener is closed and
-    /// every connection dropped (a FIN to both peers). Dropping the proxy does the same
-    /// without waiting.
+    /// every connection dropped (a FIN to both peers, or an RST where data was left
+    /// unread). Dropping the proxy does the same without waiting.
     pub async fn shutdown(mut self) {
-        self.accept.abort();
-        let _ = (&mut self.accept).await;
+        self.stop.send_replace(true);
+        if tokio::time::timeout(STEP, &mut self.accept).await.is_err() {
+            panic!("the proxy's tasks did not end within {STEP:?}");
+        }
     }
 }
 
@@ -439,6 +445,7 @@ async fn accept_loop(
     pumps: Pumps,
     mut accepting: watch::Receiver<bool>,
     listening: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     // Dropped with this task: aborts every connection.
     let mut conns = JoinSet::new();
@@ -476,6 +483,11 @@ async fn accept_loop(
             }
         };
         tokio::select! {
+            () = async { drop(stop.wait_for(|stop| *stop).await) } => {
+                // Aborts every connection and waits until their sockets are dropped.
+                conns.shutdown().await;
+                return;
+            }
             changed = accepting.changed() => {
                 if changed.is_err() {
                     // The proxy is gone (its Drop aborts this task as well).

@@ -369,6 +369,27 @@ async fn shutdown_closes_everything() {
 }
 
 #[tokio::test]
+async fn shutdown_waits_for_the_connections_and_drop_ends_them_too() {
+    let (_echo, proxy) = setup().await;
+    let mut stream = connect(&proxy).await;
+    stream.write_all(b"x").await.expect("write");
+    assert_eq!(read_exact(&mut stream, 1).await, b"x");
+    let counters = proxy.counters.clone();
+    proxy.shutdown().await;
+    assert_eq!(counters.open.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let (_echo, proxy) = setup().await;
+    let mut stream = connect(&proxy).await;
+    stream.write_all(b"y").await.expect("write");
+    assert_eq!(read_exact(&mut stream, 1).await, b"y");
+    drop(proxy);
+    let read = read_within(&mut stream, STEP)
+        .await
+        .expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[tokio::test]
 async fn a_second_host_on_127_0_0_2() {
     let echo = TcpEcho::start().await;
     let proxy = FaultProxy::start_on("127.0.0.2:0".parse().expect("addr"), echo.addr)
