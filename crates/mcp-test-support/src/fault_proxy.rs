@@ -15,7 +15,7 @@
 //! Toxiproxy's HTTP API (in process one drives its `Runner` trait with request channels and
 //! stop/close signals meant for that server); and it has no RST, no "refuse new
 //! connections" or "kill every connection", no per-direction byte counters. What is needed
-//! here is about five hundred lines on tokio, so they live here, where a test can read
+//! here is a few hundred lines on tokio, so they live here, where a test can read
 //! them.
 //!
 //! # Semantics
