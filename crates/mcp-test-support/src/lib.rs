@@ -5,11 +5,16 @@
 //!   garbage, half a frame then close, RST, GOAWAY, silence).
 //! - [`EchoServer`] serves many connections with a fixed behaviour per method (see
 //!   [`EchoServer::start`]) and counters, for load and reconnect tests.
+//! - [`fault_proxy::FaultProxy`] sits between a real client and a real server and injects
+//!   network faults (latency, bandwidth, blackhole, stall, cut, RST, tiny writes, refused
+//!   or killed connections) per direction, switchable while calls run.
 //!
 //! Every wait here is bounded ([`STEP`]); a helper that times out panics, which fails the
 //! test instead of hanging it. Panicking is fine in a test crate and nowhere else.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod fault_proxy;
 
 use std::collections::HashMap;
 use std::io;
