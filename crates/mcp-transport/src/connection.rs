@@ -717,9 +717,10 @@ impl ConnShared {
     }
 
     /// Ends the connection: every pending call gets `reason`, the status says closed.
-    fn finish(&self, reason: &TransportError) {
+    /// `written`: see [`ClientCore::finish`].
+    fn finish(&self, reason: &TransportError, written: Option<u64>) {
         let now = Instant::now().into_std();
-        self.with_core(|core, _| core.finish(reason, now));
+        self.with_core(|core, _| core.finish(reason, now, written));
     }
 }
 
@@ -854,14 +855,22 @@ async fn drive<R: tokio::io::AsyncRead + Unpin>(
 
     tracing::debug!(peer = %shared.peer, %reason, "connection closing");
     unfinished.0 = None;
-    shared.finish(&reason);
-    if flush {
-        shared.writer.close();
-    } else {
-        shared.writer.abort();
-    }
     // The writer ends at once when aborted, or within the stall timeout when flushing.
     let grace = shared.config.wire.write_stall_timeout + Duration::from_millis(100);
+    if flush {
+        // What is queued may still be written: every pending call may be processed.
+        shared.finish(&reason, None);
+        shared.writer.close();
+    } else {
+        // Once the writer has stopped, a request it never wrote whole was certainly not
+        // processed; its caller is told so (and may send it elsewhere).
+        shared.writer.abort();
+        if !writer_done && tokio::time::timeout(grace, &mut writer_exit).await.is_ok() {
+            writer_done = true;
+        }
+        let written = writer_done.then(|| shared.writer.written_bytes());
+        shared.finish(&reason, written);
+    }
     if !writer_done && tokio::time::timeout(grace, writer_exit).await.is_err() {
         shared.writer.abort();
     }
@@ -875,9 +884,10 @@ struct Unfinished(Option<Arc<ConnShared>>);
 impl Drop for Unfinished {
     fn drop(&mut self) {
         if let Some(shared) = self.0.take() {
-            shared.finish(&closed(
-                "the connection's task was stopped (its runtime shut down)",
-            ));
+            shared.finish(
+                &closed("the connection's task was stopped (its runtime shut down)"),
+                None,
+            );
             shared.writer.abort();
         }
     }

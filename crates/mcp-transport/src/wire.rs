@@ -162,6 +162,8 @@ pub struct WriterStats {
 #[derive(Debug)]
 struct WriterState {
     buf: BytesMut,
+    /// Bytes ever queued: the stream offset just past the last message queued.
+    enqueued: u64,
     closing: bool,
     aborted: bool,
     exited: bool,
@@ -180,6 +182,8 @@ struct WriterShared {
     exit: watch::Sender<Option<WriterExit>>,
     /// Bytes queued, readable without the lock (callers check it before every request).
     queued: AtomicUsize,
+    /// Bytes handed to the stream so far (the stream offset written up to).
+    written: std::sync::atomic::AtomicU64,
     max_message_len: usize,
     limit: usize,
 }
@@ -240,6 +244,7 @@ impl WireWriter {
         let shared = Arc::new(WriterShared {
             state: Mutex::new(WriterState {
                 buf: BytesMut::with_capacity(WRITE_BUF_INITIAL),
+                enqueued: 0,
                 closing: false,
                 aborted: false,
                 exited: false,
@@ -250,6 +255,7 @@ impl WireWriter {
             space: Notify::new(),
             exit,
             queued: AtomicUsize::new(0),
+            written: std::sync::atomic::AtomicU64::new(0),
             max_message_len: config.max_message_len,
             limit: config.write_queue_limit,
         });
@@ -270,12 +276,22 @@ impl WireWriter {
     /// client's driver leaves a PING unanswered while [`WireWriter::is_full`]; `mcp-server`
     /// stops reading while its queue is full.
     pub fn send(&self, envelope: Envelope<'_>) -> Result<(), WireError> {
+        self.send_marked(envelope).map(drop)
+    }
+
+    /// [`WireWriter::send`], answering the stream offset just past the message: once
+    /// [`WireWriter::written_bytes`] reaches it, the whole message was handed to the stream;
+    /// if the writer ends before, the peer cannot have received all of it.
+    pub fn send_marked(&self, envelope: Envelope<'_>) -> Result<u64, WireError> {
         let mut state = lock(&self.shared);
         if state.closing || state.aborted || state.exited {
             return Err(WireError::WriterClosed);
         }
         let was_empty = state.buf.is_empty();
+        let before = state.buf.len();
         encode_envelope(envelope, &mut state.buf, self.shared.max_message_len)?;
+        state.enqueued += (state.buf.len() - before) as u64;
+        let end = state.enqueued;
         state.stats.queued += 1;
         state.stats.peak_queued = state.stats.peak_queued.max(state.buf.len());
         self.shared.queued.store(state.buf.len(), Ordering::Release);
@@ -285,7 +301,12 @@ impl WireWriter {
             // goes from empty to not empty.
             self.shared.wake.notify_one();
         }
-        Ok(())
+        Ok(end)
+    }
+
+    /// Bytes handed to the stream so far (see [`WireWriter::send_marked`]).
+    pub fn written_bytes(&self) -> u64 {
+        self.shared.written.load(Ordering::Acquire)
     }
 
     /// Waits until the queue holds less than the configured limit (or the writer ended).
@@ -418,7 +439,7 @@ async fn run<W: AsyncWrite + Unpin>(shared: Arc<WriterShared>, mut io: W, stall:
         let written = tokio::select! {
             biased;
             _ = aborted => break WriterExit::Aborted,
-            result = write_all(&mut io, &batch, stall) => result,
+            result = write_all(&mut io, &batch, stall, &shared.written) => result,
         };
         if let Err(err) = written {
             break WriterExit::Failed(Arc::new(err));
@@ -445,13 +466,17 @@ async fn write_all<W: AsyncWrite + Unpin>(
     io: &mut W,
     buf: &[u8],
     stall: Duration,
+    written: &std::sync::atomic::AtomicU64,
 ) -> Result<(), WireError> {
     let mut pos = 0;
     while pos < buf.len() {
         match tokio::time::timeout(stall, io.write(&buf[pos..])).await {
             Err(_) => return Err(WireError::WriteStall(stall)),
             Ok(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
-            Ok(Ok(n)) => pos += n,
+            Ok(Ok(n)) => {
+                pos += n;
+                written.fetch_add(n as u64, Ordering::Release);
+            }
             Ok(Err(err)) => return Err(err.into()),
         }
     }

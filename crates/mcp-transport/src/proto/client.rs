@@ -118,6 +118,9 @@ struct Entry<W> {
     waiter: Waiter<W>,
     /// When to give up on the request (CANCEL, a timeout for the caller); `None`: never.
     deadline: Option<Instant>,
+    /// The stream offset just past the request: until the stream has taken that much, the
+    /// server cannot have the whole request.
+    end: u64,
 }
 
 #[derive(Debug)]
@@ -298,9 +301,10 @@ impl<W> ClientCore<W> {
             return Err((waiter, refusal));
         }
         let id = self.alloc_id();
-        if let Err(err) = send_request(out, id, method, format, meta, body) {
-            return Err((waiter, send_error(err)));
-        }
+        let end = match send_request(out, id, method, format, meta, body) {
+            Ok(end) => end,
+            Err(err) => return Err((waiter, send_error(err))),
+        };
         // No clock read for `last_active`: a call in flight keeps the connection from
         // being idle, and its answer (or its end) updates it.
         self.track(
@@ -308,6 +312,7 @@ impl<W> ClientCore<W> {
             Entry {
                 waiter: Waiter::Caller(waiter),
                 deadline,
+                end,
             },
         );
         Ok(id)
@@ -327,10 +332,11 @@ impl<W> ClientCore<W> {
             return;
         }
         let id = self.alloc_id();
-        if send_request(out, id, method, format::RAW, &Meta::new(), body).is_ok() {
+        if let Ok(end) = send_request(out, id, method, format::RAW, &Meta::new(), body) {
             let entry = Entry {
                 waiter: Waiter::Detached(resubscribe),
                 deadline: Some(now + self.settings.subscribe_timeout),
+                end,
             };
             self.track(id, entry);
         }
@@ -359,7 +365,7 @@ impl<W> ClientCore<W> {
                 body,
             }))
         });
-        sent.map_err(send_error)
+        sent.map(drop).map_err(send_error)
     }
 
     /// Records a request in the pending table; if its deadline is earlier than the timer,
@@ -722,14 +728,25 @@ impl<W> ClientCore<W> {
     }
 
     /// Ends the connection: every pending call gets `reason`, the status says closed.
-    pub fn finish(&mut self, reason: &TransportError, now: Instant) {
+    ///
+    /// `written`: how far the stream was written when nothing more can be written (the
+    /// writer stopped). A request that ends past it never left this side whole, so the
+    /// server cannot have processed it: its caller learns so, and may send it elsewhere.
+    /// `None` when bytes queued may still be written (a flush): every request may then
+    /// have been processed.
+    pub fn finish(&mut self, reason: &TransportError, now: Instant, written: Option<u64>) {
         self.life = Life::Closed;
         self.ended_at.get_or_insert(now);
         self.close_reason = Some(reason.clone());
-        let err = reason.with(Phase::Response, Processed::Maybe);
+        let maybe = reason.with(Phase::Response, Processed::Maybe);
+        let unsent = reason.with(Phase::Write, Processed::No);
         for (_, entry) in self.pending.drain() {
             if let Waiter::Caller(waiter) = entry.waiter {
-                self.events.push(Event::Done(waiter, Err(err.clone())));
+                let err = match written {
+                    Some(written) if entry.end > written => unsent.clone(),
+                    _ => maybe.clone(),
+                };
+                self.events.push(Event::Done(waiter, Err(err)));
             }
         }
         self.timer = None;
@@ -754,7 +771,7 @@ fn send_request(
     format: u8,
     meta: &Meta,
     body: &[u8],
-) -> Result<(), WireError> {
+) -> Result<u64, WireError> {
     meta.with_metadata(|meta| {
         out.send(Envelope::Request(Request {
             id,
@@ -811,6 +828,7 @@ mod tests {
             Entry {
                 waiter: Waiter::Detached(None),
                 deadline: None,
+                end: 0,
             },
         );
         s.abandoned.insert(1);

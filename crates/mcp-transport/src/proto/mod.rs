@@ -32,15 +32,17 @@ pub use server::{RequestHead, RequestLimits, ServerCore, Verdict};
 
 /// Where a core's frames go: the driver's write queue, or a buffer in tests.
 pub trait Transmit {
-    /// Queues one whole message (split into CONTINUATION frames if large), or nothing.
-    fn send(&mut self, envelope: Envelope<'_>) -> Result<(), WireError>;
+    /// Queues one whole message (split into CONTINUATION frames if large), or nothing;
+    /// answers the stream offset just past it (bytes ever queued, this one included), so
+    /// that a core can tell later whether the message was ever handed to the stream whole.
+    fn send(&mut self, envelope: Envelope<'_>) -> Result<u64, WireError>;
     /// Whether the queue is at its limit (a PING is then left unanswered).
     fn is_full(&self) -> bool;
 }
 
 impl Transmit for &crate::wire::WireWriter {
-    fn send(&mut self, envelope: Envelope<'_>) -> Result<(), WireError> {
-        crate::wire::WireWriter::send(self, envelope)
+    fn send(&mut self, envelope: Envelope<'_>) -> Result<u64, WireError> {
+        crate::wire::WireWriter::send_marked(self, envelope)
     }
 
     fn is_full(&self) -> bool {

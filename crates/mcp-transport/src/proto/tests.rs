@@ -29,6 +29,8 @@ struct Wire {
     codec: McpCodec,
     /// Past this many bytes queued, `is_full` says so.
     limit: usize,
+    /// Bytes ever queued.
+    total: u64,
 }
 
 impl Wire {
@@ -37,13 +39,17 @@ impl Wire {
             bytes: BytesMut::new(),
             codec: McpCodec::new(role),
             limit: usize::MAX,
+            total: 0,
         }
     }
 }
 
 impl Transmit for Wire {
-    fn send(&mut self, envelope: Envelope<'_>) -> Result<(), WireError> {
-        self.codec.encode(envelope, &mut self.bytes)
+    fn send(&mut self, envelope: Envelope<'_>) -> Result<u64, WireError> {
+        let before = self.bytes.len();
+        self.codec.encode(envelope, &mut self.bytes)?;
+        self.total += (self.bytes.len() - before) as u64;
+        Ok(self.total)
     }
 
     fn is_full(&self) -> bool {
@@ -285,7 +291,7 @@ impl Pair {
     }
 
     fn die(&mut self, reason: TransportError) {
-        self.client.finish(&reason, self.now);
+        self.client.finish(&reason, self.now, None);
         self.client_dead = Some(reason);
         self.collect();
     }
@@ -582,5 +588,31 @@ fn a_client_goaway_makes_the_server_refuse_later_requests_with_error_6() {
     pair.drive();
     assert!(pair.server.drained());
     assert_eq!(pair.body(before), b"before");
+    pair.all_answered();
+}
+
+#[test]
+fn requests_the_stream_never_took_whole_are_not_processed_when_it_dies() {
+    let mut pair = Pair::new(Handlers::Hold);
+    let first = pair.call(b"first", None);
+    let written = pair.up.total;
+    let second = pair.call(b"second", None);
+    // The writer stopped after the first request: the second never left whole.
+    let reason = crate::proto::client::closed("connection lost");
+    pair.client.finish(&reason, pair.now, Some(written));
+    pair.collect();
+    let first = pair.outcome(first).as_ref().unwrap_err();
+    let second = pair.outcome(second).as_ref().unwrap_err();
+    assert_eq!(first.processed(), crate::Processed::Maybe);
+    assert_eq!(second.processed(), crate::Processed::No);
+    // Without knowing how far the stream got (a flush), every request may be processed.
+    let mut pair = Pair::new(Handlers::Hold);
+    let call = pair.call(b"x", None);
+    pair.client.finish(&reason, pair.now, None);
+    pair.collect();
+    assert_eq!(
+        pair.outcome(call).as_ref().unwrap_err().processed(),
+        crate::Processed::Maybe
+    );
     pair.all_answered();
 }
