@@ -441,6 +441,11 @@ impl Connection {
         self.shared.serial
     }
 
+    /// Whether a message queued now would wait for queue space.
+    pub(crate) fn is_writer_full(&self) -> bool {
+        self.shared.writer.is_full()
+    }
+
     /// Whether any request on this connection was answered.
     pub(crate) fn answered_any(&self) -> bool {
         lock(&self.shared.core).counters().answers > 0

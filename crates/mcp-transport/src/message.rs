@@ -153,6 +153,23 @@ impl Meta {
         self.repr = MetaRepr::Pairs(pairs);
     }
 
+    /// These entries with every `deadline` replaced by one saying `remaining` (whole
+    /// milliseconds, rounded down, saturating), or `None` when there is no `deadline` to
+    /// replace. For a request that waited (for a connection, a connect, queue space)
+    /// after its `deadline` was computed: the value sent is the time left when the frame
+    /// is written (docs/protocol.md section 4.2).
+    pub fn with_deadline_left(&self, remaining: std::time::Duration) -> Option<Meta> {
+        self.get(mcp_codec::DEADLINE)?;
+        let ms = u32::try_from(remaining.as_millis()).unwrap_or(u32::MAX);
+        let mut meta = self.clone();
+        meta.remove(mcp_codec::DEADLINE);
+        meta.push(
+            mcp_codec::DEADLINE,
+            Bytes::copy_from_slice(&ms.to_be_bytes()),
+        );
+        Some(meta)
+    }
+
     /// Bytes of keys and values (the memory a received block holds).
     pub(crate) fn byte_len(&self) -> usize {
         match &self.repr {

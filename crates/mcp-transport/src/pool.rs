@@ -321,11 +321,24 @@ impl Pool {
             // (notifications, timers) are rare, and held inline they made this future about
             // 500 bytes, which every caller's future embeds and moves at each await.
             let found = PoolShared::take_open(&mut lock(&self.shared.state))?;
+            let mut waited = refusals > 0 || found.is_none();
             let (conn, permit) = match found {
                 Some(found) => found,
                 None => Box::pin(self.shared.acquire(deadline)).await?,
             };
+            waited |= conn.is_writer_full();
             conn.wait_writable(deadline).await?;
+            // The caller computed `deadline` before this call: if it waited since (for a
+            // connection, a connect, queue space), what is left is sent instead
+            // (docs/protocol.md section 4.2). A call that found room at once is written
+            // within microseconds of that, so it pays no clock read here.
+            let rewritten = match (waited, deadline) {
+                (true, Some(deadline)) => {
+                    meta.with_deadline_left(deadline.saturating_duration_since(Instant::now()))
+                }
+                _ => None,
+            };
+            let meta = rewritten.as_ref().unwrap_or(meta);
             match conn.start_call(permit, method, format, meta, body, deadline) {
                 Ok(pending) => match pending.wait().await {
                     Err(err) if err.is_refused_by_peer() && refusals < MAX_REFUSALS => {

@@ -1649,3 +1649,63 @@ async fn close_sends_goaway_then_ends_the_stream() {
     }
     assert_eq!(peer.recv().await, Received::Closed);
 }
+
+/// The `deadline` sent is the time left when the frame is written (docs/protocol.md
+/// section 4.2): a call that waited 300 ms for a place in the pool sends what is left of
+/// its budget, not the value its caller computed before the wait. A call that did not wait
+/// is sent as its caller built it.
+#[tokio::test]
+async fn the_deadline_sent_is_what_is_left_when_the_request_is_written() {
+    let listener = TestListener::bind().await;
+    let mut config = pool_config();
+    config.max_connections = 1;
+    config.connection.max_in_flight = 1;
+    let pool = Pool::new(listener.addr().to_string(), config);
+    let budget = Duration::from_millis(2000);
+    let call = |pool: Pool| async move {
+        let meta = Meta::new().with("deadline", 2000u32.to_be_bytes().to_vec());
+        pool.call(
+            "echo",
+            format::RAW,
+            &meta,
+            b"x",
+            CallOptions::deadline(Instant::now() + budget),
+        )
+        .await
+    };
+    let first = tokio::spawn(call(pool.clone()));
+    let mut peer = listener.accept().await;
+    let held = peer.recv_request().await;
+    let deadline_of = |meta: &[mcp_codec::OwnedMetaPair]| {
+        let value = &meta
+            .iter()
+            .find(|(k, _)| k == "deadline")
+            .expect("deadline")
+            .1;
+        u32::from_be_bytes(value[..].try_into().expect("4 bytes"))
+    };
+    // The first call waited for the connection to open: what is left, within a little.
+    let first_left = deadline_of(&held.meta);
+    assert!((1500..=2000).contains(&first_left), "{first_left}");
+    // The second call waits for the only place, which the first holds for 300 ms.
+    let second = tokio::spawn(call(pool.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    peer.respond(held.id, b"x").await;
+    let waited = peer.recv_request().await;
+    let left = deadline_of(&waited.meta);
+    assert!(left <= 1700, "{left} ms sent after waiting 300 ms of 2000");
+    assert!(left >= 500, "{left} ms: the rest of the budget, not less");
+    peer.respond(waited.id, b"x").await;
+    body(within(first).await.unwrap());
+    body(within(second).await.unwrap());
+    // A call that finds room at once is sent as its caller built it.
+    let third = tokio::spawn(call(pool.clone()));
+    let request = peer.recv_request().await;
+    assert_eq!(
+        deadline_of(&request.meta),
+        2000,
+        "sent as built: it did not wait"
+    );
+    peer.respond(request.id, b"x").await;
+    body(within(third).await.unwrap());
+}
