@@ -90,8 +90,13 @@ pub trait Transport: Send + Sync + 'static {
         deadline: Instant,
     ) -> impl Future<Output = Result<PushStream, Error>> + Send + 'a;
 
-    /// Waits until a call could be sent (a connection is open), at most until `deadline`.
-    fn ready(&self, deadline: Instant) -> impl Future<Output = Result<(), Error>> + Send + '_;
+    /// Waits until a call could be sent (a connection is open), at most until `deadline`;
+    /// with `fail_fast`, fails at the first failed connect try instead.
+    fn ready(
+        &self,
+        deadline: Instant,
+        fail_fast: bool,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_;
 
     /// Closes, and waits a little for background work to end.
     fn close(&self) -> impl Future<Output = ()> + Send + '_;
@@ -156,10 +161,14 @@ impl Transport for Pool {
         Ok(Box::pin(ToRawPush { sub, ended: false }))
     }
 
-    async fn ready(&self, deadline: Instant) -> Result<(), Error> {
-        Pool::ready(self, TransportOptions::deadline(deadline))
-            .await
-            .map_err(Error::from_transport)
+    async fn ready(&self, deadline: Instant, fail_fast: bool) -> Result<(), Error> {
+        let options = TransportOptions::deadline(deadline);
+        let ready = if fail_fast {
+            Pool::ready_or_fail(self, options).await
+        } else {
+            Pool::ready(self, options).await
+        };
+        ready.map_err(Error::from_transport)
     }
 
     async fn close(&self) {

@@ -246,6 +246,56 @@ async fn an_unreachable_server_is_a_connect_error() {
     assert!(!err.maybe_processed());
 }
 
+/// `connect()` keeps its word: with the default budget (5 s), nobody listening is reported
+/// at the first failed try, within the connect timeout, not after the whole budget spent
+/// in reconnect backoff. `wait_for_ready(true)` waits for the server instead, and finds it
+/// when it comes up.
+#[tokio::test]
+async fn connect_fails_fast_unless_asked_to_wait_for_ready() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let started = std::time::Instant::now();
+    let err = bounded(
+        "connect",
+        mcp_client::Client::builder(addr.to_string()).connect(),
+    )
+    .await
+    .expect_err("nobody listens");
+    assert!(matches!(err.kind(), ErrorKind::Connect), "{err:?}");
+    assert!(!err.maybe_processed());
+    // The default connect timeout is 1 s; the old behaviour took the 5 s budget.
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Waiting for ready: the server comes up 300 ms later, on the same address.
+    let waiting = tokio::spawn(
+        mcp_client::Client::builder(addr.to_string())
+            .wait_for_ready(true)
+            .connect(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let server = mcp_server::Server::builder()
+        .route_raw("echo", |_ctx, body| async move {
+            Ok(mcp_server::Reply::new(body))
+        })
+        .bind(addr)
+        .await
+        .expect("bind again");
+    let client = bounded("wait for ready", waiting)
+        .await
+        .expect("task")
+        .expect("connected once the server came up");
+    bounded("close", client.close()).await;
+    server
+        .shutdown(Duration::from_secs(1))
+        .await
+        .expect("shutdown");
+}
+
 #[cfg(feature = "tower")]
 #[tokio::test]
 async fn the_client_is_a_tower_service() {

@@ -397,6 +397,32 @@ impl Pool {
         Ok(())
     }
 
+    /// Like [`Pool::ready`], but fails at the first failed connect try instead of waiting
+    /// through the backoff for a later one (gRPC's fail-fast; `ready` is its
+    /// wait-for-ready): at most the connect timeout when nobody listens.
+    pub async fn ready_or_fail(&self, opts: CallOptions) -> Result<(), TransportError> {
+        let mut states = self.watch_state();
+        let failed = async move {
+            loop {
+                let failure = match &*states.borrow_and_update() {
+                    EndpointState::Reconnecting { last_error, .. } => Some(last_error.clone()),
+                    EndpointState::Down { reason } => Some(reason.clone()),
+                    _ => None,
+                };
+                if let Some(err) = failure {
+                    return err;
+                }
+                if states.changed().await.is_err() {
+                    return TransportError::shutdown(Phase::Pool);
+                }
+            }
+        };
+        tokio::select! {
+            ready = self.ready(opts) => ready,
+            err = failed => Err(err),
+        }
+    }
+
     /// The endpoint's state now.
     pub fn state(&self) -> EndpointState {
         self.shared.status.borrow().clone()

@@ -35,6 +35,7 @@ pub struct ClientBuilder<F: Format> {
     format: F,
     policies: Policies,
     pool: PoolConfig,
+    wait_for_ready: bool,
 }
 
 impl ClientBuilder<super::DefaultFormat> {
@@ -44,6 +45,7 @@ impl ClientBuilder<super::DefaultFormat> {
             format: super::DefaultFormat::default(),
             policies: Policies::default(),
             pool: PoolConfig::default(),
+            wait_for_ready: false,
         }
     }
 }
@@ -56,6 +58,7 @@ impl<F: Format> ClientBuilder<F> {
             format,
             policies: self.policies,
             pool: self.pool,
+            wait_for_ready: self.wait_for_ready,
         }
     }
 
@@ -81,6 +84,15 @@ impl<F: Format> ClientBuilder<F> {
     /// How long opening a TCP connection may take (1 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.pool.connection.connect_timeout = timeout;
+        self
+    }
+
+    /// What [`ClientBuilder::connect`] does when the first connect try fails: by default
+    /// it fails at once (within the connect timeout), which is what a program that needs
+    /// its server wants to know; with `true` it waits for the server through the
+    /// reconnect backoff, within the call timeout (gRPC's wait-for-ready).
+    pub fn wait_for_ready(mut self, wait: bool) -> Self {
+        self.wait_for_ready = wait;
         self
     }
 
@@ -170,12 +182,14 @@ impl<F: Format> ClientBuilder<F> {
         Client::from_stack(Arc::new(stack), self.format)
     }
 
-    /// The client, with a first connection open (within the connect timeout), so that an
-    /// unreachable server is reported here rather than by the first call.
+    /// The client, with a first connection open, so that an unreachable server is
+    /// reported here rather than by the first call: at the first failed connect try (within
+    /// the connect timeout), unless [`ClientBuilder::wait_for_ready`] asks to wait.
     pub async fn connect(self) -> Result<Client<F>, Error> {
+        let fail_fast = !self.wait_for_ready;
         let client = self.build()?;
         let deadline = later(Instant::now(), client.stack.timing().timeout);
-        Transport::ready(client.stack.transport(), deadline).await?;
+        Transport::ready(client.stack.transport(), deadline, fail_fast).await?;
         Ok(client)
     }
 }

@@ -121,7 +121,7 @@ impl Transport for Arc<Scripted> {
         Err(Error::closed())
     }
 
-    async fn ready(&self, _deadline: Instant) -> Result<(), Error> {
+    async fn ready(&self, _deadline: Instant, _fail_fast: bool) -> Result<(), Error> {
         Ok(())
     }
 
