@@ -569,6 +569,33 @@ async fn malformed_request_with_readable_id_is_error_1_and_the_connection_stays(
     stop(handle).await;
 }
 
+/// A malformed REQUEST with MORE set (flags exactly 0x01): ERROR 1 with its id, then its
+/// CONTINUATION frames are skipped and the connection stays (docs/protocol.md reading 2).
+#[tokio::test]
+async fn a_malformed_request_with_more_is_error_1_and_its_continuations_are_skipped() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    // REQUEST id 11, MORE, then two CONTINUATIONs: a bad metadata key, a method that is
+    // not UTF-8, an empty method, metadata cut short.
+    let cases: [&[u8]; 4] = [
+        &[0, 0, 0, 11, 0x01, 0, 1, b'm', 1, 1, b'K', 0, 0, b'x'],
+        &[0, 0, 0, 11, 0x01, 0, 1, 0xff, 0, b'x'],
+        &[0, 0, 0, 11, 0x01, 0, 0, 0, b'x'],
+        &[0, 0, 0, 11, 0x01, 0, 1, b'm', 2, 1, b'k'],
+    ];
+    for (i, payload) in cases.into_iter().enumerate() {
+        c.send_raw(&frame(0x01, payload)).await;
+        c.send_raw(&frame(0x09, &[0x01, b'y', b'y'])).await;
+        c.send_raw(&frame(0x09, &[0x00, b'z'])).await;
+        let (id, code, _) = error(c.recv().await);
+        assert_eq!((id, code), (11, ErrorCode::MALFORMED), "case {i}");
+        c.ping_pong(4 + i as u64).await;
+    }
+    c.request(12, format::RAW, "echo", b"still here").await;
+    assert_eq!(response(c.recv().await), (12, format::RAW, b"still here".to_vec()));
+    stop(handle).await;
+}
+
 #[tokio::test]
 async fn malformed_frame_without_readable_id_closes_with_error_0() {
     for (frame_type, payload) in [
