@@ -11,14 +11,10 @@
 
 use std::borrow::Cow;
 
-/// Whether `c` must not reach a terminal as it is.
+/// Whether `c` must not reach a terminal as it is (the transport's rule, which its errors
+/// follow too).
 fn is_unsafe(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2028}' | '\u{2029}'
-                | '\u{2066}'..='\u{2069}'
-        )
+    mcp_transport::text::is_unsafe_char(c)
 }
 
 fn escape_if(s: &str, escape: impl Fn(char) -> bool) -> Cow<'_, str> {

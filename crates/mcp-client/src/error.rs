@@ -171,7 +171,9 @@ impl fmt::Display for RemoteError {
         if self.message.is_empty() {
             write!(f, "server answered ERROR {}", self.code)
         } else {
-            write!(f, "server answered ERROR {}: {}", self.code, self.message)
+            // The message is the peer's text: one line, nothing that acts on a terminal.
+            let message = mcp_transport::text::one_line(&self.message);
+            write!(f, "server answered ERROR {}: {message}", self.code)
         }
     }
 }
@@ -508,6 +510,19 @@ impl StdError for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remote_message_is_shown_on_one_line_with_nothing_for_the_terminal() {
+        let hostile = RemoteError::new(ErrorCode(1000), "no\nmcp: forged line\u{1b}[2J\u{7}");
+        let shown = hostile.to_string();
+        assert_eq!(
+            shown,
+            "server answered ERROR 1000: no\\nmcp: forged line\\u{1b}[2J\\u{7}"
+        );
+        assert!(!shown.chars().any(char::is_control));
+        // The message itself is kept as it came, for code that wants it.
+        assert_eq!(hostile.message(), "no\nmcp: forged line\u{1b}[2J\u{7}");
+    }
 
     #[test]
     fn remote_codes_follow_the_protocol_table() {

@@ -592,7 +592,10 @@ async fn a_malformed_request_with_more_is_error_1_and_its_continuations_are_skip
         c.ping_pong(4 + i as u64).await;
     }
     c.request(12, format::RAW, "echo", b"still here").await;
-    assert_eq!(response(c.recv().await), (12, format::RAW, b"still here".to_vec()));
+    assert_eq!(
+        response(c.recv().await),
+        (12, format::RAW, b"still here".to_vec())
+    );
     stop(handle).await;
 }
 

@@ -83,6 +83,7 @@ mod message;
 mod pool;
 pub mod proto;
 mod subscription;
+pub mod text;
 mod wire;
 
 pub use backoff::Backoff;

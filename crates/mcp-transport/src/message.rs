@@ -530,7 +530,8 @@ impl RemoteError {
 
 impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "remote error {}: {}", self.code, self.message)
+        let message = crate::text::one_line(&self.message);
+        write!(f, "remote error {}: {message}", self.code)
     }
 }
 

@@ -22,6 +22,7 @@ use super::heartbeat::{Beat, Heartbeat};
 use super::{Life, Transmit};
 use crate::error::{ErrorKind, Phase, Processed, TransportError, WireError};
 use crate::message::{Inbound, Meta, Push, RemoteError, Reply};
+use crate::text::one_line;
 
 type Outcome = Result<Reply, TransportError>;
 
@@ -588,7 +589,10 @@ impl<W> ClientCore<W> {
                     ErrorKind::ConnectionError { code },
                     Phase::Response,
                     Processed::Maybe,
-                    format!("the server closed the connection with ERROR {code}: {message}"),
+                    format!(
+                        "the server closed the connection with ERROR {code}: {}",
+                        one_line(&message)
+                    ),
                 ));
             }
             Inbound::Error { id, code, message } if code == ErrorCode::UNAVAILABLE => {
@@ -598,7 +602,10 @@ impl<W> ClientCore<W> {
                         ErrorKind::GoAway { code: None },
                         Phase::Response,
                         Processed::No,
-                        format!("the server is unavailable (ERROR 6): {message}"),
+                        format!(
+                            "the server is unavailable (ERROR 6): {}",
+                            one_line(&message)
+                        ),
                     )),
                 );
                 if self.life == Life::Open {
@@ -693,7 +700,7 @@ impl<W> ClientCore<W> {
     }
 
     fn on_goaway(&mut self, last_id: u32, code: GoAwayCode, reason: &str, now: Instant) {
-        let status = format!("GOAWAY {} from the server: {reason}", code.0);
+        let status = format!("GOAWAY {} from the server: {}", code.0, one_line(reason));
         if self.life == Life::Open {
             self.enter_draining(Some(code), status, now);
         } else {
