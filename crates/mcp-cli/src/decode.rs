@@ -11,7 +11,7 @@ use mcp_codec::{
 };
 
 /// Reads the input as hex when it consists only of hex digits, whitespace, `0x` prefixes,
-/// commas and colons (as copied from a dump or PROTOCOL.md); otherwise as raw bytes.
+/// commas and colons (as copied from a dump or docs/protocol.md); otherwise as raw bytes.
 pub fn parse_input(input: &[u8]) -> Result<Vec<u8>, String> {
     let Ok(text) = std::str::from_utf8(input) else {
         return Ok(input.to_vec());

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use support::{free_port, run, run_with_stdin};
 
-/// The test vectors of PROTOCOL.md section 8, as printed there.
+/// The test vectors of docs/protocol.md section 9, as printed there.
 const VECTORS: &str = "\
 PING nonce 1
 4d 43 01 05 00 08 00 00 00 00 00 00 00 01 37 5c

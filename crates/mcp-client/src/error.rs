@@ -149,7 +149,7 @@ impl RemoteError {
         }
     }
 
-    /// The code: 1..=9 are the protocol's (PROTOCOL.md section 5), 1000 and up the
+    /// The code: 1..=9 are the protocol's (docs/protocol.md section 6), 1000 and up the
     /// application's.
     pub fn code(&self) -> ErrorCode {
         self.code

@@ -917,7 +917,7 @@ async fn a_request_still_queued_when_the_connection_dies_is_not_processed() {
 /// buffers and on the slow link), so its PONG cannot come back within the timeout, and the
 /// client declares the connection dead ("nothing received for 2s after a PING") about
 /// 2.5 s into a 4 s upload; the call fails as a lost connection, possibly processed. This
-/// is what PROTOCOL.md section 7 says to the letter; the consequence is that the heartbeat
+/// is what docs/protocol.md section 8 says to the letter; the consequence is that the heartbeat
 /// timeout must exceed the longest transfer on the slowest link (with the defaults, 20 s:
 /// a 16 MiB message below about 800 KiB/s fails every time). Counting the socket's write
 /// progress as a sign of life, or starting the PONG's timeout only once the PING has left

@@ -55,7 +55,7 @@ pub trait Encode<T: ?Sized>: Format {
 /// A [`Format`] that can read values of type `T`.
 ///
 /// Decoding never panics, whatever the bytes: anything that is not a valid encoding of `T` is
-/// a [`DecodeError`]. An empty body is valid in every format (PROTOCOL.md section 3) and means
+/// a [`DecodeError`]. An empty body is valid in every format (docs/protocol.md section 4) and means
 /// "no value": it decodes to whatever "no value" is for the format and type (`None` or `()` in
 /// JSON, the default message in Protobuf, empty bytes in raw), or is an error if `T` has no
 /// such value.

@@ -3,7 +3,7 @@
 use core::fmt;
 
 /// The wire id of a body format: the `format` byte of a REQUEST, RESPONSE or NOTIFY frame
-/// (PROTOCOL.md section 3).
+/// (docs/protocol.md section 4).
 ///
 /// | id | meaning |
 /// |---|---|

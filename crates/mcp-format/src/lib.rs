@@ -1,7 +1,7 @@
 //! Body serialization formats for MCP, the binary framed microservice protocol.
 //!
 //! Every REQUEST, RESPONSE and NOTIFY frame carries a `format` byte that says how its body is
-//! serialized (PROTOCOL.md section 3): 0 raw bytes, 1 JSON, 2 Protobuf, 3..=127 reserved,
+//! serialized (docs/protocol.md section 4): 0 raw bytes, 1 JSON, 2 Protobuf, 3..=127 reserved,
 //! 128..=255 application-defined. This crate turns Rust values into bodies and back, one
 //! pluggable format at a time.
 //!

@@ -51,7 +51,7 @@ fn user_update_sample() {
 
 #[test]
 fn user_update_of_the_protocol_test_vector() {
-    // PROTOCOL.md section 8: "REQUEST id 7, Protobuf, method user.get, body 0a 03 75 31 32".
+    // docs/protocol.md section 9: "REQUEST id 7, Protobuf, method user.get, body 0a 03 75 31 32".
     let value = UserUpdate {
         user_id: "u12".into(),
         ..UserUpdate::default()

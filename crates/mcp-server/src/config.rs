@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mcp_codec::DEFAULT_MAX_MESSAGE_LEN;
 
-/// Settings of a server; every limit of PROTOCOL.md section 6 is one of them.
+/// Settings of a server; every limit of docs/protocol.md section 7 is one of them.
 ///
 /// Built with [`ServerConfig::default`] and adjusted field by field, or through the
 /// [`ServerBuilder`](crate::ServerBuilder) setters.

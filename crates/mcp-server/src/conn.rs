@@ -1,5 +1,5 @@
 //! One client connection: the task that reads its messages, runs handlers, answers, and
-//! closes it by the rules of PROTOCOL.md sections 1, 3, 4 and 6.
+//! closes it by the rules of docs/protocol.md sections 2, 4, 5 and 7.
 //!
 //! Reading and writing are `mcp-transport`'s wire I/O ([`FrameReader`], [`WireWriter`]),
 //! shared with the client; the decisions are the transport's sans-I/O [`ServerCore`] (with
@@ -607,7 +607,7 @@ impl Conn {
 
     fn complete(&mut self, done: Completion) {
         if !self.state.finish(done.id, done.generation) {
-            // Cancelled (or stopped): PROTOCOL.md section 6 says nothing is sent for it.
+            // Cancelled (or stopped): docs/protocol.md section 7 says nothing is sent for it.
             return;
         }
         self.answer(done.id, done.format, done.result);

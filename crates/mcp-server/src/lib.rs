@@ -27,7 +27,7 @@
 //! # }
 //! ```
 //!
-//! # What the server does for you (PROTOCOL.md sections 3 to 6)
+//! # What the server does for you (docs/protocol.md sections 4 to 7)
 //! - Routing: an unknown method is ERROR 2; a reserved format (3..=127) is ERROR 3; a
 //!   typed route also answers ERROR 3 to another format and ERROR 1 to a body it cannot
 //!   decode. Answers are sent in the request's format.

@@ -1,5 +1,5 @@
-//! Topic patterns: an exact topic, or a prefix written with a trailing `*` (PROTOCOL.md
-//! section 6), and a map from patterns to values that finds every match of a topic.
+//! Topic patterns: an exact topic, or a prefix written with a trailing `*` (docs/protocol.md
+//! section 7), and a map from patterns to values that finds every match of a topic.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;

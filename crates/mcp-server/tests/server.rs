@@ -1,5 +1,5 @@
 //! The server over real loopback sockets, driven by a raw client that speaks the bytes of
-//! PROTOCOL.md (tests/common/mod.rs).
+//! docs/protocol.md (tests/common/mod.rs).
 
 mod common;
 
@@ -162,7 +162,7 @@ async fn stop(handle: ServerHandle) {
 async fn echo_matches_the_protocol_test_vectors() {
     let (handle, _) = server().await;
     let mut c = RawClient::connect(handle.local_addr()).await;
-    // PROTOCOL.md section 8: REQUEST id 1, JSON, "echo", {"msg":"hi"} ...
+    // docs/protocol.md section 9: REQUEST id 1, JSON, "echo", {"msg":"hi"} ...
     c.send_raw(&hex(
         "4d 43 01 01 00 18 00 00 00 01 00 01 04 65 63 68 6f 00 7b 22 6d 73 67 22 3a 22 68 69 22 7d 9a f9",
     ))

@@ -1,11 +1,11 @@
-//! Settings, with the defaults of PROTOCOL.md section 7.
+//! Settings, with the defaults of docs/protocol.md section 8.
 
 use std::time::Duration;
 
 use mcp_codec::DEFAULT_MAX_MESSAGE_LEN;
 
 /// Which side of a connection this process is; decides which frame types are a protocol
-/// error when received (PROTOCOL.md section 1).
+/// error when received (docs/protocol.md section 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Receives RESPONSE, NOTIFY (push), ERROR, PING, PONG, GOAWAY; never REQUEST or CANCEL.
@@ -48,7 +48,7 @@ impl WireConfig {
     }
 }
 
-/// Heartbeat settings (PROTOCOL.md section 6).
+/// Heartbeat settings (docs/protocol.md section 7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeartbeatConfig {
     /// Silence after which a PING is sent (15 s).
@@ -114,7 +114,7 @@ pub struct ConnectionConfig {
     pub push_queue: usize,
     /// Bytes of pushes (topic, metadata and body) queued at most for each subscriber
     /// (16 MiB). With `push_queue` alone one slow subscriber could hold 1024 messages of
-    /// up to `max_message_len` each (16 GiB by default); PROTOCOL.md section 6 wants the
+    /// up to `max_message_len` each (16 GiB by default); docs/protocol.md section 7 wants the
     /// memory held for a peer bounded. A push that does not fit is lost like one past
     /// `push_queue`, by `push_overflow`, and counted. A push larger than this still goes
     /// into an empty queue, so the bound is this or one message, whichever is larger.
@@ -147,7 +147,7 @@ impl Default for ConnectionConfig {
     }
 }
 
-/// Reconnect backoff: exponential with full jitter (PROTOCOL.md section 7).
+/// Reconnect backoff: exponential with full jitter (docs/protocol.md section 8).
 ///
 /// The delay before try `n` (1-based) of a series is uniform in
 /// `[0, min(max, initial * multiplier^(n-1))]`; after `max_tries` failed tries in a row the

@@ -411,7 +411,7 @@ impl Connection {
 
     /// Closes now: pending calls fail with [`ErrorKind::Shutdown`] ("may have been
     /// processed"), a GOAWAY (last id 0: no more requests from this side, docs/protocol.md
-    /// section 6) is written after what is queued, the socket is closed and the tasks end.
+    /// section 7) is written after what is queued, the socket is closed and the tasks end.
     pub fn close(&self) {
         self.shared.with_core(|core, out| core.close(out));
     }

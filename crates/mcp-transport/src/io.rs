@@ -71,7 +71,7 @@ pub trait Connect: Send + Sync + 'static {
 }
 
 /// Connects over TCP to `host:port`, resolved at each connect, trying each address in
-/// turn, with TCP_NODELAY and SO_KEEPALIVE on (docs/protocol.md section 6).
+/// turn, with TCP_NODELAY and SO_KEEPALIVE on (docs/protocol.md section 7).
 #[derive(Debug, Clone)]
 pub struct TcpConnect {
     addr: String,

@@ -219,7 +219,7 @@ impl Meta {
     }
 
     /// The `deadline` entry in milliseconds: the smallest 4-byte value if repeated, values
-    /// of another length ignored (PROTOCOL.md section 3).
+    /// of another length ignored (docs/protocol.md section 4).
     pub fn deadline_ms(&self) -> Option<u32> {
         let mut it = self.iter();
         mcp_codec::deadline_ms_of(std::iter::from_fn(|| it.next_raw()))
@@ -515,7 +515,7 @@ impl Push {
 /// An ERROR the server answered a request with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteError {
-    /// The code (PROTOCOL.md section 5).
+    /// The code (docs/protocol.md section 6).
     pub code: ErrorCode,
     /// The server's message, possibly empty.
     pub message: String,

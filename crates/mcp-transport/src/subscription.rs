@@ -31,7 +31,7 @@ pub const SUBSCRIBE_METHOD: &str = "$subscribe";
 pub const UNSUBSCRIBE_METHOD: &str = "$unsubscribe";
 
 /// Whether `topic` matches a subscription `pattern`: exactly, or by prefix when the
-/// pattern ends in `*` (PROTOCOL.md section 6).
+/// pattern ends in `*` (docs/protocol.md section 7).
 pub fn topic_matches(pattern: &str, topic: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => topic.starts_with(prefix),

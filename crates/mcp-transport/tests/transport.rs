@@ -1633,7 +1633,7 @@ async fn metadata_from_entries_matches_pairs_and_keeps_the_checks() {
 }
 
 /// Closing a connection tells the server first: GOAWAY with last id 0 ("no more requests
-/// from this side", PROTOCOL.md section 6), then the end of the stream.
+/// from this side", docs/protocol.md section 7), then the end of the stream.
 #[tokio::test]
 async fn close_sends_goaway_then_ends_the_stream() {
     let listener = TestListener::bind().await;

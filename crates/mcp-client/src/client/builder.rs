@@ -1,4 +1,4 @@
-//! `ClientBuilder`: every setting of a client, with the defaults of PROTOCOL.md section 7.
+//! `ClientBuilder`: every setting of a client, with the defaults of docs/protocol.md section 8.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -18,7 +18,7 @@ use crate::transport::PushStream;
 /// ([`Error::decode_error`]) and the stream goes on. It survives reconnects: after a
 /// connection is lost the client subscribes again on the next one by itself (pushes
 /// published while no connection was up are not delivered: delivery is at most once per
-/// connection, PROTOCOL.md section 6). The stream ends when the client is closed (or every
+/// connection, docs/protocol.md section 7). The stream ends when the client is closed (or every
 /// handle of it dropped: the stream does not keep the connections alive), or when the
 /// server refuses to subscribe again after a reconnect, or does not answer in time: then
 /// the last item is an `Err` saying so ([`Error::code`] names the refusal). Dropping the

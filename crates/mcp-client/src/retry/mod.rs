@@ -6,7 +6,7 @@
 //!    lost, a per-attempt timeout, ERROR 5, 6, or 9) and either certainly not processed or
 //!    the call marked idempotent. A call not marked idempotent is never sent twice once it
 //!    may have been processed.
-//! 2. A delay must be left in the backoff schedule (PROTOCOL.md section 7: 100, 300, 700 ms)
+//! 2. A delay must be left in the backoff schedule (docs/protocol.md section 8: 100, 300, 700 ms)
 //!    and must fit in what is left of the call's total budget.
 //! 3. The [retry budget](RetryBudgetConfig) must allow it, so that retries cannot multiply an
 //!    outage: at most a fraction of recent requests (20%) plus a small floor per second.
@@ -24,12 +24,11 @@ mod tests;
 
 use std::time::Duration;
 
-/// How a client retries failed attempts. The default follows PROTOCOL.md section 7.
+/// How a client retries failed attempts. The default follows docs/protocol.md section 8.
 ///
-/// PROTOCOL.md lists three delays (100, 300, 700 ms) and "at most 3 attempts". The delays
-/// are read as the waits before each retry, so by default a call makes its first attempt and
-/// up to three retries, every listed delay being used once; the total call budget (5 s)
-/// bounds the whole. For exactly three attempts in all, pass the first two delays to
+/// docs/protocol.md lists three delays (100, 300, 700 ms) and at most 3 retries: by default
+/// a call makes its first attempt and up to three retries, every listed delay being used
+/// once; the total call budget (5 s) bounds the whole. For exactly three attempts in all, pass the first two delays to
 /// [`RetryConfig::backoff`].
 #[derive(Clone, Debug)]
 pub struct RetryConfig {

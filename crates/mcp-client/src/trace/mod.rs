@@ -9,8 +9,10 @@
 //! along unchanged.
 //!
 //! The `deadline` entry is the call's remaining budget in whole milliseconds (u32,
-//! big-endian) at the moment the attempt is handed to the connection (PROTOCOL.md
-//! section 3), so the server can refuse work the caller will no longer wait for.
+//! big-endian) when the request is written (docs/protocol.md section 4.2): computed when
+//! the attempt starts, and rewritten by the pool to what is left if the attempt then waited
+//! for a connection or queue space, so the server can refuse work the caller will no
+//! longer wait for.
 //!
 //! Shape, as every policy folder: `mod.rs` (these docs and the public types: the config a
 //! builder takes, what the client reports), `state.rs` (choosing a call's context, its span

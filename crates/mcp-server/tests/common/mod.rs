@@ -1,5 +1,5 @@
 //! A raw MCP client for the tests, written on `mcp-codec` and tokio alone, so that the
-//! server is checked against the bytes of PROTOCOL.md and not against our own client.
+//! server is checked against the bytes of docs/protocol.md and not against our own client.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -172,7 +172,7 @@ pub fn error(m: Option<OwnedEnvelope>) -> (u32, ErrorCode, String) {
     }
 }
 
-/// Parses a hex dump such as PROTOCOL.md's test vectors.
+/// Parses a hex dump such as docs/protocol.md's test vectors.
 pub fn hex(s: &str) -> Vec<u8> {
     s.split_whitespace()
         .map(|b| u8::from_str_radix(b, 16).unwrap())

@@ -1,5 +1,5 @@
 //! The client side of one connection, without I/O and without a clock (docs/protocol.md
-//! sections 3 and 6): id allocation, the pending table (each entry with its deadline),
+//! sections 4 and 7): id allocation, the pending table (each entry with its deadline),
 //! CANCEL and the ids kept out of use while a late answer may come, GOAWAY and its
 //! `last_id` rule, ERROR id 0 and ERROR 6, `$subscribe` sent again after a reconnect, and
 //! the heartbeat.
@@ -429,7 +429,7 @@ impl<W> ClientCore<W> {
     }
 
     /// The owner closes: GOAWAY (last id 0, "this side sends no more requests",
-    /// docs/protocol.md section 6) after what is queued, then the driver closes.
+    /// docs/protocol.md section 7) after what is queued, then the driver closes.
     pub fn close(&mut self, out: &mut impl Transmit) {
         // Best effort: a connection already failing has nobody to tell.
         let _ = out.send(goaway_from_client());
@@ -649,7 +649,7 @@ impl<W> ClientCore<W> {
     }
 
     /// A read failed in a way that breaks the protocol: ERROR id 0 with the code it names
-    /// (best effort, then close; docs/protocol.md section 1).
+    /// (best effort, then close; docs/protocol.md section 2.2).
     pub fn protocol_error(&mut self, out: &mut impl Transmit, code: ErrorCode) {
         let _ = out.send(Envelope::Error(ErrorFrame {
             id: 0,

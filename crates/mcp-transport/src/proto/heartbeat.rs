@@ -1,4 +1,4 @@
-//! The heartbeat, one state machine for both roles (docs/protocol.md section 6): after
+//! The heartbeat, one state machine for both roles (docs/protocol.md section 7): after
 //! `interval` without receiving anything, send PING; if nothing at all arrives within
 //! `timeout` after that, the connection is dead. No clock: the caller passes `now`.
 

@@ -1,5 +1,5 @@
 //! The server side of one connection, without I/O and without a clock (the caller passes
-//! `now`): every admission decision of docs/protocol.md sections 3, 6 and 9, the table of
+//! `now`): every admission decision of docs/protocol.md sections 4, 6 and 7, the table of
 //! requests in flight with generations, byte accounting, GOAWAY and `last_id`, draining,
 //! and the heartbeat. The server's connection task (in `mcp-server`) is the glue around it:
 //! it runs handlers, whose handles (`H`) this table keeps so it can stop them.
@@ -13,7 +13,7 @@ use super::Life;
 use super::heartbeat::{Beat, Heartbeat};
 use crate::subscription::{SUBSCRIBE_METHOD, UNSUBSCRIBE_METHOD};
 
-/// Per-connection limits on requests (docs/protocol.md section 6).
+/// Per-connection limits on requests (docs/protocol.md section 7).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLimits {
     /// Requests whose handler is running, at most.
@@ -117,7 +117,7 @@ impl<H> ServerCore<H> {
     }
 
     /// Decides what to do with a well-formed, complete REQUEST, in the order of
-    /// docs/protocol.md section 9: a duplicate id in flight (fatal), after a GOAWAY either
+    /// docs/protocol.md section 6: a duplicate id in flight (fatal), after a GOAWAY either
     /// way (6), past the in-flight limits (5), a reserved format (3; not for the built-in
     /// methods, which take the topic's bytes whatever the format byte), the deadline passed
     /// when the work would start (4), an unknown method (2).
@@ -286,7 +286,7 @@ impl<H> ServerCore<H> {
     }
 }
 
-/// Formats 3..=127 are reserved (docs/protocol.md section 3).
+/// Formats 3..=127 are reserved (docs/protocol.md section 4.1).
 fn is_reserved_format(format: u8) -> bool {
     (3..=127).contains(&format)
 }
