@@ -1,6 +1,6 @@
 //! Parsers for the command line's values, each refusing nonsense by name.
 //!
-//! clap reports a parser's `Err(why)` as "invalid value 'X' for '--flag <FLAG>': why", so
+//! clap reports a parser's `Err(why)` as `invalid value 'X' for '--flag <FLAG>': why`, so
 //! every message here says only why the value cannot work; `main` prints that one line and
 //! exits with code 2 (a usage error). A value is refused when it cannot work at all (a
 //! benchmark of no calls, a ticker that never waits) or when it would take the program down

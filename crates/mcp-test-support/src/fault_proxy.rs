@@ -31,7 +31,7 @@
 //! (one chunk per latency period): plenty for "the answer comes late", and no model of a
 //! long fat pipe.
 //!
-//! Every wait that the proxy's own methods make is bounded by [`STEP`](crate::STEP).
+//! Every wait that the proxy's own methods make is bounded by [`STEP`].
 
 use std::io;
 use std::net::SocketAddr;
@@ -387,7 +387,7 @@ impl FaultProxy {
     }
 
     /// Waits until `condition` holds for the counters (polling every few milliseconds);
-    /// fails the test with `what` after [`STEP`](crate::STEP).
+    /// fails the test with `what` after [`STEP`].
     pub async fn wait_until(&self, what: &str, condition: impl Fn(&ProxyStats) -> bool) {
         let poll = async {
             while !condition(&self.stats()) {
