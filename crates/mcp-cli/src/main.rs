@@ -105,6 +105,19 @@ enum Command {
         timeout: Duration,
     },
     /// Send PINGs to ADDR and print round-trip times.
+    /// Ask a server's health (`$health`, docs/protocol.md section 7): prints SERVING,
+    /// NOT_SERVING or SERVICE_UNKNOWN. Exit code 0 when serving, 3 when not (or unknown),
+    /// 1 when the server could not be asked.
+    Health {
+        /// The server, host:port.
+        addr: String,
+        /// The service (the server as a whole when left out).
+        #[arg(default_value = "")]
+        service: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = args::positive_duration)]
+        timeout: Duration,
+    },
     Ping {
         /// The server, host:port.
         addr: String,
@@ -278,6 +291,11 @@ fn main() -> ExitCode {
                 interval,
                 wait,
             } => run_ping(addr, count, interval, wait).await,
+            Command::Health {
+                addr,
+                service,
+                timeout,
+            } => health(addr, service, timeout).await,
             Command::Bench(args) => bench(args).await,
             Command::Decode { file } => run_decode(file),
             Command::Demo { duration } => demo(duration).await,
@@ -323,6 +341,35 @@ impl From<String> for Failure {
 }
 
 type CmdResult = Result<ExitCode, Failure>;
+
+/// The exit code of `mcp health` for a server or service that does not serve.
+const NOT_SERVING: u8 = 3;
+
+async fn health(addr: String, service: String, timeout: Duration) -> CmdResult {
+    if service.len() > 255 {
+        return Err(Failure::usage(
+            "health: a service name is at most 255 bytes",
+        ));
+    }
+    let client = Client::builder(addr.clone())
+        .timeout(timeout)
+        .pool_config(one_shot_pool())
+        .connect()
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let request = RawRequest::new("$health", FormatId::RAW, Bytes::from(service.into_bytes()))
+        .with_options(CallOptions::new().timeout(timeout));
+    let result = client.call_raw(request).await;
+    client.close().await;
+    let response = result.map_err(|e| e.to_string())?;
+    let word = String::from_utf8_lossy(response.body());
+    outln!("{}", text::one_line(&word));
+    Ok(if word == "SERVING" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(NOT_SERVING)
+    })
+}
 
 async fn serve(addr: SocketAddr, tick: Duration) -> CmdResult {
     let server = service::start(addr, tick)

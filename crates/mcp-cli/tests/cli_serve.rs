@@ -264,3 +264,14 @@ fn serve_offers_the_interop_methods() {
     let answer: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON answer");
     assert_eq!(answer, json!({"delivered": 0}), "{out}");
 }
+
+#[test]
+fn health_of_the_server_and_of_an_unknown_service() {
+    let server = Server::start(&[]);
+    let out = run(&["health", &server.addr]);
+    out.assert_code(0);
+    assert_eq!(out.stdout, "SERVING\n", "{out}");
+    let out = run(&["health", &server.addr, "nobody"]);
+    out.assert_code(3);
+    assert_eq!(out.stdout, "SERVICE_UNKNOWN\n", "{out}");
+}

@@ -412,7 +412,9 @@ impl Conn {
             }
             Verdict::Close(code, message) => Some(End::Protocol(code, message.into())),
             // `refuse` gives only answers and closes.
-            Verdict::Run { .. } | Verdict::Subscribe | Verdict::Unsubscribe => None,
+            Verdict::Run { .. } | Verdict::Subscribe | Verdict::Unsubscribe | Verdict::Health => {
+                None
+            }
         }
     }
 
@@ -446,6 +448,7 @@ impl Conn {
                 let route = (method.clone(), handler.clone());
                 self.start(request, route, deadline);
             }
+            Verdict::Health => self.health(&request),
             Verdict::Subscribe => self.subscribe(&request, true),
             Verdict::Unsubscribe => self.subscribe(&request, false),
             other => return self.apply(request.id(), other, None),
@@ -537,6 +540,23 @@ impl Conn {
             cancel,
         };
         self.state.start(id, body_len, generation, running);
+    }
+
+    /// `$health`: the body is a service name, 0..=255 bytes of UTF-8 whatever the format
+    /// byte; the answer one word in format 0 (docs/protocol.md section 7).
+    fn health(&mut self, request: &InboundRequest) {
+        let id = request.id();
+        let service = match std::str::from_utf8(request.body()) {
+            Ok(service) if service.len() <= 255 => service,
+            _ => {
+                let message = "a $health body is a service name: at most 255 bytes of UTF-8";
+                self.send_error(id, ErrorCode::MALFORMED, message);
+                return;
+            }
+        };
+        let status = self.shared.health.status(service);
+        let word = Bytes::from_static(status.as_str().as_bytes());
+        self.send_reply(id, mcp_codec::format::RAW, &Reply::new(word));
     }
 
     fn subscribe(&mut self, request: &InboundRequest, subscribe: bool) {

@@ -72,6 +72,7 @@ mod config;
 mod conn;
 mod error;
 mod handler;
+mod health;
 mod pattern;
 mod router;
 mod server;
@@ -83,6 +84,7 @@ pub use handler::{
     Handler, HandlerFn, NotifyContext, NotifyFn, NotifyHandler, Reply, RequestContext,
     TypedHandler, handler_fn, notify_fn,
 };
+pub use health::HealthStatus;
 pub use router::{Router, SUBSCRIBE, UNSUBSCRIBE};
 pub use server::{Server, ServerBuilder, ServerHandle, ServerStats};
 pub use subscribe::Published;

@@ -48,6 +48,7 @@ pub(crate) struct Shared {
     /// Connections open.
     open: watch::Sender<usize>,
     next_conn: AtomicU64,
+    pub(crate) health: crate::health::Health,
 }
 
 impl Shared {
@@ -262,6 +263,7 @@ impl ServerBuilder {
             shutdown,
             open,
             next_conn: AtomicU64::new(1),
+            health: crate::health::Health::default(),
         });
         let accept = tokio::spawn(accept_loop(shared.clone(), acceptor));
         Ok(ServerHandle {
@@ -448,6 +450,41 @@ impl ServerHandle {
         }
     }
 
+    /// Sets whether `service` serves, as `$health` answers it (docs/protocol.md section 7),
+    /// and pushes the change to its subscribers (`$health.<service>`). A service is
+    /// `SERVICE_UNKNOWN` until it is set; the server itself (`""`) serves until it shuts
+    /// down, and cannot be set otherwise (it answers from its own life).
+    ///
+    /// A name whose topic (`$health.<service>`) would be past 255 bytes is refused.
+    pub fn set_health(&self, service: &str, serving: bool) -> Result<(), Error> {
+        let probe = Notification {
+            topic: crate::health::topic(service).into(),
+            format: 0,
+            meta: Vec::new(),
+            body: Bytes::new(),
+        };
+        check_notification(&probe, usize::MAX)?;
+        if let Some(status) = self.inner.shared.health.set(service, serving) {
+            self.publish_health(service, status);
+        }
+        Ok(())
+    }
+
+    /// The status `$health` answers for `service` now.
+    pub fn health(&self, service: &str) -> crate::HealthStatus {
+        self.inner.shared.health.status(service)
+    }
+
+    fn publish_health(&self, service: &str, status: crate::HealthStatus) {
+        // The topic was checked by `set_health` (or is `$health`) and the body is one
+        // word; a subscriber whose queue is full misses it, counted, as for any publish.
+        let _ = self.publish(
+            &crate::health::topic(service),
+            mcp_format::FormatId::RAW,
+            status.as_str().as_bytes().to_vec(),
+        );
+    }
+
     /// Graceful shutdown: stops accepting, sends GOAWAY (code 0, `last_id` = the last
     /// request received) on every connection, answers later requests ERROR 6, lets the
     /// requests in flight finish for up to `grace` (then answers them ERROR 8 and stops
@@ -458,6 +495,11 @@ impl ServerHandle {
     /// grace period stands.
     pub async fn shutdown(&self, grace: Duration) -> Result<(), Error> {
         let shared = &self.inner.shared;
+        // Health says NOT_SERVING from the moment draining starts, before any GOAWAY: the
+        // pushes are queued on every subscriber's connection ahead of it.
+        for service in shared.health.drain() {
+            self.publish_health(&service, crate::HealthStatus::NotServing);
+        }
         let deadline = Instant::now() + grace;
         shared.shutdown.send_if_modified(|state| {
             if state.is_none() {

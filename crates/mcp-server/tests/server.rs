@@ -1399,3 +1399,70 @@ async fn one_reads_messages_are_answered_in_order_each_once() {
     c.ping_pong(1).await;
     stop(handle).await;
 }
+
+/// `$health` (docs/protocol.md section 7): a word in format 0 for the server or a service,
+/// whatever the request's format byte; changes pushed to `$health.<service>` subscribers.
+#[tokio::test]
+async fn health_answers_and_pushes_its_changes() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(1, 77, "$health", b"").await;
+    assert_eq!(
+        response(c.recv().await),
+        (1, format::RAW, b"SERVING".to_vec())
+    );
+    c.request(2, format::JSON, "$health", b"users").await;
+    assert_eq!(
+        response(c.recv().await),
+        (2, format::RAW, b"SERVICE_UNKNOWN".to_vec())
+    );
+    c.request(3, format::RAW, "$health", &[0xff]).await;
+    assert_eq!(error(c.recv().await).1, ErrorCode::MALFORMED);
+    handle.set_health("users", true).unwrap();
+    c.request(4, format::RAW, "$health", b"users").await;
+    assert_eq!(response(c.recv().await).2, b"SERVING");
+    // Watch it: the change is pushed.
+    c.request(5, format::RAW, "$subscribe", b"$health.users")
+        .await;
+    assert_eq!(response(c.recv().await).0, 5);
+    handle.set_health("users", false).unwrap();
+    match c.recv().await {
+        Some(OwnedEnvelope::Notify(n)) => {
+            assert_eq!((n.topic.as_str(), n.format), ("$health.users", format::RAW));
+            assert_eq!(n.body, b"NOT_SERVING");
+        }
+        other => panic!("expected the health push, got {other:?}"),
+    }
+    assert!(
+        handle.set_health(&"x".repeat(250), true).is_err(),
+        "topic too long"
+    );
+    stop(handle).await;
+}
+
+/// Shutting down, the server says NOT_SERVING from the moment it starts draining: the push
+/// reaches a `$health` subscriber before the GOAWAY.
+#[tokio::test]
+async fn health_turns_not_serving_before_the_goaway() {
+    let (handle, _) = server().await;
+    let mut c = RawClient::connect(handle.local_addr()).await;
+    c.request(1, format::RAW, "$subscribe", b"$health").await;
+    assert_eq!(response(c.recv().await).0, 1);
+    let shutdown = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.shutdown(Duration::from_secs(5)).await })
+    };
+    match c.recv().await {
+        Some(OwnedEnvelope::Notify(n)) => {
+            assert_eq!(
+                (n.topic.as_str(), &n.body[..]),
+                ("$health", &b"NOT_SERVING"[..])
+            );
+        }
+        other => panic!("expected NOT_SERVING first, got {other:?}"),
+    }
+    assert!(matches!(c.recv().await, Some(OwnedEnvelope::GoAway { .. })));
+    assert_eq!(handle.health(""), mcp_server::HealthStatus::NotServing);
+    drop(c);
+    shutdown.await.unwrap().unwrap();
+}

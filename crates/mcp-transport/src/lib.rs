@@ -100,7 +100,9 @@ pub use message::{
 };
 pub use pool::{EndpointState, Pool, PoolStats, TaskProbe};
 pub use proto::ConnectionStatus;
-pub use subscription::{SUBSCRIBE_METHOD, Subscription, UNSUBSCRIBE_METHOD, topic_matches};
+pub use subscription::{
+    HEALTH_METHOD, SUBSCRIBE_METHOD, Subscription, UNSUBSCRIBE_METHOD, topic_matches,
+};
 pub use wire::{FrameReader, WireWriter, WriterExit, WriterStats};
 
 /// Re-exported so users of the transport need not depend on `mcp-codec` for the basics.

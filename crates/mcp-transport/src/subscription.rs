@@ -29,6 +29,9 @@ use crate::message::Push;
 pub const SUBSCRIBE_METHOD: &str = "$subscribe";
 /// The method a client calls to unsubscribe.
 pub const UNSUBSCRIBE_METHOD: &str = "$unsubscribe";
+/// The reserved method that asks a server's health (docs/protocol.md section 7): the body
+/// is a service name (empty: the server as a whole), the answer one ASCII word.
+pub const HEALTH_METHOD: &str = "$health";
 
 /// Whether `topic` matches a subscription `pattern`: exactly, or by prefix when the
 /// pattern ends in `*` (docs/protocol.md section 7).

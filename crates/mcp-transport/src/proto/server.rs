@@ -11,7 +11,7 @@ use mcp_codec::ErrorCode;
 
 use super::Life;
 use super::heartbeat::{Beat, Heartbeat};
-use crate::subscription::{SUBSCRIBE_METHOD, UNSUBSCRIBE_METHOD};
+use crate::subscription::{HEALTH_METHOD, SUBSCRIBE_METHOD, UNSUBSCRIBE_METHOD};
 
 /// Per-connection limits on requests (docs/protocol.md section 7).
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +55,8 @@ pub enum Verdict {
     Subscribe,
     /// The built-in `$unsubscribe`.
     Unsubscribe,
+    /// The built-in `$health`.
+    Health,
     /// Answer ERROR with the request's id; the connection stays.
     Answer(ErrorCode, &'static str),
     /// Send ERROR id 0 and close the connection.
@@ -119,7 +121,7 @@ impl<H> ServerCore<H> {
     /// Decides what to do with a well-formed, complete REQUEST, in the order of
     /// docs/protocol.md section 6: a duplicate id in flight (fatal), after a GOAWAY either
     /// way (6), past the in-flight limits (5), a reserved format (3; not for the built-in
-    /// methods, which take the topic's bytes whatever the format byte), the deadline passed
+    /// methods, whose body means what it means whatever the format byte), the deadline passed
     /// when the work would start (4), an unknown method (2).
     pub fn admit(&mut self, head: &RequestHead<'_>, now: Instant) -> Verdict {
         if let Some(verdict) = self.check_id(head.id) {
@@ -144,6 +146,7 @@ impl<H> ServerCore<H> {
             _ if head.routed => None,
             SUBSCRIBE_METHOD => Some(Verdict::Subscribe),
             UNSUBSCRIBE_METHOD => Some(Verdict::Unsubscribe),
+            HEALTH_METHOD => Some(Verdict::Health),
             _ => None,
         };
         if builtin.is_none() && is_reserved_format(head.format) {
@@ -353,6 +356,8 @@ mod tests {
         assert_eq!(s.admit(&sub, now), Verdict::Subscribe);
         sub.method = UNSUBSCRIBE_METHOD;
         assert_eq!(s.admit(&sub, now), Verdict::Unsubscribe);
+        sub.method = HEALTH_METHOD;
+        assert_eq!(s.admit(&sub, now), Verdict::Health);
     }
 
     #[test]

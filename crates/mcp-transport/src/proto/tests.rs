@@ -217,6 +217,7 @@ impl Pair {
                         self.server_closed = true;
                     }
                     Verdict::Subscribe | Verdict::Unsubscribe => self.respond(request.id(), b""),
+                    Verdict::Health => self.respond(request.id(), b"SERVING"),
                 }
             }
             Inbound::Cancel(id) => {
