@@ -342,6 +342,16 @@ impl From<String> for Failure {
 
 type CmdResult = Result<ExitCode, Failure>;
 
+/// A client for one command: connected (or the reason why not, at once), one connect try.
+async fn one_shot_client(addr: &str, timeout: Duration) -> Result<Client, Failure> {
+    Client::builder(addr.to_owned())
+        .timeout(timeout)
+        .pool_config(one_shot_pool())
+        .connect()
+        .await
+        .map_err(|e| Failure::from(format!("{addr}: {e}")))
+}
+
 /// The exit code of `mcp health` for a server or service that does not serve.
 const NOT_SERVING: u8 = 3;
 
@@ -351,12 +361,7 @@ async fn health(addr: String, service: String, timeout: Duration) -> CmdResult {
             "health: a service name is at most 255 bytes",
         ));
     }
-    let client = Client::builder(addr.clone())
-        .timeout(timeout)
-        .pool_config(one_shot_pool())
-        .connect()
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
+    let client = one_shot_client(&addr, timeout).await?;
     let request = RawRequest::new("$health", FormatId::RAW, Bytes::from(service.into_bytes()))
         .with_options(CallOptions::new().timeout(timeout));
     let result = client.call_raw(request).await;
@@ -414,12 +419,7 @@ async fn call(
         (_, _, Some(bytes)) => (bytes, FormatId::RAW),
         _ => (Bytes::new(), FormatId::RAW),
     };
-    let client = Client::builder(addr.clone())
-        .timeout(timeout)
-        .pool_config(one_shot_pool())
-        .connect()
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
+    let client = one_shot_client(&addr, timeout).await?;
     let mut options = CallOptions::new().timeout(timeout);
     for (k, v) in meta {
         options = options.meta(k, v);

@@ -33,9 +33,9 @@ fn escape_if(s: &str, escape: impl Fn(char) -> bool) -> Cow<'_, str> {
 }
 
 /// `s` on one line with every control character escaped: for error messages and any
-/// other text shown as part of one line.
+/// other text shown as part of one line (the transport's rule, which its errors use too).
 pub fn one_line(s: &str) -> Cow<'_, str> {
-    escape_if(s, is_unsafe)
+    mcp_transport::text::one_line(s)
 }
 
 /// `s` with control characters escaped except newline and tab: for a body shown as a block

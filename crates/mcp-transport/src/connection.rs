@@ -579,7 +579,9 @@ impl ConnShared {
         if wake {
             self.control.notify_one();
         }
-        self.hand_out(&mut events);
+        if !events.is_empty() {
+            self.hand_out(&mut events);
+        }
         result
     }
 

@@ -65,6 +65,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Decodes what is buffered, noting when a message that continues past it began.
+    #[inline]
     fn decode(&mut self) -> Result<Option<Inbound>, WireError> {
         match self.codec.decode(&mut self.buf)? {
             Some(message) => {
