@@ -165,7 +165,18 @@ fn refused(id: u32, last_id: u32) -> bool {
     last_id == 0 || (id.wrapping_sub(last_id) as i32) > 0
 }
 
+/// A known bug, reported and not yet fixed: after a PING, a frame read while the heartbeat's
+/// interval is shorter than its timeout moves `poll_timeout` earlier (the next PING is due
+/// `interval` after that frame) without setting the wake flag, so the driver's timer stays at
+/// the PING's timeout and the next PING goes out up to `timeout - interval` late; the peer is
+/// then left as little as `interval` to answer it. Regression input:
+/// `corpus/client_core/seed-regression-late-ping`. Set to true once fixed, so that the
+/// driver's timer is checked against `poll_timeout` whatever the settings.
+const KNOWN_LATE_PING_FIXED: bool = false;
+
 struct Harness {
+    /// Whether the driver's timer is checked against the heartbeat too.
+    heartbeat_timer_checked: bool,
     now: Instant,
     core: ClientCore<u64>,
     out: Out,
@@ -228,6 +239,8 @@ impl Harness {
             None => McpCodec::new(Role::Client),
         };
         Harness {
+            heartbeat_timer_checked: KNOWN_LATE_PING_FIXED
+                || settings.heartbeat_interval >= settings.heartbeat_timeout,
             now,
             armed: core.poll_timeout(),
             core,
@@ -868,6 +881,14 @@ impl Harness {
                     self.armed - earliest
                 );
             }
+            // Not checked when the heartbeat's interval is shorter than its timeout: the core
+            // does not ask to be woken when a frame read moves the heartbeat's deadline
+            // earlier, so the PING goes late (see `KNOWN_LATE_PING_FIXED`).
+            assert!(
+                !self.heartbeat_timer_checked || self.armed <= self.core.poll_timeout(),
+                "the driver's timer is past the core's poll_timeout ({:?} late)",
+                self.armed - self.core.poll_timeout()
+            );
         }
         assert_eq!(
             self.done.len() + self.dropped.len() + self.live.len(),
