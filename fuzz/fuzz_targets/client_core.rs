@@ -19,6 +19,8 @@
 //! - the driver's timer (re-armed as the driver does: at every `handle_timeout`, earlier
 //!   when the core asks to be woken) never lies past a live call's deadline, and a
 //!   connection that should close (`poll_close`) has asked to be woken;
+//! - a `$subscribe` sent again after a reconnect fails its subscribers
+//!   (`Event::ResubscribeFailed`) exactly when it is refused or times out, once;
 //! - every byte the core writes is read by a server-role decoder; a CANCEL goes out for each
 //!   call given up on, a PONG for each PING unless the queue is full; the counters agree.
 //!
@@ -135,6 +137,79 @@ struct Call {
     deadline: Option<Instant>,
 }
 
+/// The calls whose callers wait, indexed by waiter, id and deadline (long inputs make many
+/// calls; the checks after each operation must not scan them all).
+#[derive(Debug, Default)]
+struct Calls {
+    by_waiter: BTreeMap<u64, Call>,
+    by_id: BTreeMap<u32, u64>,
+    deadlines: BTreeSet<(Instant, u64)>,
+}
+
+impl Calls {
+    fn insert(&mut self, waiter: u64, call: Call) {
+        self.by_id.insert(call.id, waiter);
+        if let Some(deadline) = call.deadline {
+            self.deadlines.insert((deadline, waiter));
+        }
+        self.by_waiter.insert(waiter, call);
+    }
+
+    fn remove(&mut self, waiter: u64) -> Option<Call> {
+        let call = self.by_waiter.remove(&waiter)?;
+        self.by_id.remove(&call.id);
+        if let Some(deadline) = call.deadline {
+            self.deadlines.remove(&(deadline, waiter));
+        }
+        Some(call)
+    }
+
+    fn has_id(&self, id: u32) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    fn earliest(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(deadline, _)| deadline)
+    }
+
+    fn len(&self) -> usize {
+        self.by_waiter.len()
+    }
+}
+
+/// Requests nobody waits for: id -> (deadline, epoch if a `$subscribe` sent again).
+#[derive(Debug, Default)]
+struct Detached {
+    by_id: BTreeMap<u32, (Instant, Option<u64>)>,
+    deadlines: BTreeSet<(Instant, u32)>,
+}
+
+impl Detached {
+    fn insert(&mut self, id: u32, deadline: Instant, epoch: Option<u64>) {
+        self.by_id.insert(id, (deadline, epoch));
+        self.deadlines.insert((deadline, id));
+    }
+
+    fn remove(&mut self, id: u32) -> Option<(Instant, Option<u64>)> {
+        let entry = self.by_id.remove(&id)?;
+        self.deadlines.remove(&(entry.0, id));
+        Some(entry)
+    }
+
+    /// Ids whose deadline is at or before `now`.
+    fn due(&self, now: Instant) -> Vec<u32> {
+        self.deadlines
+            .iter()
+            .take_while(|&&(deadline, _)| deadline <= now)
+            .map(|&(_, id)| id)
+            .collect()
+    }
+
+    fn earliest(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(deadline, _)| deadline)
+    }
+}
+
 /// Why events came out of the core: what each `Event::Done` may be.
 #[derive(Debug, Clone, Copy)]
 enum Cause {
@@ -199,9 +274,8 @@ struct Harness {
     next_waiter: u64,
     /// Every call ever started: its id, if it was sent.
     started: Vec<Option<u32>>,
-    live: BTreeMap<u64, Call>,
-    /// Requests nobody waits for: id -> (deadline, epoch if a `$subscribe` sent again).
-    detached: BTreeMap<u32, (Instant, Option<u64>)>,
+    live: Calls,
+    detached: Detached,
     /// Ids given up on whose late answer may still come.
     given_up: BTreeSet<u32>,
     done: BTreeSet<u64>,
@@ -219,6 +293,7 @@ struct Harness {
     /// PONGs owed by this operation, in order.
     pongs_owed: Vec<[u8; 8]>,
     pongs_dropped: u64,
+    pushes: u64,
 }
 
 impl Harness {
@@ -260,8 +335,8 @@ impl Harness {
             finished: false,
             next_waiter: 0,
             started: Vec::new(),
-            live: BTreeMap::new(),
-            detached: BTreeMap::new(),
+            live: Calls::default(),
+            detached: Detached::default(),
             given_up: BTreeSet::new(),
             done: BTreeSet::new(),
             dropped: BTreeSet::new(),
@@ -276,6 +351,7 @@ impl Harness {
             closed_statuses: 0,
             pongs_owed: Vec::new(),
             pongs_dropped: 0,
+            pushes: 0,
         }
     }
 
@@ -286,16 +362,15 @@ impl Harness {
     fn pick(&self, pick: &IdPick) -> u32 {
         match *pick {
             IdPick::InFlight(n) => {
-                let ids: Vec<u32> = self
-                    .live
-                    .values()
-                    .map(|c| c.id)
-                    .chain(self.detached.keys().copied())
-                    .collect();
-                if ids.is_empty() {
+                let count = self.live.len() + self.detached.by_id.len();
+                if count == 0 {
                     self.sent_ids.first().copied().unwrap_or(1)
                 } else {
-                    ids[usize::from(n) % ids.len()]
+                    let k = usize::from(n) % count;
+                    match self.live.by_id.keys().nth(k) {
+                        Some(&id) => id,
+                        None => *self.detached.by_id.keys().nth(k - self.live.len()).unwrap(),
+                    }
                 }
             }
             IdPick::Sent(n) if !self.sent_ids.is_empty() => {
@@ -320,13 +395,27 @@ impl Harness {
             match event {
                 Event::Done(waiter, outcome) => self.outcome(waiter, outcome, cause),
                 Event::ResubscribeFailed(Resubscribe { epoch, .. }, _) => {
-                    assert!(epoch < self.next_epoch, "an epoch never sent");
                     assert!(
                         self.failed_epochs.insert(epoch),
                         "resubscribe {epoch} failed twice"
                     );
+                    // A refusal of that very request, or its timeout; never a GOAWAY, an
+                    // ERROR 6 or the connection's end, which move it to another connection.
+                    let now = self.now;
+                    let ours = match cause {
+                        Cause::Answer(id) => {
+                            self.detached.by_id.get(&id).is_some_and(|&(_, e)| e == Some(epoch))
+                        }
+                        Cause::Timeout => self
+                            .detached
+                            .due(now)
+                            .iter()
+                            .any(|id| self.detached.by_id[id].1 == Some(epoch)),
+                        _ => false,
+                    };
+                    assert!(ours, "resubscribe {epoch} failed by {cause:?}");
                 }
-                Event::Push(_) => {}
+                Event::Push(_) => self.pushes += 1,
                 Event::Status(ConnectionStatus::Closed { .. }) => {
                     assert!(matches!(cause, Cause::Finish), "closed outside finish");
                     self.closed_statuses += 1;
@@ -344,7 +433,7 @@ impl Harness {
         );
         let call = self
             .live
-            .remove(&waiter)
+            .remove(waiter)
             .unwrap_or_else(|| panic!("waiter {waiter}: never put in"));
         self.done.insert(waiter);
         match cause {
@@ -392,7 +481,7 @@ impl Harness {
         self.core.finish(reason, self.now);
         self.collect(Cause::Finish);
         // The connection is gone: nobody waits for a late answer any more.
-        self.detached.clear();
+        self.detached = Detached::default();
     }
 
     fn call(&mut self, deadline_ms: Option<u16>, body_len: u8) {
@@ -415,8 +504,8 @@ impl Harness {
                 assert!(accepting, "a request sent while refusing");
                 assert_ne!(id, 0);
                 assert!(
-                    !self.live.values().any(|c| c.id == id)
-                        && !self.detached.contains_key(&id)
+                    !self.live.has_id(id)
+                        && !self.detached.by_id.contains_key(&id)
                         && !self.given_up.contains(&id),
                     "id {id} reused while in flight or given up on"
                 );
@@ -462,13 +551,13 @@ impl Harness {
             };
             assert!(
                 id != 0
-                    && !self.live.values().any(|c| c.id == id)
-                    && !self.detached.contains_key(&id)
+                    && !self.live.has_id(id)
+                    && !self.detached.by_id.contains_key(&id)
                     && !self.given_up.contains(&id),
                 "id {id} reused"
             );
             self.detached
-                .insert(id, (self.now + self.subscribe_timeout, epoch));
+                .insert(id, self.now + self.subscribe_timeout, epoch);
             self.sent_ids.push(id);
         } else {
             assert!(requests.is_empty());
@@ -488,7 +577,7 @@ impl Harness {
         if self.dropped.contains(&waiter) {
             return; // a future is dropped once
         }
-        let live = self.live.remove(&waiter).is_some();
+        let live = self.live.remove(waiter).is_some();
         if live {
             self.dropped.insert(waiter);
             self.given_up.insert(id);
@@ -650,9 +739,9 @@ impl Harness {
         };
         // What the core must do with an answer for that id.
         let known = answered.map(|id| {
-            if self.live.values().any(|c| c.id == id) {
+            if self.live.has_id(id) {
                 Known::Live
-            } else if self.detached.contains_key(&id) {
+            } else if self.detached.by_id.contains_key(&id) {
                 Known::Detached
             } else if self.given_up.contains(&id) {
                 Known::Late
@@ -660,6 +749,10 @@ impl Harness {
                 Known::Unknown
             }
         });
+        let code = match &message {
+            Inbound::Error { code, .. } => Some(*code),
+            _ => None,
+        };
         let connection_error = matches!(message, Inbound::Error { id: 0, .. });
         let result = self
             .core
@@ -670,11 +763,20 @@ impl Harness {
             match known {
                 // Its outcome was checked in `outcome`; it must have come.
                 Known::Live => assert!(
-                    !self.live.values().any(|c| c.id == id),
+                    !self.live.has_id(id),
                     "id {id} answered, its call still live"
                 ),
                 Known::Detached => {
-                    self.detached.remove(&id);
+                    let (_, epoch) = self.detached.remove(id).expect("detached");
+                    if let Some(epoch) = epoch {
+                        // Only a refusal ends the subscribers.
+                        let refusal = matches!(code, Some(code) if code != ErrorCode::UNAVAILABLE);
+                        assert_eq!(
+                            self.failed_epochs.contains(&epoch),
+                            refusal,
+                            "resubscribe {epoch} answered {code:?}"
+                        );
+                    }
                 }
                 Known::Late => {
                     self.given_up.remove(&id);
@@ -685,17 +787,18 @@ impl Harness {
         }
         if let Cause::GoAway(last_id) = cause {
             assert!(
-                !self.live.values().any(|c| refused(c.id, last_id)),
+                !self.live.by_id.keys().any(|&id| refused(id, last_id)),
                 "a call GOAWAY {last_id} refused is still live"
             );
             let refused_detached: Vec<u32> = self
                 .detached
+                .by_id
                 .keys()
                 .copied()
                 .filter(|&id| refused(id, last_id))
                 .collect();
             for id in refused_detached {
-                self.detached.remove(&id);
+                self.detached.remove(id);
                 self.given_up.insert(id);
             }
         }
@@ -718,17 +821,13 @@ impl Harness {
         self.collect(Cause::Timeout);
         let now = self.now;
         assert!(
-            !self.live.values().any(|c| c.deadline.is_some_and(|d| d <= now)),
+            !self.live.earliest().is_some_and(|d| d <= now),
             "a call past its deadline is still live"
         );
-        let expired: Vec<u32> = self
-            .detached
-            .iter()
-            .filter(|(_, (deadline, _))| *deadline <= now)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in expired {
-            self.detached.remove(&id);
+        for id in self.detached.due(now) {
+            if let Some((_, Some(epoch))) = self.detached.remove(id) {
+                assert!(self.failed_epochs.contains(&epoch), "resubscribe {epoch} timed out silently");
+            }
             self.given_up.insert(id);
         }
         self.read_out();
@@ -834,7 +933,7 @@ impl Harness {
         let in_flight = self.core.in_flight();
         assert_eq!(
             in_flight,
-            self.live.len() + self.detached.len(),
+            self.live.len() + self.detached.by_id.len(),
             "in_flight is not the calls in flight"
         );
         assert_eq!(self.core.abandoned(), self.given_up.len(), "ids given up on");
@@ -855,10 +954,11 @@ impl Harness {
         assert_eq!(counters.cancels_sent, self.cancels_out);
         assert_eq!(counters.pings_sent, self.pings_out);
         assert_eq!(counters.pongs_dropped, self.pongs_dropped);
+        assert_eq!(counters.pushes_received, self.pushes);
         assert!(self.pongs_owed.is_empty(), "PINGs left unanswered");
         assert!(!self.core.has_events());
         if self.finished {
-            assert!(self.live.is_empty(), "calls without an outcome after finish");
+            assert_eq!(self.live.len(), 0, "calls without an outcome after finish");
             assert_eq!(in_flight, 0);
             assert_eq!(self.core.life(), Life::Closed);
             assert!(self.core.refusal().is_some());
@@ -868,12 +968,10 @@ impl Harness {
                 self.core.poll_close().is_none(),
                 "the core should close but did not wake its driver"
             );
-            let earliest = self
-                .live
-                .values()
-                .filter_map(|c| c.deadline)
-                .chain(self.detached.values().map(|(d, _)| *d))
-                .min();
+            let earliest = match (self.live.earliest(), self.detached.earliest()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if let Some(earliest) = earliest {
                 assert!(
                     self.armed <= earliest,
