@@ -105,7 +105,8 @@ def ops(items):
 # heartbeat_interval_ms: u16, heartbeat_timeout_ms: u16, max_message_len: Option<u16>, ops }
 C_OP = ["Call", "Detached", "Abandon", "Notify", "Frame", "Raw", "Deliver", "Advance",
         "FireTimer", "Drain", "Close", "RequestClose", "Eof", "WriterGone", "Full"]
-C_FRAME = ["Response", "Error", "ConnectionError", "GoAway", "Ping", "Pong", "Notify"]
+C_FRAME = ["Response", "Error", "ConnectionError", "GoAway", "Ping", "Pong", "Notify",
+           "ResponseHead", "Continuation"]
 C_ID = ["InFlight", "Sent", "Zero", "Any"]
 
 
@@ -194,6 +195,15 @@ def client_core_seeds():
             c_call(deadline_ms=30), c_op("Drain"), c_call(),
             c_frame(variant(C_FRAME, "ConnectionError", u8(1))),
         ]),
+        "multi-frame-response-with-a-ping-between": c_input([
+            c_call(), c_call(deadline_ms=10),
+            c_frame(variant(C_FRAME, "ResponseHead", first, u8(10))),
+            c_frame(variant(C_FRAME, "Continuation", flag(True), u8(20))),
+            c_frame(c_ping(7)), c_op("Advance", u16(10)),
+            c_frame(variant(C_FRAME, "Continuation", flag(False), u8(30))),
+            c_frame(variant(C_FRAME, "ResponseHead", first, u8(10))),
+            c_frame(variant(C_FRAME, "Continuation", flag(True), u8(200))),
+        ], max_message_len=100),
         # The known late-PING bug (see KNOWN_LATE_PING_FIXED in client_core.rs): a PING,
         # then a frame read moves the heartbeat's deadline earlier without a wake.
         "regression-late-ping": c_input([

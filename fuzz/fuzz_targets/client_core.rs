@@ -34,7 +34,7 @@ use arbitrary::Arbitrary;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use mcp_codec::{
-    Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Notify, Ping, Pong,
+    Continuation, Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Notify, Ping, Pong,
     Response, format,
 };
 use mcp_transport::proto::{
@@ -101,6 +101,11 @@ enum PeerFrame {
     Ping { nonce: u64 },
     Pong { nonce: u64 },
     Notify { body_len: u8 },
+    /// The head frame of a RESPONSE whose body goes on in CONTINUATION frames.
+    ResponseHead { id: IdPick, body_len: u8 },
+    /// A CONTINUATION frame (a chunk of `chunk_len` bytes, at least 1); `more` unless the
+    /// last.
+    Continuation { more: bool, chunk_len: u8 },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -662,6 +667,17 @@ impl Harness {
                 topic: "orders.created",
                 meta: Metadata::EMPTY,
                 body: &body[..body_len.into()],
+            }),
+            PeerFrame::ResponseHead { ref id, body_len } => Envelope::Response(Response {
+                id: self.pick(id),
+                flags: Flags::MORE,
+                format: format::RAW,
+                meta: Metadata::EMPTY,
+                body: &body[..body_len.into()],
+            }),
+            PeerFrame::Continuation { more, chunk_len } => Envelope::Continuation(Continuation {
+                flags: Flags::NONE.with_more(more),
+                chunk: &body[..usize::from(chunk_len).clamp(1, body.len())],
             }),
         };
         let mut buf = BytesMut::new();
