@@ -34,15 +34,15 @@ use arbitrary::Arbitrary;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use mcp_codec::{
-    Continuation, Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Notify, Ping, Pong,
-    Response, format,
+    Continuation, Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Notify,
+    Ping, Pong, Response, format,
 };
 use mcp_transport::proto::{
     ClientCore, ClientSettings, ConnectionStatus, Event, Life, Resubscribe, Transmit,
 };
 use mcp_transport::{
-    ErrorKind, Inbound, McpCodec, Meta, Phase, Processed, Reply, Role, TransportError,
-    WireConfig, WireError,
+    ErrorKind, Inbound, McpCodec, Meta, Phase, Processed, Reply, Role, TransportError, WireConfig,
+    WireError,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -62,21 +62,38 @@ struct Input {
 #[derive(Debug, Arbitrary)]
 enum Op {
     /// A call, with a deadline this many milliseconds from now.
-    Call { deadline_ms: Option<u16>, body_len: u8 },
+    Call {
+        deadline_ms: Option<u16>,
+        body_len: u8,
+    },
     /// `$subscribe` sent again (with a registry epoch) or `$unsubscribe`: nobody waits.
-    Detached { resubscribe: bool },
+    Detached {
+        resubscribe: bool,
+    },
     /// A caller drops its future: the `n`th call ever made (answered ones included: a
     /// caller may drop its future just after its outcome was sent).
-    Abandon { n: u8 },
+    Abandon {
+        n: u8,
+    },
     Notify,
     /// A well-formed frame from the server, delivered at once unless `hold`.
-    Frame { frame: PeerFrame, hold: bool },
+    Frame {
+        frame: PeerFrame,
+        hold: bool,
+    },
     /// Raw bytes from the server.
-    Raw { bytes: Vec<u8>, hold: bool },
+    Raw {
+        bytes: Vec<u8>,
+        hold: bool,
+    },
     /// Delivers up to this many of the held bytes (0: all).
-    Deliver { n: u16 },
+    Deliver {
+        n: u16,
+    },
     /// Time passes; the driver runs `handle_timeout` (possibly late).
-    Advance { ms: u16 },
+    Advance {
+        ms: u16,
+    },
     /// The driver's timer fires when it is due.
     FireTimer,
     Drain,
@@ -92,20 +109,43 @@ enum Op {
 
 #[derive(Debug, Arbitrary)]
 enum PeerFrame {
-    Response { id: IdPick, body_len: u8 },
+    Response {
+        id: IdPick,
+        body_len: u8,
+    },
     /// ERROR for an id; the code is this % 12 (6 is UNAVAILABLE).
-    Error { id: IdPick, code: u8 },
+    Error {
+        id: IdPick,
+        code: u8,
+    },
     /// ERROR id 0.
-    ConnectionError { code: u8 },
-    GoAway { last_id: IdPick, code: u8 },
-    Ping { nonce: u64 },
-    Pong { nonce: u64 },
-    Notify { body_len: u8 },
+    ConnectionError {
+        code: u8,
+    },
+    GoAway {
+        last_id: IdPick,
+        code: u8,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Notify {
+        body_len: u8,
+    },
     /// The head frame of a RESPONSE whose body goes on in CONTINUATION frames.
-    ResponseHead { id: IdPick, body_len: u8 },
+    ResponseHead {
+        id: IdPick,
+        body_len: u8,
+    },
     /// A CONTINUATION frame (a chunk of `chunk_len` bytes, at least 1); `more` unless the
     /// last.
-    Continuation { more: bool, chunk_len: u8 },
+    Continuation {
+        more: bool,
+        chunk_len: u8,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -408,9 +448,11 @@ impl Harness {
                     // ERROR 6 or the connection's end, which move it to another connection.
                     let now = self.now;
                     let ours = match cause {
-                        Cause::Answer(id) => {
-                            self.detached.by_id.get(&id).is_some_and(|&(_, e)| e == Some(epoch))
-                        }
+                        Cause::Answer(id) => self
+                            .detached
+                            .by_id
+                            .get(&id)
+                            .is_some_and(|&(_, e)| e == Some(epoch)),
                         Cause::Timeout => self
                             .detached
                             .due(now)
@@ -431,7 +473,10 @@ impl Harness {
     }
 
     fn outcome(&mut self, waiter: u64, outcome: Result<Reply, TransportError>, cause: Cause) {
-        assert!(!self.done.contains(&waiter), "waiter {waiter}: a second outcome");
+        assert!(
+            !self.done.contains(&waiter),
+            "waiter {waiter}: a second outcome"
+        );
         assert!(
             !self.dropped.contains(&waiter),
             "waiter {waiter}: an outcome after its caller gave up"
@@ -450,7 +495,11 @@ impl Harness {
                 }
             }
             Cause::GoAway(last_id) => {
-                assert!(refused(call.id, last_id), "id {} accepted by GOAWAY {last_id}", call.id);
+                assert!(
+                    refused(call.id, last_id),
+                    "id {} accepted by GOAWAY {last_id}",
+                    call.id
+                );
                 let err = outcome.expect_err("a GOAWAY refusal is an error");
                 assert_eq!(err.processed(), Processed::No);
                 assert!(matches!(err.kind(), ErrorKind::GoAway { .. }));
@@ -613,7 +662,10 @@ impl Harness {
             match self.out_reader.decode(&mut self.out.bytes) {
                 Ok(Some(Inbound::Request(request))) => requests.push(request.id()),
                 Ok(Some(Inbound::Cancel(id))) => {
-                    assert!(self.given_up.contains(&id), "CANCEL for {id}, not given up on");
+                    assert!(
+                        self.given_up.contains(&id),
+                        "CANCEL for {id}, not given up on"
+                    );
                     self.cancels_out += 1;
                 }
                 Ok(Some(Inbound::Pong(nonce))) => {
@@ -690,7 +742,11 @@ impl Harness {
     /// Hands `n` held bytes (all if 0) to the reader, and the core what they decode to, as
     /// the driver's read branch does.
     fn deliver(&mut self, n: usize) {
-        let n = if n == 0 { self.held.len() } else { n.min(self.held.len()) };
+        let n = if n == 0 {
+            self.held.len()
+        } else {
+            n.min(self.held.len())
+        };
         let bytes: Vec<u8> = self.held.drain(..n).collect();
         if self.finished {
             return;
@@ -770,10 +826,12 @@ impl Harness {
             _ => None,
         };
         let connection_error = matches!(message, Inbound::Error { id: 0, .. });
-        let result = self
-            .core
-            .handle_inbound(&mut self.out, message, self.now);
-        assert_eq!(result.is_err(), connection_error, "only ERROR id 0 ends it here");
+        let result = self.core.handle_inbound(&mut self.out, message, self.now);
+        assert_eq!(
+            result.is_err(),
+            connection_error,
+            "only ERROR id 0 ends it here"
+        );
         self.collect(cause);
         if let (Some(id), Some(known)) = (answered, known) {
             match known {
@@ -842,7 +900,10 @@ impl Harness {
         );
         for id in self.detached.due(now) {
             if let Some((_, Some(epoch))) = self.detached.remove(id) {
-                assert!(self.failed_epochs.contains(&epoch), "resubscribe {epoch} timed out silently");
+                assert!(
+                    self.failed_epochs.contains(&epoch),
+                    "resubscribe {epoch} timed out silently"
+                );
             }
             self.given_up.insert(id);
         }
@@ -903,7 +964,8 @@ impl Harness {
             }
             Op::Drain => {
                 let open = self.core.life() == Life::Open;
-                self.core.drain(&mut self.out, "drained by its owner", self.now);
+                self.core
+                    .drain(&mut self.out, "drained by its owner", self.now);
                 self.read_out();
                 if open {
                     assert_eq!(self.core.life(), Life::Draining);
@@ -952,10 +1014,17 @@ impl Harness {
             self.live.len() + self.detached.by_id.len(),
             "in_flight is not the calls in flight"
         );
-        assert_eq!(self.core.abandoned(), self.given_up.len(), "ids given up on");
+        assert_eq!(
+            self.core.abandoned(),
+            self.given_up.len(),
+            "ids given up on"
+        );
         let abandoned = self.core.abandoned();
         if self.accepting() {
-            assert!(abandoned < self.max_abandoned, "{abandoned} ids given up on, still open");
+            assert!(
+                abandoned < self.max_abandoned,
+                "{abandoned} ids given up on, still open"
+            );
             self.budget = self.max_abandoned + in_flight;
         } else {
             assert!(

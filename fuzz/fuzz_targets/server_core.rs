@@ -60,18 +60,30 @@ enum Op {
         start: bool,
     },
     /// A REQUEST the codec refused, malformed (1) or too large (7).
-    Refused { id: IdPick, too_large: bool },
+    Refused {
+        id: IdPick,
+        too_large: bool,
+    },
     /// A handler finishes: the `n`th started, with its generation or another.
-    Finish { n: u8, generation: Generation },
-    Cancel { id: IdPick },
+    Finish {
+        n: u8,
+        generation: Generation,
+    },
+    Cancel {
+        id: IdPick,
+    },
     SendGoaway,
     PeerGoaway,
     /// The shutdown grace is over (or the connection closes): everything running is taken.
     TakeAll,
     /// A frame arrives after `ms` of silence.
-    Received { ms: u16 },
+    Received {
+        ms: u16,
+    },
     /// The heartbeat's timer fires after `ms` (0: when it is due).
-    Timeout { ms: u16 },
+    Timeout {
+        ms: u16,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -188,9 +200,11 @@ impl Harness {
 
     fn pick(&self, pick: &IdPick) -> u32 {
         match *pick {
-            IdPick::Running(n) if !self.running.is_empty() => {
-                *self.running.keys().nth(usize::from(n) % self.running.len()).unwrap()
-            }
+            IdPick::Running(n) if !self.running.is_empty() => *self
+                .running
+                .keys()
+                .nth(usize::from(n) % self.running.len())
+                .unwrap(),
             IdPick::Running(n) | IdPick::Seen(n) if !self.seen_ids.is_empty() => {
                 self.seen_ids[usize::from(n) % self.seen_ids.len()]
             }
@@ -329,11 +343,20 @@ impl Harness {
                     Generation::Any(g) => g,
                 };
                 let sent = self.core.finish(id, generation);
-                let expect = self.running.get(&id).is_some_and(|&(g, _, _)| g == generation);
+                let expect = self
+                    .running
+                    .get(&id)
+                    .is_some_and(|&(g, _, _)| g == generation);
                 assert_eq!(sent, expect, "finish({id}, {generation})");
                 if sent {
-                    assert!(self.answered.insert(generation), "generation {generation} answered twice");
-                    assert!(!self.stopped.contains(&generation), "a stopped request answered");
+                    assert!(
+                        self.answered.insert(generation),
+                        "generation {generation} answered twice"
+                    );
+                    assert!(
+                        !self.stopped.contains(&generation),
+                        "a stopped request answered"
+                    );
                     self.running.remove(&id);
                 }
             }
