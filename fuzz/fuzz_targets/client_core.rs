@@ -985,10 +985,8 @@ impl Harness {
                 self.deliver(0);
                 if !self.finished {
                     let end = self.rx_codec.decode_eof(&mut self.rx);
-                    if let Err(err) = &end {
-                        if let Some(code) = err.error_code() {
-                            self.core.protocol_error(&mut self.out, code);
-                        }
+                    if let Some(code) = end.as_ref().err().and_then(WireError::error_code) {
+                        self.core.protocol_error(&mut self.out, code);
                     }
                     // `deliver` decoded every whole message already.
                     assert!(!matches!(end, Ok(Some(_))));

@@ -312,10 +312,8 @@ impl Harness {
                     self.expect_admit(id, format, method, routed, deadline_ms, body_len, arrived);
                 assert_eq!(seen(&verdict), expect, "the verdict for {head:?}");
                 self.seen_ids.push(id);
-                if let Verdict::Run { .. } = verdict {
-                    if start {
-                        self.start(id, body_len);
-                    }
+                if matches!(verdict, Verdict::Run { .. }) && start {
+                    self.start(id, body_len);
                 }
             }
             Op::Refused { ref id, too_large } => {
