@@ -9,7 +9,7 @@
 //! from the core, checks after every operation:
 //! - each verdict is the one the contract's order of checks gives: a duplicate of a running
 //!   id closes; after a GOAWAY either way, 6; past the in-flight limits, 5; a reserved
-//!   format, 3 (not for `$subscribe`/`$unsubscribe`); a deadline passed when the work would
+//!   format, 3 (not for `$subscribe`/`$unsubscribe`/`$health`); a deadline passed when the work would
 //!   start, 4; an unknown method, 2;
 //! - a handler's answer is sent (`finish` true) at most once per started generation, never
 //!   after its request was cancelled or taken, never for another generation;
@@ -101,6 +101,7 @@ enum Method {
     Subscribe,
     Unsubscribe,
     Unknown,
+    Health,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -116,6 +117,7 @@ enum Expect {
     Run(Option<Instant>),
     Subscribe,
     Unsubscribe,
+    Health,
     Answer(ErrorCode),
     Close(ErrorCode),
 }
@@ -125,6 +127,7 @@ fn seen(verdict: &Verdict) -> Expect {
         Verdict::Run { deadline } => Expect::Run(deadline),
         Verdict::Subscribe => Expect::Subscribe,
         Verdict::Unsubscribe => Expect::Unsubscribe,
+        Verdict::Health => Expect::Health,
         Verdict::Answer(code, _) => Expect::Answer(code),
         Verdict::Close(code, _) => Expect::Close(code),
     }
@@ -250,7 +253,7 @@ impl Harness {
         {
             return Expect::Answer(ErrorCode::OVERLOADED);
         }
-        let builtin = !routed && (method == "$subscribe" || method == "$unsubscribe");
+        let builtin = !routed && matches!(method, "$subscribe" | "$unsubscribe" | "$health");
         if !builtin && (3..=127).contains(&format) {
             return Expect::Answer(ErrorCode::UNSUPPORTED_FORMAT);
         }
@@ -262,6 +265,7 @@ impl Harness {
             _ if routed => Expect::Run(deadline),
             "$subscribe" => Expect::Subscribe,
             "$unsubscribe" => Expect::Unsubscribe,
+            "$health" => Expect::Health,
             _ => Expect::Answer(ErrorCode::UNKNOWN_METHOD),
         }
     }
@@ -295,6 +299,7 @@ impl Harness {
                     Method::Subscribe => "$subscribe",
                     Method::Unsubscribe => "$unsubscribe",
                     Method::Unknown => "nope",
+                    Method::Health => "$health",
                 };
                 let body_len = usize::from(body_len);
                 let arrived = self.now - Duration::from_millis(waited_ms.into());

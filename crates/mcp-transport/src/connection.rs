@@ -845,12 +845,6 @@ async fn drive<R: tokio::io::AsyncRead + Unpin>(
                 };
                 core.handle_read_done(now);
                 frames_at_rx = reader.frames();
-                // A frame after our PING moves the heartbeat's next step to `now + interval`,
-                // which is earlier than the PING's timeout when the interval is the shorter.
-                let at = Instant::from_std(core.poll_timeout());
-                if at < timer.deadline() {
-                    timer.as_mut().reset(at);
-                }
                 let wake = core.take_wake();
                 core.take_events(&mut events);
                 drop(core);

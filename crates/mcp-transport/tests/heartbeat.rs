@@ -15,10 +15,12 @@ use tokio_util::codec::{Decoder, Encoder};
 #[tokio::test(start_paused = true)]
 async fn after_a_pong_the_next_ping_comes_one_interval_later() {
     let (client_end, mut server_end) = tokio::io::duplex(64 * 1024);
-    let mut config = ConnectionConfig::default();
-    config.heartbeat = HeartbeatConfig {
-        interval: Duration::from_secs(1),
-        timeout: Duration::from_secs(5),
+    let config = ConnectionConfig {
+        heartbeat: HeartbeatConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+        },
+        ..ConnectionConfig::default()
     };
     let conn = Connection::over(client_end, config).unwrap();
     let start = Instant::now();

@@ -494,7 +494,18 @@ impl<W> ClientCore<W> {
     /// Something arrived at `now` (any complete frame, including those of a large message
     /// still arriving): the peer is alive.
     pub fn handle_received(&mut self, now: Instant) {
+        self.heard(now);
+    }
+
+    /// The heartbeat hears from the peer. A frame after our PING moves its next step to
+    /// `now + interval`, earlier than the PING's timeout when the interval is the shorter:
+    /// then the driver is woken to bring its timer forward.
+    fn heard(&mut self, now: Instant) {
+        let before = self.poll_timeout();
         self.heartbeat.received(now);
+        if self.poll_timeout() < before {
+            self.wake = true;
+        }
     }
 
     /// Advances to `now`: gives up on every request whose deadline passed (CANCEL, the id
@@ -696,7 +707,7 @@ impl<W> ClientCore<W> {
     /// Answers of one read are in: `now` is when the read was handled.
     pub fn handle_read_done(&mut self, now: Instant) {
         self.last_active = now;
-        self.heartbeat.received(now);
+        self.heard(now);
     }
 
     fn on_goaway(&mut self, last_id: u32, code: GoAwayCode, reason: &str, now: Instant) {
