@@ -43,6 +43,13 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     /// If nothing at all arrives this long after that PING, the connection is closed (5 s).
     pub heartbeat_timeout: Duration,
+    /// A new connection that has not completed one frame within this is closed (10 s): a
+    /// client that connects and sends nothing, or a byte at a time, costs little and goes
+    /// away long before its heartbeat would.
+    pub first_frame_timeout: Duration,
+    /// Connections open at once from one IP address; `None` (the default) for no limit. A
+    /// client past it gets GOAWAY with code 2 (overloaded), as past `max_connections`.
+    pub max_connections_per_ip: Option<usize>,
     /// Whether a handler's first poll runs in the connection's own task (true). Most
     /// handlers then finish without a task of their own, which makes a request about a
     /// third cheaper (BENCHMARKS.md); only one that waits is spawned. The cost: whatever a
@@ -66,6 +73,8 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_timeout: Duration::from_secs(5),
+            first_frame_timeout: Duration::from_secs(10),
+            max_connections_per_ip: None,
             run_handlers_inline: true,
         }
     }
@@ -88,10 +97,14 @@ impl ServerConfig {
         if let Some((field, _)) = counts.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{field} must be at least 1"));
         }
+        if self.max_connections_per_ip == Some(0) {
+            return Err("max_connections_per_ip must be at least 1 (None turns it off)".into());
+        }
         let durations = [
             ("write_stall_timeout", self.write_stall_timeout),
             ("heartbeat_interval", self.heartbeat_interval),
             ("heartbeat_timeout", self.heartbeat_timeout),
+            ("first_frame_timeout", self.first_frame_timeout),
         ];
         if let Some((field, _)) = durations.iter().find(|(_, value)| value.is_zero()) {
             return Err(format!("{field} must be longer than zero"));

@@ -182,7 +182,8 @@ pub(crate) async fn serve<S: Stream>(shared: Arc<Shared>, stream: S, peer: Socke
             },
             (config.heartbeat_interval, config.heartbeat_timeout),
             Instant::now().into_std(),
-        ),
+        )
+        .with_first_frame_timeout(config.first_frame_timeout, Instant::now().into_std()),
         done_tx,
         done_rx,
         notify_permits: Arc::new(Semaphore::new(

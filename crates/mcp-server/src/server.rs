@@ -2,9 +2,9 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     open: watch::Sender<usize>,
     next_conn: AtomicU64,
     pub(crate) health: crate::health::Health,
+    /// Connections open per IP address, when `max_connections_per_ip` is set.
+    per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
 }
 
 impl Shared {
@@ -62,18 +64,39 @@ impl Shared {
 }
 
 /// Counts a connection as open for as long as it lives.
-struct OpenGuard(Arc<Shared>);
+/// Counts a connection as open (in all, and for its IP address) for as long as it lives.
+struct OpenGuard(Arc<Shared>, IpAddr);
 
 impl OpenGuard {
-    fn new(shared: Arc<Shared>) -> Self {
+    /// Counts `ip`'s new connection, or `None` if the per-IP limit is reached.
+    fn new(shared: Arc<Shared>, ip: IpAddr) -> Option<Self> {
+        if let Some(limit) = shared.config.max_connections_per_ip {
+            let mut per_ip = shared.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count >= limit {
+                return None;
+            }
+            *count += 1;
+        }
         shared.open.send_modify(|n| *n += 1);
-        OpenGuard(shared)
+        Some(OpenGuard(shared, ip))
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.send_modify(|n| *n -= 1);
+        if self.0.config.max_connections_per_ip.is_some() {
+            let mut per_ip = self.0.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(count) = per_ip.get_mut(&self.1) {
+                *count -= 1;
+                // The table holds only addresses with a connection open: it cannot grow
+                // past the connections open.
+                if *count == 0 {
+                    per_ip.remove(&self.1);
+                }
+            }
+        }
     }
 }
 
@@ -85,7 +108,8 @@ pub struct ServerStats {
     pub open_connections: usize,
     /// Connections accepted since the start (refused ones included).
     pub accepted_connections: u64,
-    /// Connections refused with GOAWAY because `max_connections` were open.
+    /// Connections refused with GOAWAY because `max_connections` were open (or
+    /// `max_connections_per_ip` from the same address).
     pub refused_connections: u64,
     /// Requests whose handler was started.
     pub requests: u64,
@@ -214,6 +238,20 @@ impl ServerBuilder {
         self
     }
 
+    /// Connections open at once from one IP address (default: no limit); see
+    /// [`ServerConfig::max_connections_per_ip`].
+    pub fn max_connections_per_ip(mut self, connections: usize) -> Self {
+        self.config.max_connections_per_ip = Some(connections);
+        self
+    }
+
+    /// How long a new connection may take to complete its first frame (default 10 s); see
+    /// [`ServerConfig::first_frame_timeout`].
+    pub fn first_frame_timeout(mut self, timeout: Duration) -> Self {
+        self.config.first_frame_timeout = timeout;
+        self
+    }
+
     /// Connections open at once (default 10,000); see [`ServerConfig::max_connections`].
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.config.max_connections = connections;
@@ -264,6 +302,7 @@ impl ServerBuilder {
             open,
             next_conn: AtomicU64::new(1),
             health: crate::health::Health::default(),
+            per_ip: std::sync::Mutex::default(),
         });
         let accept = tokio::spawn(accept_loop(shared.clone(), acceptor));
         Ok(ServerHandle {
@@ -311,8 +350,12 @@ async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut acceptor: A) {
                         tokio::spawn(refuse(stream, shared.config.write_stall_timeout));
                         continue;
                     }
+                    let Some(guard) = OpenGuard::new(shared.clone(), peer.ip()) else {
+                        shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(refuse(stream, shared.config.write_stall_timeout));
+                        continue;
+                    };
                     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-                    let guard = OpenGuard::new(shared.clone());
                     let shared = shared.clone();
                     tokio::spawn(async move {
                         let _guard = guard;

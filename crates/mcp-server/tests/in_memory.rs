@@ -144,3 +144,59 @@ async fn a_deadline_counts_from_the_head_frame_not_the_last_continuation() {
     );
     server.shutdown(Duration::from_secs(1)).await.unwrap();
 }
+
+/// A client that connects and never completes a frame (silent, or a byte at a time) is
+/// closed at the first-frame limit, long before the heartbeat (15 s + 5 s) would; a client
+/// that sends a frame in time stays. Virtual time.
+#[tokio::test(start_paused = true)]
+async fn a_connection_without_a_first_frame_is_closed_at_its_time_limit() {
+    use mcp_codec::{Envelope, Ping};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (tx, rx) = mpsc::channel(4);
+    let server = Server::builder()
+        .first_frame_timeout(Duration::from_secs(2))
+        .serve_with(DuplexAccept(rx))
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let (mut silent, end) = tokio::io::duplex(1024);
+    tx.send(end).await.unwrap();
+    let (mut dribbling, end) = tokio::io::duplex(1024);
+    tx.send(end).await.unwrap();
+    let (mut talking, end) = tokio::io::duplex(1024);
+    tx.send(end).await.unwrap();
+    let mut ping = Vec::new();
+    Envelope::Ping(Ping { nonce: [7; 8] })
+        .encode_to_vec(&mut ping)
+        .unwrap();
+    talking.write_all(&ping).await.unwrap();
+    // One byte of a frame every 500 ms: never a whole frame.
+    let dribble = tokio::spawn(async move {
+        for byte in ping.iter().take(6) {
+            if dribbling.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let mut rest = Vec::new();
+        dribbling.read_to_end(&mut rest).await.unwrap();
+        tokio::time::Instant::now()
+    });
+    let mut rest = Vec::new();
+    silent.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(2), "the silent one");
+    assert!(rest.is_empty(), "nothing sent to it");
+    let closed = dribble.await.unwrap();
+    // Seen at its next byte after the close.
+    let dribbled = closed - start;
+    assert!(
+        (Duration::from_secs(2)..=Duration::from_millis(2500)).contains(&dribbled),
+        "the dribbling one: {dribbled:?}"
+    );
+    // The one that sent a whole frame got its PONG and is still there.
+    let mut pong = [0u8; 16];
+    talking.read_exact(&mut pong).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(server.stats().open_connections, 1);
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+}

@@ -1466,3 +1466,46 @@ async fn health_turns_not_serving_before_the_goaway() {
     drop(c);
     shutdown.await.unwrap().unwrap();
 }
+
+/// `max_connections_per_ip`: past it, a client from the same address gets GOAWAY code 2
+/// and is closed; another address (127.0.0.2, a distinct host on loopback) still gets in,
+/// and a place freed is taken again.
+#[tokio::test]
+async fn connections_past_the_per_ip_limit_get_goaway_overloaded() {
+    let handle = mcp_server::Server::builder()
+        .route_raw(
+            "echo",
+            |_ctx, body: Bytes| async move { Ok(Reply::new(body)) },
+        )
+        .max_connections_per_ip(2)
+        .bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = handle.local_addr();
+    let mut first = RawClient::connect(addr).await;
+    first.ping_pong(1).await;
+    let mut second = RawClient::connect(addr).await;
+    second.ping_pong(2).await;
+    let mut third = RawClient::connect(addr).await;
+    match third.recv().await {
+        Some(OwnedEnvelope::GoAway { last_id, code, .. }) => {
+            assert_eq!((last_id, code), (0, GoAwayCode::OVERLOADED));
+        }
+        other => panic!("expected GOAWAY 2, got {other:?}"),
+    }
+    third.expect_closed().await;
+    // Another host is not counted with the first.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = timeout(WAIT, socket.connect(addr)).await.unwrap().unwrap();
+    let mut other = RawClient::from_stream(stream);
+    other.ping_pong(3).await;
+    // A place freed is taken again.
+    drop(first);
+    eventually(|| handle.stats().open_connections == 2).await;
+    let mut again = RawClient::connect(addr).await;
+    again.ping_pong(4).await;
+    assert_eq!(handle.stats().refused_connections, 1);
+    drop((second, other, again));
+    stop(handle).await;
+}

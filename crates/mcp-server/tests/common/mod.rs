@@ -32,6 +32,11 @@ impl RawClient {
             .await
             .expect("connect timed out")
             .expect("connect");
+        RawClient::from_stream(stream)
+    }
+
+    /// Over a stream the test connected itself (from a chosen local address, say).
+    pub fn from_stream(stream: TcpStream) -> RawClient {
         stream.set_nodelay(true).unwrap();
         RawClient {
             stream,

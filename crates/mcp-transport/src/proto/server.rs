@@ -86,6 +86,8 @@ pub struct ServerCore<H> {
     goaway_sent: bool,
     peer_goaway: bool,
     heartbeat: Heartbeat,
+    /// Until the first complete frame: when a connection that sent none is closed.
+    first_frame_by: Option<Instant>,
 }
 
 impl<H> ServerCore<H> {
@@ -100,7 +102,16 @@ impl<H> ServerCore<H> {
             goaway_sent: false,
             peer_goaway: false,
             heartbeat: Heartbeat::new(heartbeat.0, heartbeat.1, now),
+            first_frame_by: None,
         }
+    }
+
+    /// Closes the connection (as [`Beat::Dead`]) if no complete frame arrives within
+    /// `timeout` of `now`, whatever the heartbeat says: a client that connects and sends
+    /// nothing, or a byte at a time, goes away long before its heartbeat would end it.
+    pub fn with_first_frame_timeout(mut self, timeout: Duration, now: Instant) -> Self {
+        self.first_frame_by = Some(now + timeout);
+        self
     }
 
     /// Where the connection is in its life.
@@ -275,16 +286,24 @@ impl<H> ServerCore<H> {
 
     /// Something arrived from the client at `now` (any complete frame is life).
     pub fn received(&mut self, now: Instant) {
+        self.first_frame_by = None;
         self.heartbeat.received(now);
     }
 
     /// When [`ServerCore::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Instant {
-        self.heartbeat.deadline()
+        let beat = self.heartbeat.deadline();
+        match self.first_frame_by {
+            Some(by) if by < beat => by,
+            _ => beat,
+        }
     }
 
-    /// Advances the heartbeat to `now`.
+    /// Advances to `now`: the first frame's time limit, then the heartbeat.
     pub fn handle_timeout(&mut self, now: Instant) -> Beat {
+        if self.first_frame_by.is_some_and(|by| by <= now) {
+            return Beat::Dead;
+        }
         self.heartbeat.poll(now)
     }
 }
@@ -325,6 +344,21 @@ mod tests {
         let generation = state.next_generation();
         state.start(id, body_len, generation, ());
         generation
+    }
+
+    #[test]
+    fn a_connection_without_a_first_frame_is_dead_at_its_time_limit() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut quiet = state(10, 100).with_first_frame_timeout(s(10), t0);
+        assert_eq!(quiet.poll_timeout(), t0 + s(10));
+        assert_eq!(quiet.handle_timeout(t0 + s(9)), Beat::Wait);
+        assert_eq!(quiet.handle_timeout(t0 + s(10)), Beat::Dead);
+        // One frame lifts the limit: the heartbeat alone decides from then on.
+        let mut talking = state(10, 100).with_first_frame_timeout(s(10), t0);
+        talking.received(t0 + s(1));
+        assert_eq!(talking.poll_timeout(), t0 + s(16));
+        assert_eq!(talking.handle_timeout(t0 + s(10)), Beat::Wait);
     }
 
     #[test]
