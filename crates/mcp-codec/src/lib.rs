@@ -54,13 +54,14 @@
 //! ```
 #![no_std]
 #![warn(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+mod crc16;
 mod envelope;
 mod error;
 mod frame;
@@ -74,6 +75,7 @@ mod owned;
 #[cfg(feature = "alloc")]
 mod stream;
 
+pub use crc16::checksum;
 pub use envelope::{
     Cancel, Continuation, Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode,
     MAX_CHUNK_LEN, MessageFrames, Notify, Ping, Pong, Request, Response, format,
@@ -81,7 +83,7 @@ pub use envelope::{
 pub use error::Error;
 pub use frame::{
     CRC_LEN, Decoded, FRAME_OVERHEAD, Frame, FrameDecoder, FrameType, HEADER_LEN, MAGIC,
-    MAX_FRAME_LEN, MAX_PAYLOAD_LEN, SyncMode, VERSION, checksum, decode_frame,
+    MAX_FRAME_LEN, MAX_PAYLOAD_LEN, SyncMode, VERSION, decode_frame,
 };
 pub use meta::{
     DEADLINE, MetaIter, MetaPair, Metadata, TRACEPARENT, TRACESTATE, deadline_ms_of, validate_key,
