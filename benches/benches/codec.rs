@@ -2,7 +2,9 @@
 //!
 //! The baseline (`crc_only`) computes the frame CRC over exactly the bytes a frame's CRC
 //! covers; `encode` and `decode` must stay close to it because everything else they do is
-//! a few header bytes and one copy (encode) or none (decode).
+//! a few header bytes and one copy (encode) or none (decode). `crc_table` is the `crc`
+//! crate's slice-by-16 table over the same bytes (the codec's fallback without carry-less
+//! multiplication), so the two CRC paths are compared within one run.
 
 use std::hint::black_box;
 
@@ -14,6 +16,30 @@ use mcp_codec::{
 
 /// Payload sizes: 16 B, 256 B, 4 KiB and the largest single frame (64 KiB - 1).
 const SIZES: [usize; 4] = [16, 256, 4096, MAX_PAYLOAD_LEN];
+
+/// The `crc` crate's slice-by-16 table: the codec's CRC without carry-less multiplication.
+static TABLE: crc::Crc<u16, crc::Table<16>> =
+    crc::Crc::<u16, crc::Table<16>>::new(&crc::CRC_16_IBM_3740);
+
+/// Run lengths around the switch from the table to folding (`CLMUL_MIN` in the codec).
+const SHORT_RUNS: [usize; 9] = [16, 32, 48, 63, 64, 80, 96, 128, 256];
+
+fn crc_short_runs(c: &mut Criterion) {
+    // `checksum` (table below the switch, folding from it) against the crc crate's table
+    // over the same bytes: where the switch should be.
+    let mut group = c.benchmark_group("crc_short");
+    for len in SHORT_RUNS {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_with_input(BenchmarkId::new("checksum", len), &bytes, |b, bytes| {
+            b.iter(|| checksum(black_box(bytes)))
+        });
+        group.bench_with_input(BenchmarkId::new("crc_table", len), &bytes, |b, bytes| {
+            b.iter(|| TABLE.checksum(black_box(bytes)))
+        });
+    }
+    group.finish();
+}
 
 fn frame_throughput(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame");
@@ -29,6 +55,9 @@ fn frame_throughput(c: &mut Criterion) {
         let covered = wire[2..len - 2].to_vec();
         group.bench_with_input(BenchmarkId::new("crc_only", size), &covered, |b, bytes| {
             b.iter(|| checksum(black_box(bytes)))
+        });
+        group.bench_with_input(BenchmarkId::new("crc_table", size), &covered, |b, bytes| {
+            b.iter(|| TABLE.checksum(black_box(bytes)))
         });
         group.bench_with_input(BenchmarkId::new("encode", size), &payload, |b, payload| {
             let mut out = vec![0u8; size + FRAME_OVERHEAD];
@@ -158,6 +187,7 @@ fn request_round_trip(c: &mut Criterion, name: &str, meta: Metadata<'_>) {
 criterion_group!(
     benches,
     frame_throughput,
+    crc_short_runs,
     small_frame_round_trip,
     small_request_round_trip,
     traced_request_round_trip,

@@ -40,7 +40,7 @@ const LARGE: [usize; 9] = [2047, 2048, 4096, 4100, 4111, 65_535, 65_539, 65_551,
 
 /// Runs `path` over every length to [`EXHAUSTIVE`] at every offset to [`OFFSETS`] and over
 /// the [`LARGE`] lengths, from every register in [`INITS`].
-fn check_path(name: &str, path: impl Fn(u16, &[u8]) -> u16) {
+fn check_path(name: &dyn core::fmt::Debug, path: impl Fn(u16, &[u8]) -> u16) {
     let mut data = [0u8; 70_000 + 16];
     fill(&mut data, 1);
     for len in 0..=EXHAUSTIVE {
@@ -50,7 +50,7 @@ fn check_path(name: &str, path: impl Fn(u16, &[u8]) -> u16) {
                 assert_eq!(
                     path(init, run),
                     reference(init, run),
-                    "{name}: len {len} offset {offset} init {init:#06x}"
+                    "{name:?}: len {len} offset {offset} init {init:#06x}"
                 );
             }
         }
@@ -60,7 +60,7 @@ fn check_path(name: &str, path: impl Fn(u16, &[u8]) -> u16) {
             for offset in [0, 1, 8, 15] {
                 let run = &data[offset..offset + len];
                 for init in [CRC_INIT, 0x1D0F] {
-                    assert_eq!(path(init, run), reference(init, run), "{name}: len {len}");
+                    assert_eq!(path(init, run), reference(init, run), "{name:?}: len {len}");
                 }
             }
         }
@@ -69,7 +69,7 @@ fn check_path(name: &str, path: impl Fn(u16, &[u8]) -> u16) {
 
 /// As [`check_path`] for a copying path: the copy must be exact, and nothing around it
 /// may be touched.
-fn check_copy_path(name: &str, path: impl Fn(u16, &[u8], &mut [u8]) -> u16) {
+fn check_copy_path(name: &dyn core::fmt::Debug, path: impl Fn(u16, &[u8], &mut [u8]) -> u16) {
     let mut data = [0u8; 4200];
     fill(&mut data, 2);
     let mut out = [0u8; 4200 + 64];
@@ -80,8 +80,12 @@ fn check_copy_path(name: &str, path: impl Fn(u16, &[u8], &mut [u8]) -> u16) {
             for init in [CRC_INIT, 0x0000, 0x8000] {
                 out.fill(0xAA);
                 let crc = path(init, src, &mut out[dst_offset..dst_offset + len]);
-                assert_eq!(crc, reference(init, src), "{name}: len {len}");
-                assert_eq!(&out[dst_offset..dst_offset + len], src, "{name}: len {len}");
+                assert_eq!(crc, reference(init, src), "{name:?}: len {len}");
+                assert_eq!(
+                    &out[dst_offset..dst_offset + len],
+                    src,
+                    "{name:?}: len {len}"
+                );
                 assert!(out[..dst_offset].iter().all(|&b| b == 0xAA));
                 assert!(out[dst_offset + len..].iter().all(|&b| b == 0xAA));
             }
@@ -221,42 +225,55 @@ fn software_folding_matches_the_crate() {
 
 #[test]
 fn table_path_matches_the_crate() {
-    check_path("table", table_update);
-    check_copy_path("table copy", table_copy);
+    check_path(&"table", table_update);
+    check_copy_path(&"table copy", table_copy);
 }
 
-/// The folding path on its own, at every length (it is used from `CLMUL_MIN` only), when
-/// the CPU running the tests has the instructions.
+/// Each folding kernel the CPU running the tests has, on its own, at every length (they
+/// are used from `CLMUL_MIN` only).
 ///
 /// On x86-64 under Miri, build with `RUSTFLAGS="-C target-feature=+pclmulqdq,+ssse3"` to
-/// reach it (Miri detects no features at run time).
+/// reach the PCLMULQDQ kernel (Miri detects no features at run time).
 #[test]
-fn clmul_path_matches_the_crate() {
-    let Some(clmul) = clmul::Clmul::detect() else {
-        #[cfg(feature = "std")]
-        std::eprintln!("skipped: this CPU (or build) has no carry-less multiplication kernel");
-        return;
-    };
-    check_path("clmul", |crc, bytes| clmul_update(clmul, crc, bytes));
-    check_copy_path("clmul copy", |crc, src, dst| {
-        clmul_copy(clmul, crc, src, dst)
-    });
+fn clmul_paths_match_the_crate() {
+    let tested = clmul::Clmul::all()
+        .inspect(|&clmul| {
+            check_path(&clmul, |crc, bytes| clmul_update(clmul, crc, bytes));
+            check_copy_path(&clmul, |crc, src, dst| clmul_copy(clmul, crc, src, dst));
+        })
+        .count();
+    if tested == 0 {
+        note("skipped: this CPU (or build) has no carry-less multiplication kernel");
+    }
 }
 
-/// On the machines this project benchmarks on, the folding path must not be skipped
-/// silently: fail when an x86-64 CPU advertises PCLMULQDQ and SSSE3 but no kernel is used.
+/// A note on stderr where there is one.
+fn note(message: &str) {
+    #[cfg(feature = "std")]
+    std::eprintln!("{message}");
+    #[cfg(not(feature = "std"))]
+    let _ = message;
+}
+
+/// On the machines this project benchmarks on, a kernel must not be skipped silently: fail
+/// when an x86-64 CPU advertises the instructions of a kernel that is not used.
 #[cfg(all(target_arch = "x86_64", feature = "std", not(miri)))]
 #[test]
-fn clmul_path_is_used_where_the_cpu_has_it() {
-    let has = std::arch::is_x86_feature_detected!("pclmulqdq")
-        && std::arch::is_x86_feature_detected!("ssse3");
-    assert_eq!(clmul::Clmul::detect().is_some(), has);
+fn every_kernel_the_cpu_has_is_tested() {
+    use std::arch::is_x86_feature_detected as has;
+    let sse = has!("pclmulqdq") && has!("ssse3");
+    let avx2 = sse && has!("vpclmulqdq") && has!("avx2") && cfg!(mcp_codec_vpclmulqdq);
+    assert_eq!(clmul::Clmul::detect().is_some(), sse);
+    assert_eq!(
+        clmul::Clmul::all().count(),
+        usize::from(sse) + usize::from(avx2)
+    );
 }
 
 #[test]
 fn dispatch_matches_the_crate() {
-    check_path("crc_update", crc_update);
-    check_copy_path("copy_with_crc", copy_with_crc);
+    check_path(&"crc_update", crc_update);
+    check_copy_path(&"copy_with_crc", copy_with_crc);
     let mut data = [0u8; 3000];
     fill(&mut data, 5);
     for len in [0, 1, 15, 16, 17, CLMUL_MIN - 1, CLMUL_MIN, 300, 3000] {
