@@ -270,6 +270,25 @@ fn every_kernel_the_cpu_has_is_tested() {
     );
 }
 
+/// Without `std`, the kernels are those the build enables
+/// (`RUSTFLAGS="-C target-feature=+pclmulqdq,+ssse3"`, `+avx2,+vpclmulqdq` for the wider one).
+#[cfg(all(target_arch = "x86_64", not(feature = "std")))]
+#[test]
+fn compile_time_features_pick_the_kernels() {
+    let sse = cfg!(all(target_feature = "pclmulqdq", target_feature = "ssse3"));
+    let avx2 = sse
+        && cfg!(all(
+            target_feature = "vpclmulqdq",
+            target_feature = "avx2",
+            mcp_codec_vpclmulqdq
+        ));
+    assert_eq!(clmul::Clmul::detect().is_some(), sse);
+    assert_eq!(
+        clmul::Clmul::all().count(),
+        usize::from(sse) + usize::from(avx2)
+    );
+}
+
 #[test]
 fn dispatch_matches_the_crate() {
     check_path(&"crc_update", crc_update);
