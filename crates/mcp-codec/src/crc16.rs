@@ -39,7 +39,7 @@ type CrcTable = [[u16; 256]; 16];
 
 /// Computes the frame CRC over `bytes` (CRC-16/IBM-3740, check value 0x29B1).
 ///
-/// Runs of 64 bytes and more are folded by carry-less multiplication when the CPU has the
+/// Runs of 48 bytes and more are folded by carry-less multiplication when the CPU has the
 /// instructions (PCLMULQDQ on x86-64, PMULL on aarch64; detected at run time with the `std`
 /// feature, enabled at compile time without it), shorter ones and every other target use a
 /// slice-by-16 table; the result is the same either way.
@@ -53,11 +53,13 @@ pub(crate) const CRC_INIT: u16 = 0xFFFF;
 
 /// Bytes from which a run is folded by carry-less multiplication (when the CPU can).
 ///
-/// Below it the table is as fast or faster: folding has a fixed cost (loading the
-/// constants, four dependent multiplications to reduce 128 bits to 16, a table step for
-/// the tail) that the table's ~1 cycle a byte pays off only past this length. Measured on
-/// the benchmark machine (BENCHMARKS.md, section 1).
-pub(crate) const CLMUL_MIN: usize = 64;
+/// Below it the table is as fast or faster: folding has a fixed cost (the constants, four
+/// dependent multiplications to reduce 128 bits to 16) that the table's ~0.23 ns a byte
+/// pays off only past two blocks. Measured on the benchmark machine, fastest of many runs
+/// (BENCHMARKS.md, section 4): at 32 bytes the table took 7.9 ns and folding 8.4 ns, at 48
+/// bytes 11.4 ns and 9.8 ns, at 64 bytes 15.0 ns and 11.1 ns. Both paths share the table
+/// step for a tail, so only whole blocks decide.
+pub(crate) const CLMUL_MIN: usize = 48;
 
 /// Advances the CRC register over `bytes`.
 ///

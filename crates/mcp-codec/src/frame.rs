@@ -9,6 +9,10 @@
 //! 6       N     payload
 //! 6+N     2     crc      CRC-16/IBM-3740 over bytes [2, 6+N)
 //! ```
+//!
+//! The CRC itself is `crate::crc16`: a table everywhere, carry-less multiplication where the
+//! CPU has it. Decoding computes it over the frame in place; encoding computes it while
+//! copying the payload (`Sink::put_with_crc`), so a frame's bytes are read once either way.
 
 use crate::Error;
 use crate::crc16::{CRC_INIT, checksum, copy_with_crc, crc_update};
@@ -372,9 +376,10 @@ pub(crate) fn encode_frame(type_byte: u8, payload: &[u8], out: &mut [u8]) -> Res
 
 /// Where encoded bytes go: a checked slice, a `Vec`, or a `bytes::BufMut`.
 ///
-/// How the CRC is fed depends on the sink. The slice-by-16 table is fast on runs of 16
-/// bytes or more and costs a step of its own for the tail of every run, so each run fed
-/// separately costs more than its bytes. A sink that can show back what it holds (a slice
+/// How the CRC is fed depends on the sink. Both CRC paths (`crate::crc16`: the slice-by-16
+/// table, and folding by carry-less multiplication for runs of 48 bytes and more) cost a
+/// fixed step per run on top of its bytes (the table step of the tail; for folding also the
+/// reduction of 128 bits to 16), so each run fed separately costs more than its bytes. A sink that can show back what it holds (a slice
 /// or a `Vec`, `READBACK = true`) therefore lets the envelope's fields pile up (numbers,
 /// method or topic, metadata keys and values up to 256 bytes: `PayloadWriter::put_gathered`)
 /// and feeds them to the CRC as one run read back from the output, while a long piece (a

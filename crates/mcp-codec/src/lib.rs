@@ -22,13 +22,24 @@
 //!   [`Assembler`] (with `alloc`) puts them together under a size limit.
 //!
 //! # Features
-//! - `std` (default): implies `alloc`.
+//! - `std` (default): implies `alloc`, and detects at run time whether the CPU can compute
+//!   the CRC by carry-less multiplication (PCLMULQDQ or VPCLMULQDQ on x86-64, PMULL on
+//!   aarch64). Without `std` that path is compiled in only where the build enables those
+//!   target features (`-C target-feature=+pclmulqdq,+ssse3`, or `+aes` on aarch64);
+//!   otherwise the CRC uses a slice-by-16 table (8 KiB of read-only data), as it does on
+//!   every other target and for runs under 48 bytes. The checksum is the same either way.
 //! - `alloc`: [`StreamDecoder`] (a buffering decoder), [`Assembler`], owned envelopes.
 //! - `bytes`: encode into any `bytes::BufMut`.
 //!
 //! # Panics
 //! No input can make a decoding or parsing function panic, and encoding checks every length
 //! before writing. This is exercised by property tests and fuzzing.
+//!
+//! # Unsafe code
+//! One private module uses `unsafe`: the CRC kernels' SIMD intrinsics. Each kernel is
+//! reachable only after its CPU features were detected, reads and writes only through
+//! fixed-size arrays, and is tested against the `crc` crate at every length to 1 KiB and
+//! every alignment; the rest of the crate denies `unsafe_code`.
 //!
 //! # Example
 //! ```
