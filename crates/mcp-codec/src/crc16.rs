@@ -70,11 +70,22 @@ pub(crate) const CLMUL_MIN: usize = 48;
 #[inline]
 pub(crate) fn crc_update(crc: u16, bytes: &[u8]) -> u16 {
     if bytes.len() >= CLMUL_MIN {
-        if let Some(clmul) = clmul::Clmul::detect() {
-            return clmul_update(clmul, crc, bytes);
-        }
+        return crc_update_long(crc, bytes);
     }
     table_update(crc, bytes)
+}
+
+/// [`crc_update`] from [`CLMUL_MIN`] bytes: folding if the CPU can, else the table.
+///
+/// Kept out of line where a kernel exists: merged into `crc_update`, the folding path's
+/// registers made every short run pay for saving and restoring six of them (1 to 2 ns of
+/// 7 to 12 at 20 to 36 bytes, measured).
+#[cfg_attr(any(target_arch = "x86_64", target_arch = "aarch64"), inline(never))]
+fn crc_update_long(crc: u16, bytes: &[u8]) -> u16 {
+    match clmul::Clmul::detect() {
+        Some(clmul) => clmul_update(clmul, crc, bytes),
+        None => table_update(crc, bytes),
+    }
 }
 
 /// Copies `src` to the front of `dst` and advances the CRC register over it, in one pass.
@@ -84,11 +95,19 @@ pub(crate) fn crc_update(crc: u16, bytes: &[u8]) -> u16 {
 #[inline]
 pub(crate) fn copy_with_crc(crc: u16, src: &[u8], dst: &mut [u8]) -> u16 {
     if src.len() >= CLMUL_MIN {
-        if let Some(clmul) = clmul::Clmul::detect() {
-            return clmul_copy(clmul, crc, src, dst);
-        }
+        return copy_with_crc_long(crc, src, dst);
     }
     table_copy(crc, src, dst)
+}
+
+/// [`copy_with_crc`] from [`CLMUL_MIN`] bytes, out of line for the reason given at
+/// [`crc_update_long`].
+#[cfg_attr(any(target_arch = "x86_64", target_arch = "aarch64"), inline(never))]
+fn copy_with_crc_long(crc: u16, src: &[u8], dst: &mut [u8]) -> u16 {
+    match clmul::Clmul::detect() {
+        Some(clmul) => clmul_copy(clmul, crc, src, dst),
+        None => table_copy(crc, src, dst),
+    }
 }
 
 /// The folding path over a whole run: whole 16-byte blocks folded, the tail by the table.

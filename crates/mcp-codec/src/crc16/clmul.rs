@@ -179,9 +179,44 @@ mod x86 {
         Avx2,
     }
 
+    /// The kernel `Kernel::probe` found, cached: 0 until the first probe, then 1 for none,
+    /// 2 for `Sse`, 3 for `Avx2`. Every caller probes the same CPU, so a race only probes
+    /// twice. (The standard library caches each feature too, but reading four of them took
+    /// four loads and branches per run.)
+    #[cfg(feature = "std")]
+    static DETECTED: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
     impl Kernel {
         #[inline(always)]
         pub(super) fn detect() -> Option<Self> {
+            #[cfg(feature = "std")]
+            {
+                use core::sync::atomic::Ordering::Relaxed;
+                match DETECTED.load(Relaxed) {
+                    1 => None,
+                    2 => Some(Kernel::Sse),
+                    #[cfg(mcp_codec_vpclmulqdq)]
+                    3 => Some(Kernel::Avx2),
+                    _ => {
+                        let kernel = Self::probe();
+                        let code = match kernel {
+                            None => 1,
+                            Some(Kernel::Sse) => 2,
+                            #[cfg(mcp_codec_vpclmulqdq)]
+                            Some(Kernel::Avx2) => 3,
+                        };
+                        DETECTED.store(code, Relaxed);
+                        kernel
+                    }
+                }
+            }
+            #[cfg(not(feature = "std"))]
+            Self::probe()
+        }
+
+        /// The fastest kernel the CPU has.
+        #[inline]
+        fn probe() -> Option<Self> {
             #[cfg(mcp_codec_vpclmulqdq)]
             if Self::has_avx2() {
                 return Some(Kernel::Avx2);
