@@ -259,17 +259,20 @@ fn table_path_matches_the_crate() {
 fn clmul_paths_match_the_crate() {
     let tested = clmul::Clmul::all()
         .inspect(|&clmul| {
+            note(format_args!("testing kernel {clmul:?}"));
             check_path(&clmul, |crc, bytes| clmul_update(clmul, crc, bytes));
             check_copy_path(&clmul, |crc, src, dst| clmul_copy(clmul, crc, src, dst));
         })
         .count();
     if tested == 0 {
-        note("skipped: this CPU (or build) has no carry-less multiplication kernel");
+        note(format_args!(
+            "skipped: this CPU (or build) has no carry-less multiplication kernel"
+        ));
     }
 }
 
 /// A note on stderr where there is one.
-fn note(message: &str) {
+fn note(message: core::fmt::Arguments<'_>) {
     #[cfg(feature = "std")]
     std::eprintln!("{message}");
     #[cfg(not(feature = "std"))]
