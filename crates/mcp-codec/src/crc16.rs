@@ -3,9 +3,10 @@
 //! - A slice-by-16 table (the `crc` crate's `Table<16>`, 8 KiB) that works everywhere: every
 //!   `no_std` target, every run shorter than [`CLMUL_MIN`], every tail of fewer than 16
 //!   bytes.
-//! - Folding by carry-less multiplication ([`clmul`]: PCLMULQDQ on x86-64, PMULL on
-//!   aarch64) for runs of [`CLMUL_MIN`] bytes and more when the CPU has the instructions:
-//!   with `std` they are detected at run time, without it only when the build enables them
+//! - Folding by carry-less multiplication ([`clmul`]: PCLMULQDQ, or VPCLMULQDQ with AVX2,
+//!   on x86-64; PMULL on aarch64) for runs of [`CLMUL_MIN`] bytes and more when the CPU has
+//!   the instructions: with `std` they are detected at run time (once; the choice is
+//!   cached), without it only when the build enables them
 //!   (`-C target-feature=+pclmulqdq,+ssse3`, `+aes` on aarch64).
 //!
 //! Both give the same register for every input (tested against the `crc` crate for every
@@ -21,7 +22,7 @@
 //! `H * (x^(d+64) mod P) + L * (x^d mod P)`, two 64x16-bit carry-less products of under 80
 //! bits that are added (XORed) to the block `d` bits later. Eight blocks are folded side by
 //! side (`d` = 1024) to hide the multiplier's latency, then into one, and the last 128 bits
-//! are reduced to the 16-bit register ([`reduce`]). This is the non-reflected method of
+//! are reduced to the 16-bit register ([`folding::reduce`]). This is the non-reflected method of
 //! Intel's "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ" (2009), written
 //! for a 16-bit polynomial; every constant is derived below from `P` by `const fn`, and the
 //! tests check them against the `crc` crate.

@@ -379,13 +379,13 @@ pub(crate) fn encode_frame(type_byte: u8, payload: &[u8], out: &mut [u8]) -> Res
 /// How the CRC is fed depends on the sink. Both CRC paths (`crate::crc16`: the slice-by-16
 /// table, and folding by carry-less multiplication for runs of 48 bytes and more) cost a
 /// fixed step per run on top of its bytes (the table step of the tail; for folding also the
-/// reduction of 128 bits to 16), so each run fed separately costs more than its bytes. A sink that can show back what it holds (a slice
-/// or a `Vec`, `READBACK = true`) therefore lets the envelope's fields pile up (numbers,
-/// method or topic, metadata keys and values up to 256 bytes: `PayloadWriter::put_gathered`)
-/// and feeds them to the CRC as one run read back from the output, while a long piece (a
-/// body, a chunk, a long metadata value) is fed straight from the caller's bytes, which are
-/// not waiting in the store buffer. A write-only sink (`BufMut`) feeds every piece on its
-/// way out.
+/// reduction of 128 bits to 16), so each run fed separately costs more than its bytes. A
+/// sink that can show back what it holds (a slice or a `Vec`, `READBACK = true`) therefore
+/// lets the envelope's fields pile up (numbers, method or topic, metadata keys and values up
+/// to 256 bytes: `PayloadWriter::put_gathered`) and feeds them to the CRC as one run read
+/// back from the output, while a long piece (a body, a chunk, a long metadata value) is fed
+/// straight from the caller's bytes, which are not waiting in the store buffer. A
+/// write-only sink (`BufMut`) feeds every piece on its way out.
 pub(crate) trait Sink {
     /// Whether [`Sink::written_since`] gives the bytes back.
     const READBACK: bool;

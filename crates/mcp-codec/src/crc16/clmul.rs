@@ -24,7 +24,7 @@
 
 /// Proof that the CPU running this code has the instructions of one folding kernel.
 ///
-/// Only [`Clmul::detect`] (and, in tests, [`Clmul::all`]) makes one, so holding one is what
+/// Only [`Clmul::detect`] (and, in tests, `Clmul::all`) makes one, so holding one is what
 /// makes its kernel safe to call.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[derive(Debug, Clone, Copy)]
