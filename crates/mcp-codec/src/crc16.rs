@@ -62,6 +62,11 @@ pub(crate) const CRC_INIT: u16 = 0xFFFF;
 /// step for a tail, so only whole blocks decide.
 pub(crate) const CLMUL_MIN: usize = 48;
 
+/// [`CLMUL_MIN`] for [`copy_with_crc`]: the table's copy hides behind its lookups, so
+/// folding pays off a block later (encoding a 48-byte payload measured 18.1 ns before
+/// folding existed and 19.2 ns folding; 64 bytes 21.5 and 21.1 ns).
+pub(crate) const CLMUL_COPY_MIN: usize = 64;
+
 /// Advances the CRC register over `bytes`.
 ///
 /// For CRC-16/IBM-3740 the register *is* the checksum: the input and output are not
@@ -95,13 +100,13 @@ fn crc_update_long(crc: u16, bytes: &[u8]) -> u16 {
 /// its length would be copied and counted: wrong, but never a panic.)
 #[inline]
 pub(crate) fn copy_with_crc(crc: u16, src: &[u8], dst: &mut [u8]) -> u16 {
-    if src.len() >= CLMUL_MIN {
+    if src.len() >= CLMUL_COPY_MIN {
         return copy_with_crc_long(crc, src, dst);
     }
     table_copy(crc, src, dst)
 }
 
-/// [`copy_with_crc`] from [`CLMUL_MIN`] bytes, out of line for the reason given at
+/// [`copy_with_crc`] from [`CLMUL_COPY_MIN`] bytes, out of line for the reason given at
 /// [`crc_update_long`].
 #[cfg_attr(any(target_arch = "x86_64", target_arch = "aarch64"), inline(never))]
 fn copy_with_crc_long(crc: u16, src: &[u8], dst: &mut [u8]) -> u16 {

@@ -319,7 +319,18 @@ fn dispatch_matches_the_crate() {
     check_copy_path(&"copy_with_crc", copy_with_crc);
     let mut data = [0u8; 3000];
     fill(&mut data, 5);
-    for len in [0, 1, 15, 16, 17, CLMUL_MIN - 1, CLMUL_MIN, 300, 3000] {
+    for len in [
+        0,
+        1,
+        15,
+        16,
+        17,
+        CLMUL_MIN - 1,
+        CLMUL_MIN,
+        CLMUL_COPY_MIN,
+        300,
+        3000,
+    ] {
         assert_eq!(checksum(&data[..len]), REFERENCE.checksum(&data[..len]));
     }
 }
@@ -348,13 +359,26 @@ fn split_runs_give_the_register_of_the_whole() {
         let crc = copy_with_crc(CRC_INIT, a, out_a);
         assert_eq!(copy_with_crc(crc, b, out_b), whole, "copy, cut {cut}");
     }
-    // Three pieces, the middle one on either side of CLMUL_MIN.
+    // Three pieces, the middle one on either side of each switch to folding.
     for first in [0, 1, 5, 16, 33] {
-        for middle in [CLMUL_MIN - 1, CLMUL_MIN, CLMUL_MIN + 15, 129, 255] {
+        for middle in [
+            CLMUL_MIN - 1,
+            CLMUL_MIN,
+            CLMUL_COPY_MIN - 1,
+            CLMUL_COPY_MIN,
+            129,
+            255,
+        ] {
             let (a, rest) = data.split_at(first);
             let (b, c) = rest.split_at(middle);
             let crc = crc_update(crc_update(crc_update(CRC_INIT, a), b), c);
             assert_eq!(crc, whole, "{first} + {middle} + rest");
+            let mut out = [0u8; 1200];
+            let crc = copy_with_crc(CRC_INIT, a, &mut out[..first]);
+            let crc = copy_with_crc(crc, b, &mut out[first..first + middle]);
+            let crc = copy_with_crc(crc, c, &mut out[first + middle..data.len()]);
+            assert_eq!(crc, whole, "copy, {first} + {middle} + rest");
+            assert_eq!(&out[..data.len()], data);
         }
     }
 }
