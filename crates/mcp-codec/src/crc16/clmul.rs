@@ -119,8 +119,7 @@ impl<'s, 'd> Split<'s, 'd> {
         let (groups, rest) = src.split_at(grouped.min(src.len()));
         let blocks = rest.get(..whole - grouped).unwrap_or(&[]);
         let dst: &'d mut [u8] = if COPY { dst } else { &mut [] };
-        let (groups_out, rest_out) = dst.split_at_mut(grouped.min(dst.len()));
-        let blocks_out = rest_out;
+        let (groups_out, blocks_out) = dst.split_at_mut(grouped.min(dst.len()));
         Split {
             groups,
             groups_out,
@@ -471,12 +470,14 @@ mod x86 {
                 (raw, _mm256_shuffle_epi8(raw, rev))
             }
         }
-        #[inline(always)]
-        fn store2(out: &mut Option<&mut [u8; GROUP]>, i: usize, raw: __m256i) {
+        /// Stores 32 bytes to pair `i % 4` of `out`, if there is an `out` (when copying).
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn store2(out: &mut Option<&mut [u8; GROUP]>, i: usize, raw: __m256i) {
             if let Some(out) = out {
                 let at = 32 * (i % PAIRS);
                 // SAFETY: `at + 32 <= GROUP`, so the bytes written are inside `out`;
-                // VMOVDQU has no alignment requirement; callers enable AVX.
+                // VMOVDQU has no alignment requirement; AVX is enabled by this function.
                 unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(at).cast(), raw) }
             }
         }
