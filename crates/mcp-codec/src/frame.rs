@@ -9,8 +9,13 @@
 //! 6       N     payload
 //! 6+N     2     crc      CRC-16/IBM-3740 over bytes [2, 6+N)
 //! ```
+//!
+//! The CRC itself is `crate::crc16`: a table everywhere, carry-less multiplication where the
+//! CPU has it. Decoding computes it over the frame in place; encoding computes it while
+//! copying the payload (`Sink::put_with_crc`), so a frame's bytes are read once either way.
 
 use crate::Error;
+use crate::crc16::{CRC_INIT, checksum, copy_with_crc, crc_update};
 
 /// The two magic bytes that open every frame.
 pub const MAGIC: [u8; 2] = *b"MC";
@@ -26,147 +31,6 @@ pub const FRAME_OVERHEAD: usize = HEADER_LEN + CRC_LEN;
 pub const MAX_PAYLOAD_LEN: usize = u16::MAX as usize;
 /// The largest frame on the wire.
 pub const MAX_FRAME_LEN: usize = MAX_PAYLOAD_LEN + FRAME_OVERHEAD;
-
-/// CRC-16/IBM-3740 (CRC-16/CCITT-FALSE) with a slice-by-16 table.
-///
-/// `Crc::<u16>::new` would pick the one-byte table, 8 to 12 times slower; the explicit
-/// `Table<16>` costs 8 KiB of read-only data and keeps CRC off the critical path.
-static CRC16: crc::Crc<u16, crc::Table<16>> =
-    crc::Crc::<u16, crc::Table<16>>::new(&crc::CRC_16_IBM_3740);
-
-/// The slice-by-16 table: `TABLE[k][x]` is the CRC register after the byte `x` followed by
-/// `k` zero bytes, starting from a zero register.
-type CrcTable = [[u16; 256]; 16];
-
-/// Computes the frame CRC over `bytes` (CRC-16/IBM-3740, check value 0x29B1).
-#[inline]
-pub fn checksum(bytes: &[u8]) -> u16 {
-    crc_update(CRC_INIT, bytes)
-}
-
-/// The CRC register before any byte (the algorithm's init value).
-const CRC_INIT: u16 = 0xFFFF;
-
-/// One slice-by-16 step: the register advanced over a 16-byte block.
-///
-/// The crc crate's step, over its own `Table<16>`. Reading all 16 bytes as single bytes (as
-/// the crc crate does) makes the loop bound by loads; taking the first 8 from one 8-byte
-/// word by shifts moves half of that work to the ALUs.
-#[inline(always)]
-fn step16(table: &CrcTable, crc: u16, b: &[u8; 16]) -> u16 {
-    let word = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-    let byte = |k: u32| usize::from((word >> (8 * k)) as u8);
-    let [hi, lo] = crc.to_be_bytes();
-    table[0][usize::from(b[15])]
-        ^ table[1][usize::from(b[14])]
-        ^ table[2][usize::from(b[13])]
-        ^ table[3][usize::from(b[12])]
-        ^ table[4][usize::from(b[11])]
-        ^ table[5][usize::from(b[10])]
-        ^ table[6][usize::from(b[9])]
-        ^ table[7][usize::from(b[8])]
-        ^ table[8][byte(7)]
-        ^ table[9][byte(6)]
-        ^ table[10][byte(5)]
-        ^ table[11][byte(4)]
-        ^ table[12][byte(3)]
-        ^ table[13][byte(2)]
-        ^ table[14][byte(1) ^ usize::from(lo)]
-        ^ table[15][byte(0) ^ usize::from(hi)]
-}
-
-/// The register advanced over a run of fewer than 16 bytes, in one step.
-///
-/// The crc crate feeds such a run (the tail of every input) one byte at a time, and each of
-/// those steps waits for the one before: about 7 cycles a byte, so up to 100 cycles for a
-/// 15-byte tail. Small frames are mostly tails (a REQUEST with `traceparent` and `deadline`
-/// had 24 tail bytes on its encoding side alone). The slice-by-16 table does any length
-/// from 2 to 16 in one step (slice-by-k: byte `j` of a `k`-byte run goes through
-/// `table[k - 1 - j]`, the register's two bytes through the first two), so the lookups of a
-/// tail are independent of each other and only the final XOR waits for the register.
-#[inline(always)]
-fn step_short(table: &CrcTable, crc: u16, run: &[u8]) -> u16 {
-    debug_assert!(run.len() <= 16);
-    match run {
-        [] => crc,
-        [b] => table[0][usize::from((crc >> 8) as u8 ^ b)] ^ (crc << 8),
-        [b0, b1, rest @ ..] => {
-            let [hi, lo] = crc.to_be_bytes();
-            // `& 15` keeps every index in bounds without a panic path; the run is at most
-            // 16 bytes, so it changes nothing.
-            let k = run.len();
-            let mut acc = table[(k - 1) & 15][usize::from(b0 ^ hi)]
-                ^ table[(k - 2) & 15][usize::from(b1 ^ lo)];
-            for (j, &b) in rest.iter().enumerate() {
-                acc ^= table[(k - 3 - j) & 15][usize::from(b)];
-            }
-            acc
-        }
-    }
-}
-
-/// Advances the CRC register over `bytes`.
-///
-/// For CRC-16/IBM-3740 the register *is* the checksum: the input and output are not
-/// reflected and the final XOR is 0, so the register after some bytes, started from
-/// `CRC_INIT`, is their checksum (`crc_update(CRC_INIT, b) == checksum(b)`), and a run can
-/// be fed in pieces. The tests below check it against the crc crate for every length and
-/// starting register that matters.
-#[inline]
-fn crc_update(mut crc: u16, bytes: &[u8]) -> u16 {
-    let table = CRC16.table();
-    let mut blocks = bytes.chunks_exact(16);
-    if bytes.len() >= LONG_RUN {
-        // Long runs: the crc crate's own 16-byte step (every byte a load) measured a few
-        // percent faster than `step16` when nothing else competes for the ALUs; whole
-        // blocks only, so its byte-at-a-time tail is never used.
-        let whole = bytes.len() - blocks.remainder().len();
-        let mut digest = CRC16.digest_with_initial(crc);
-        digest.update(bytes.get(..whole).unwrap_or(&[]));
-        crc = digest.finalize();
-    } else {
-        for block in &mut blocks {
-            // `chunks_exact(16)` makes the conversion infallible; the fallback only keeps
-            // the code free of a panic path.
-            crc = step16(table, crc, block.try_into().unwrap_or(&[0; 16]));
-        }
-    }
-    step_short(table, crc, blocks.remainder())
-}
-
-/// Bytes from which [`crc_update`] hands the whole blocks to the crc crate's loop.
-const LONG_RUN: usize = 512;
-
-/// Copies `src` to the front of `dst` and advances the CRC register over it, in one loop.
-///
-/// Each 16-byte block is stored to the output in the same iteration that feeds the table
-/// lookups: the copy then hides behind the lookups instead of costing a pass of its own. A
-/// separate copy then CRC measured 0.89 of CRC-alone throughput at 4 KiB; this loop
-/// measures 0.87 to 0.97 at 4 KiB (it varies from run to run) and 0.90 at 64 KiB
-/// (BENCHMARKS.md). It is used only for encoding; the tests below check it against the crc
-/// crate for every length and alignment that matters.
-///
-/// `dst` must be at least as long as `src`; callers size it exactly. (Were it shorter, only
-/// its length would be copied and counted: wrong, but never a panic.)
-#[inline]
-fn copy_with_crc(mut crc: u16, src: &[u8], dst: &mut [u8]) -> u16 {
-    let table = CRC16.table();
-    // Equal lengths, so that the two remainders below line up.
-    let len = src.len().min(dst.len());
-    let (src, dst) = (&src[..len], &mut dst[..len]);
-    let mut blocks = src.chunks_exact(16);
-    let mut out = dst.chunks_exact_mut(16);
-    for (block, out) in (&mut blocks).zip(&mut out) {
-        // `chunks_exact(16)` makes the conversion infallible; the fallback only keeps the
-        // code free of a panic path.
-        let b: &[u8; 16] = block.try_into().unwrap_or(&[0; 16]);
-        out.copy_from_slice(b);
-        crc = step16(table, crc, b);
-    }
-    let tail = blocks.remainder();
-    out.into_remainder().copy_from_slice(tail);
-    step_short(table, crc, tail)
-}
 
 /// The frame types of MCP 1.2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -512,15 +376,16 @@ pub(crate) fn encode_frame(type_byte: u8, payload: &[u8], out: &mut [u8]) -> Res
 
 /// Where encoded bytes go: a checked slice, a `Vec`, or a `bytes::BufMut`.
 ///
-/// How the CRC is fed depends on the sink. The slice-by-16 table is fast on runs of 16
-/// bytes or more and costs a step of its own for the tail of every run, so each run fed
-/// separately costs more than its bytes. A sink that can show back what it holds (a slice
-/// or a `Vec`, `READBACK = true`) therefore lets the envelope's fields pile up (numbers,
-/// method or topic, metadata keys and values up to 256 bytes: `PayloadWriter::put_gathered`)
-/// and feeds them to the CRC as one run read back from the output, while a long piece (a
-/// body, a chunk, a long metadata value) is fed straight from the caller's bytes, which are
-/// not waiting in the store buffer. A write-only sink (`BufMut`) feeds every piece on its
-/// way out.
+/// How the CRC is fed depends on the sink. Both CRC paths (`crate::crc16`: the slice-by-16
+/// table, and folding by carry-less multiplication for runs of 48 bytes and more) cost a
+/// fixed step per run on top of its bytes (the table step of the tail; for folding also the
+/// reduction of 128 bits to 16), so each run fed separately costs more than its bytes. A
+/// sink that can show back what it holds (a slice or a `Vec`, `READBACK = true`) therefore
+/// lets the envelope's fields pile up (numbers, method or topic, metadata keys and values up
+/// to 256 bytes: `PayloadWriter::put_gathered`) and feeds them to the CRC as one run read
+/// back from the output, while a long piece (a body, a chunk, a long metadata value) is fed
+/// straight from the caller's bytes, which are not waiting in the store buffer. A
+/// write-only sink (`BufMut`) feeds every piece on its way out.
 pub(crate) trait Sink {
     /// Whether [`Sink::written_since`] gives the bytes back.
     const READBACK: bool;
@@ -756,106 +621,4 @@ pub(crate) fn write_frame<S: Sink>(
     let crc = w.crc.to_be_bytes();
     w.sink.put(&crc);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Deterministic bytes with every value and no short period.
-    fn bytes(len: usize) -> [u8; 300] {
-        let mut out = [0u8; 300];
-        let mut x = 0x9E37_79B9u32 ^ len as u32;
-        for b in out.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            *b = x as u8;
-        }
-        out
-    }
-
-    /// The crc crate's own loop, the reference for ours.
-    fn reference(init: u16, bytes: &[u8]) -> u16 {
-        let mut digest = CRC16.digest_with_initial(init);
-        digest.update(bytes);
-        digest.finalize()
-    }
-
-    #[test]
-    fn crc_matches_the_crate() {
-        let data = bytes(2);
-        for start in 0..17 {
-            for len in 0..(data.len() - start) {
-                let run = &data[start..start + len];
-                assert_eq!(
-                    checksum(run),
-                    CRC16.checksum(run),
-                    "start {start} len {len}"
-                );
-                for init in [CRC_INIT, 0x0000, 0x1D0F, 0x8000, 0x00FF, checksum(b"MC")] {
-                    assert_eq!(crc_update(init, run), reference(init, run));
-                }
-            }
-        }
-        // Every byte value through the one-step tail, at every position of every length.
-        for len in 1..16 {
-            for pos in 0..len {
-                for value in 0..=255u8 {
-                    let mut run = [0x5Au8; 15];
-                    run[pos] = value;
-                    let run = &run[..len];
-                    assert_eq!(crc_update(0xBEEF, run), reference(0xBEEF, run));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn long_runs_match_the_crate_too() {
-        // Past LONG_RUN the whole blocks go through the crate's loop, the tail through ours.
-        let mut data = [0u8; 5000];
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = (i as u32).wrapping_mul(2_654_435_761).rotate_right(13) as u8;
-        }
-        for len in (LONG_RUN - 17..LONG_RUN + 40).chain([1000, 4096, 4103, 5000]) {
-            for start in [0, 1, 7] {
-                let run = &data[start..(start + len).min(data.len())];
-                for init in [CRC_INIT, 0x0000, 0x1D0F] {
-                    assert_eq!(crc_update(init, run), reference(init, run), "len {len}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn register_is_the_checksum() {
-        assert_eq!(crc_update(CRC_INIT, b"123456789"), 0x29B1);
-        assert_eq!(checksum(b"123456789"), 0x29B1);
-        assert_eq!(crc_update(CRC_INIT, b""), CRC_INIT);
-        // Splitting the input anywhere gives the same register.
-        let data = bytes(0);
-        for cut in 0..data.len() {
-            let (a, b) = data.split_at(cut);
-            assert_eq!(crc_update(crc_update(CRC_INIT, a), b), checksum(&data));
-        }
-    }
-
-    #[test]
-    fn fused_copy_and_crc_match_the_crate() {
-        let data = bytes(1);
-        for start in 0..17 {
-            for len in 0..(data.len() - start) {
-                let src = &data[start..start + len];
-                for init in [CRC_INIT, 0x0000, 0x1D0F, checksum(b"MC")] {
-                    let mut dst = [0xAAu8; 310];
-                    let crc = copy_with_crc(init, src, &mut dst[3..]);
-                    assert_eq!(crc, reference(init, src), "start {start} len {len}");
-                    assert_eq!(&dst[3..3 + len], src);
-                    assert!(dst[3 + len..].iter().all(|&b| b == 0xAA));
-                    assert!(dst[..3].iter().all(|&b| b == 0xAA));
-                }
-            }
-        }
-    }
 }
