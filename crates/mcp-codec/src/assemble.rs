@@ -31,7 +31,7 @@ pub enum Assembled<'a> {
         id: u32,
     },
     /// A REQUEST that is malformed but whose id could be read: the receiver answers ERROR
-    /// MALFORMED with this id and keeps the connection (PROTOCOL.md section 3).
+    /// MALFORMED with this id and keeps the connection (docs/protocol.md section 4).
     MalformedRequest {
         /// The request's id.
         id: u32,
@@ -61,7 +61,7 @@ enum State {
     Done { head: Vec<u8> },
 }
 
-/// Turns verified frames into whole messages, enforcing PROTOCOL.md section 4.
+/// Turns verified frames into whole messages, enforcing docs/protocol.md section 5.
 ///
 /// - A head frame with MORE starts a message; CONTINUATION frames extend it; the one
 ///   without MORE completes it.

@@ -1,7 +1,7 @@
 //! Borrowed, validated views of every payload, and their writers.
 //!
 //! Each view has public fields: a receiver gets one from [`Envelope::parse`] (which checks
-//! every rule of PROTOCOL.md section 3 once, so no accessor can fail or panic later), and a
+//! every rule of docs/protocol.md section 4 once, so no accessor can fail or panic later), and a
 //! sender fills one in and calls `encode` (which checks the same rules before writing a
 //! byte).
 
@@ -62,7 +62,7 @@ impl fmt::Debug for Flags {
     }
 }
 
-/// Well-known values of the `format` byte (PROTOCOL.md section 3).
+/// Well-known values of the `format` byte (docs/protocol.md section 4).
 pub mod format {
     /// Raw bytes.
     pub const RAW: u8 = 0;
@@ -74,7 +74,7 @@ pub mod format {
     pub const FIRST_USER_DEFINED: u8 = 128;
 }
 
-/// An ERROR code (PROTOCOL.md section 5).
+/// An ERROR code (docs/protocol.md section 6).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ErrorCode(pub u16);
 
@@ -147,7 +147,7 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// A GOAWAY code (PROTOCOL.md section 6).
+/// A GOAWAY code (docs/protocol.md section 7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GoAwayCode(pub u16);
 
@@ -788,7 +788,7 @@ pub const MAX_CHUNK_LEN: usize = MAX_PAYLOAD_LEN - 1;
 /// CONTINUATION frames, writing one frame at a time into the caller's buffer.
 ///
 /// The head frame carries the whole envelope and fills the rest of its payload with body;
-/// every CONTINUATION but the last carries [`MAX_CHUNK_LEN`] bytes (PROTOCOL.md section 4).
+/// every CONTINUATION but the last carries [`MAX_CHUNK_LEN`] bytes (docs/protocol.md section 5).
 /// A body that fits in one frame gives exactly one frame, MORE cleared.
 #[derive(Debug, Clone)]
 pub struct MessageFrames<'a> {

@@ -4,7 +4,7 @@
 ///
 /// The error is `Copy` and allocation-free so that firmware can match on it cheaply. Each
 /// variant names exactly what was wrong; [`Error::is_fatal`] says whether a byte-stream
-/// receiver must close the connection (PROTOCOL.md section 1).
+/// receiver must close the connection (docs/protocol.md section 2).
 ///
 /// A short input is never an error: decoders report it as "need more bytes" instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

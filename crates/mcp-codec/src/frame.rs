@@ -78,7 +78,7 @@ impl FrameType {
         self as u8
     }
 
-    /// The upper-case name used in PROTOCOL.md.
+    /// The upper-case name used in docs/protocol.md.
     pub const fn name(self) -> &'static str {
         match self {
             FrameType::Request => "REQUEST",

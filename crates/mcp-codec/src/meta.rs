@@ -15,7 +15,7 @@ pub const DEADLINE: &str = "deadline";
 /// A metadata key/value pair given by a sender: `(key, value)`.
 pub type MetaPair<'a> = (&'a str, &'a [u8]);
 
-/// The `deadline` rule of PROTOCOL.md section 3 over `(key, value)` entries, keys as bytes:
+/// The `deadline` rule of docs/protocol.md section 4 over `(key, value)` entries, keys as bytes:
 /// the smallest value of the `deadline` entries that are 4 bytes long (big-endian
 /// milliseconds), others ignored; `None` without one. One rule for every holder of
 /// metadata (this crate's views, the transport's owned `Meta`).
@@ -303,7 +303,7 @@ impl<'a> Metadata<'a> {
     }
 
     /// The `deadline` entry in milliseconds: the smallest of the 4-byte values if the key
-    /// repeats; values that are not 4 bytes are ignored (PROTOCOL.md section 3).
+    /// repeats; values that are not 4 bytes are ignored (docs/protocol.md section 4).
     pub fn deadline_ms(&self) -> Option<u32> {
         let mut it = self.iter();
         deadline_ms_of(core::iter::from_fn(|| it.next_raw()))

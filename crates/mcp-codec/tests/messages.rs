@@ -1,4 +1,4 @@
-//! Large messages (PROTOCOL.md section 4): `MessageFrames` splits, `Assembler` reassembles
+//! Large messages (docs/protocol.md section 5): `MessageFrames` splits, `Assembler` reassembles
 //! under the maximum message size, and only PING and PONG may come between the frames.
 
 mod common;
@@ -59,7 +59,7 @@ fn split(envelope: Envelope<'_>) -> Vec<Vec<u8>> {
     out
 }
 
-/// The layout rules of PROTOCOL.md section 4 for a split message.
+/// The layout rules of docs/protocol.md section 5 for a split message.
 fn check_layout(frames: &[Vec<u8>], head_type: FrameType) {
     let last = frames.len() - 1;
     for (i, wire) in frames.iter().enumerate() {

@@ -1,4 +1,4 @@
-//! Envelope validation (PROTOCOL.md section 3): every malformed payload gives the error
+//! Envelope validation (docs/protocol.md section 4): every malformed payload gives the error
 //! variant that names its fault, and the encoders refuse the same things before writing.
 
 mod common;

@@ -1,4 +1,4 @@
-//! PROTOCOL.md section 8, byte for byte, in both directions.
+//! docs/protocol.md section 9, byte for byte, in both directions.
 
 use mcp_codec::{
     Decoded, Envelope, ErrorCode, ErrorFrame, Flags, Metadata, Ping, Request, Response, checksum,
