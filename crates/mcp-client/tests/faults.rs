@@ -59,6 +59,18 @@ async fn serve(server: ServerBuilder) -> ServerHandle {
     server.bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0")
 }
 
+/// An echo server that counts the requests its handler ran.
+async fn counting_echo() -> (ServerHandle, Arc<AtomicU64>) {
+    let handled = Arc::new(AtomicU64::new(0));
+    let h = handled.clone();
+    let server = serve(Server::builder().route_raw("echo", move |_ctx, body| {
+        h.fetch_add(1, Ordering::SeqCst);
+        async move { Ok(Reply::new(body)) }
+    }))
+    .await;
+    (server, handled)
+}
+
 /// A client of `addr` with a reconnect backoff short enough for tests and no circuit
 /// breaker (it is not what these tests are about, and an open breaker would turn the
 /// faults' errors into fast failures).
@@ -152,13 +164,7 @@ async fn tiny_writes_both_ways_keep_every_byte() {
 /// late answer is not taken for the next call's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_longer_than_the_budget_times_out_and_the_client_stays_usable() {
-    let handled = Arc::new(AtomicU64::new(0));
-    let h = handled.clone();
-    let server = serve(Server::builder().route_raw("echo", move |_ctx, body| {
-        h.fetch_add(1, Ordering::SeqCst);
-        async move { Ok(Reply::new(body)) }
-    }))
-    .await;
+    let (server, handled) = counting_echo().await;
     let proxy = FaultProxy::start(server.local_addr()).await;
     let client = client_for(proxy.addr())
         .max_connections(1)
@@ -691,13 +697,7 @@ async fn a_slow_link_with_large_messages_is_kept_alive() {
 /// as a lost connection, and the next call reconnects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_in_the_middle_of_a_message_either_way() {
-    let handled = Arc::new(AtomicU64::new(0));
-    let h = handled.clone();
-    let server = serve(Server::builder().route_raw("echo", move |_ctx, body| {
-        h.fetch_add(1, Ordering::SeqCst);
-        async move { Ok(Reply::new(body)) }
-    }))
-    .await;
+    let (server, handled) = counting_echo().await;
     let proxy = FaultProxy::start(server.local_addr()).await;
     let client = client_for(proxy.addr())
         .max_connections(1)
@@ -849,13 +849,7 @@ async fn a_subscription_through_tiny_writes_survives_a_reset() {
 /// handled at most once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_still_queued_when_the_connection_dies_is_not_processed() {
-    let handled = Arc::new(AtomicU64::new(0));
-    let h = handled.clone();
-    let server = serve(Server::builder().route_raw("echo", move |_ctx, body| {
-        h.fetch_add(1, Ordering::SeqCst);
-        async move { Ok(Reply::new(body)) }
-    }))
-    .await;
+    let (server, handled) = counting_echo().await;
     let proxy = FaultProxy::start(server.local_addr()).await;
     let client = client_for(proxy.addr())
         .max_connections(1)
