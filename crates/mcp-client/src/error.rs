@@ -89,43 +89,8 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// Where in a call time ran out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Phase {
-    /// Waiting for a slot under the client's concurrency limit.
-    Queue,
-    /// Waiting for a connection from the pool.
-    Pool,
-    /// Opening a connection.
-    Connect,
-    /// Writing the request (a stalled socket).
-    Write,
-    /// Waiting for the answer (the per-attempt timeout).
-    Response,
-    /// The call's total budget, retries and backoff included.
-    Total,
-}
-
-impl Phase {
-    /// A short name: `queue`, `pool`, `connect`, `write`, `response`, `total`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Phase::Queue => "queue",
-            Phase::Pool => "pool",
-            Phase::Connect => "connect",
-            Phase::Write => "write",
-            Phase::Response => "response",
-            Phase::Total => "total",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// Where in a call time ran out: the transport's definition, one type for the workspace.
+pub use mcp_transport::Phase;
 
 /// What the server may have done with a request when the call failed: the transport's
 /// definition, used as it is (crate-private here; callers ask
@@ -270,10 +235,10 @@ impl Error {
         let processed = err.processed();
         let phase = match err.phase() {
             // The transport's queue is a place on a connection: part of getting one.
+            // The transport's queues are a connection's window and write queue: the
+            // caller sees them as waiting for the pool, as before.
             P::Queue | P::Pool => Phase::Pool,
-            P::Connect => Phase::Connect,
-            P::Write => Phase::Write,
-            P::Response => Phase::Response,
+            other => other,
         };
         let e = match err.kind() {
             T::Timeout => Self::timeout(phase, processed),

@@ -82,19 +82,45 @@ pub enum Processed {
     Maybe,
 }
 
-/// Where in its life a call failed.
+/// Where in its life a call failed (or ran out of time). One type for the whole
+/// workspace: `mcp-client` re-exports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Phase {
-    /// Waiting for a place in a connection's in-flight window or its write queue.
+    /// Waiting in a queue before the request could be sent: for a slot under the client's
+    /// concurrency limit, or (in the transport) for a place in a connection's in-flight
+    /// window or its write queue.
     Queue,
     /// Waiting for the pool to hand out a connection.
     Pool,
     /// Establishing the connection.
     Connect,
-    /// Writing the request.
+    /// Writing the request (a stalled socket).
     Write,
-    /// Waiting for the answer.
+    /// Waiting for the answer (the per-attempt timeout).
     Response,
+    /// The call's total budget, retries and backoff included (set by the client).
+    Total,
+}
+
+impl Phase {
+    /// A short name: `queue`, `pool`, `connect`, `write`, `response`, `total`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Phase::Queue => "queue",
+            Phase::Pool => "pool",
+            Phase::Connect => "connect",
+            Phase::Write => "write",
+            Phase::Response => "response",
+            Phase::Total => "total",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Why the pool could not hand out a connection before the call's deadline.
