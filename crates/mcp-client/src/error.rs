@@ -97,51 +97,9 @@ pub use mcp_transport::Phase;
 /// [`Error::maybe_processed`]).
 pub(crate) use mcp_transport::Processed;
 
-/// An application's (or the protocol's) ERROR answer: code and message as the server sent
-/// them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteError {
-    code: ErrorCode,
-    message: String,
-}
-
-impl RemoteError {
-    /// An ERROR answer with `code` and `message`.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// The code: 1..=9 are the protocol's (docs/protocol.md section 6), 1000 and up the
-    /// application's.
-    pub fn code(&self) -> ErrorCode {
-        self.code
-    }
-
-    /// The server's message (may be empty).
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    /// Whether the code is application-defined (1000..=65535).
-    pub fn is_application(&self) -> bool {
-        self.code.is_application()
-    }
-}
-
-impl fmt::Display for RemoteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.message.is_empty() {
-            write!(f, "server answered ERROR {}", self.code)
-        } else {
-            // The message is the peer's text: one line, nothing that acts on a terminal.
-            let message = mcp_transport::text::one_line(&self.message);
-            write!(f, "server answered ERROR {}: {message}", self.code)
-        }
-    }
-}
+/// An application's (or the protocol's) ERROR answer: the transport's type, one for the
+/// workspace.
+pub use mcp_transport::RemoteError;
 
 /// The error of a call, a subscription or a connection made through [`Client`](crate::Client).
 ///
@@ -192,14 +150,24 @@ impl Error {
     }
 
     /// The server's ERROR answer. ERROR 5 and 6 say the request was not processed.
+    ///
+    /// ERROR 4 (DEADLINE_EXCEEDED) is the call's deadline passing, seen by the server: a
+    /// timeout in the response phase, as if the client's own timer had fired first (the
+    /// `deadline` sent is what was left when the request was written, so the two fire
+    /// together, in either order); `remote()` still carries the server's answer.
     pub(crate) fn from_remote(remote: RemoteError) -> Self {
-        let processed = if remote.code.is_not_processed() {
+        let processed = if remote.code().is_not_processed() {
             Processed::No
         } else {
             Processed::Maybe
         };
+        if remote.code() == ErrorCode::DEADLINE_EXCEEDED {
+            let mut e = Self::timeout(Phase::Response, processed);
+            e.inner.remote = Some(remote);
+            return e;
+        }
         let mut e = Self::new(ErrorKind::Remote, processed);
-        e.inner.other_connection = remote.code == ErrorCode::UNAVAILABLE;
+        e.inner.other_connection = remote.code() == ErrorCode::UNAVAILABLE;
         e.inner.remote = Some(remote);
         e
     }
@@ -475,6 +443,18 @@ impl StdError for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_servers_deadline_exceeded_is_a_timeout_in_the_response_phase() {
+        let e = Error::from_remote(RemoteError::new(ErrorCode::DEADLINE_EXCEEDED, "late"));
+        assert!(e.is_timeout());
+        assert_eq!(e.timeout_phase(), Some(Phase::Response));
+        assert!(e.maybe_processed());
+        assert_eq!(
+            e.remote().map(RemoteError::code),
+            Some(ErrorCode::DEADLINE_EXCEEDED)
+        );
+    }
 
     #[test]
     fn a_remote_message_is_shown_on_one_line_with_nothing_for_the_terminal() {

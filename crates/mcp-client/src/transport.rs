@@ -130,9 +130,7 @@ impl Transport for Pool {
                 meta: r.meta().clone(),
                 body: r.into_body(),
             }),
-            Reply::Error(e) => Err(Error::from_remote(crate::RemoteError::new(
-                e.code, e.message,
-            ))),
+            Reply::Error(e) => Err(Error::from_remote(e)),
         }
     }
 

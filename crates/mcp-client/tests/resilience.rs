@@ -165,7 +165,7 @@ async fn a_call_that_may_have_been_processed_is_retried_only_if_idempotent() {
     let err = bounded("charge", client.call::<_, u32>("slow", &1))
         .await
         .expect_err("attempt timeout");
-    assert_eq!(err.timeout_phase(), Some(Phase::Response));
+    assert_eq!(err.timeout_phase(), Some(Phase::Response), "{err:?}");
     assert!(err.maybe_processed());
     assert!(!err.is_retryable());
     assert_eq!(err.attempts(), 1);

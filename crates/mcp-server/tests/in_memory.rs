@@ -61,7 +61,7 @@ async fn calls_over_an_in_memory_stream() {
         .await
         .unwrap()
     {
-        Answer::Error(e) => assert_eq!(e.code, mcp_codec::ErrorCode::UNKNOWN_METHOD),
+        Answer::Error(e) => assert_eq!(e.code(), mcp_codec::ErrorCode::UNKNOWN_METHOD),
         Answer::Response(_) => panic!("an unknown method was answered"),
     }
     assert_eq!(server.stats().accepted_connections, 1);

@@ -548,7 +548,7 @@ pub(crate) async fn subscribe_call(
     {
         Reply::Response(_) => Ok(()),
         Reply::Error(err) => Err(TransportError::new(
-            ErrorKind::Remote { code: err.code },
+            ErrorKind::Remote { code: err.code() },
             Phase::Response,
             Processed::Maybe,
             format!("subscribing to {pattern:?} failed: {err}"),

@@ -512,16 +512,39 @@ impl Push {
     }
 }
 
-/// An ERROR the server answered a request with.
+/// An ERROR the server answered a request with: code and message as the server sent
+/// them. One type for the workspace: `mcp-client` re-exports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteError {
-    /// The code (docs/protocol.md section 6).
-    pub code: ErrorCode,
-    /// The server's message, possibly empty.
-    pub message: String,
+    code: ErrorCode,
+    message: String,
 }
 
 impl RemoteError {
+    /// An ERROR answer with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RemoteError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The code: 1..=11 are the protocol's (docs/protocol.md section 6), 1000 and up the
+    /// application's.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The server's message (may be empty), as it sent it; its `Display` shows it escaped.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether the code is application-defined (1000..=65535).
+    pub fn is_application(&self) -> bool {
+        self.code.is_application()
+    }
+
     /// Whether the server says it did not process the request (OVERLOADED, UNAVAILABLE).
     pub fn is_not_processed(&self) -> bool {
         self.code.is_not_processed()
@@ -530,8 +553,13 @@ impl RemoteError {
 
 impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let message = crate::text::one_line(&self.message);
-        write!(f, "remote error {}: {message}", self.code)
+        if self.message.is_empty() {
+            write!(f, "server answered ERROR {}", self.code)
+        } else {
+            // The message is the peer's text: one line, nothing that acts on a terminal.
+            let message = crate::text::one_line(&self.message);
+            write!(f, "server answered ERROR {}: {message}", self.code)
+        }
     }
 }
 

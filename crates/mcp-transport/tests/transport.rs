@@ -464,10 +464,7 @@ async fn t08_one_byte_reads_decode_identically() {
     assert_eq!(body(within(pending).await.unwrap()), &b"sliced answer"[..]);
     match within(errored).await.unwrap() {
         Ok(Reply::Error(e)) => {
-            assert_eq!(
-                (e.code, e.message.as_str()),
-                (ErrorCode(1000), "sliced error")
-            );
+            assert_eq!((e.code(), e.message()), (ErrorCode(1000), "sliced error"));
         }
         other => panic!("expected the remote error, got {other:?}"),
     }
@@ -1327,7 +1324,7 @@ async fn t19_ten_thousand_concurrent_calls_over_two_connections() {
                 ok += 1;
             }
             (2, Ok(Reply::Error(e))) => {
-                assert_eq!(e.code, ErrorCode(1000));
+                assert_eq!(e.code(), ErrorCode(1000));
                 errors += 1;
             }
             (3.., Ok(Reply::Response(r))) => {

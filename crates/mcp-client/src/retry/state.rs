@@ -24,6 +24,8 @@ use crate::error::{Error, ErrorKind, Phase};
 pub(crate) fn retryable(err: &Error) -> bool {
     let transient = match err.kind() {
         ErrorKind::Connect | ErrorKind::ConnectionLost => true,
+        // The server's ERROR 4 is a timeout too, but the protocol's table says no retry.
+        ErrorKind::Timeout if err.remote().is_some() => false,
         ErrorKind::Timeout => !matches!(err.timeout_phase(), Some(Phase::Total | Phase::Queue)),
         ErrorKind::Remote => matches!(
             err.code(),

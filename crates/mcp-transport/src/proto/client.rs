@@ -625,7 +625,7 @@ impl<W> ClientCore<W> {
                 }
             }
             Inbound::Error { id, code, message } => {
-                self.answer(id, Ok(Reply::Error(RemoteError { code, message })));
+                self.answer(id, Ok(Reply::Error(RemoteError::new(code, message))));
             }
             Inbound::Notify(push) => {
                 self.counters.pushes_received += 1;
@@ -681,7 +681,7 @@ impl<W> ClientCore<W> {
                 // moves the subscriptions to another connection.
                 if let Ok(Reply::Error(err)) = outcome {
                     let err = TransportError::new(
-                        ErrorKind::Remote { code: err.code },
+                        ErrorKind::Remote { code: err.code() },
                         Phase::Response,
                         Processed::Maybe,
                         format!(
