@@ -38,7 +38,7 @@ use mcp_cli::loadgen::{self, LoadConfig, LoadReport};
 use mcp_client::{Client, LimitConfig, RawRequest};
 use mcp_format::FormatId;
 use mcp_server::{Reply, Server, ServerHandle};
-use mcp_transport::{self as transport, CallOptions, Connection, ConnectionConfig, Meta};
+use mcp_transport::{self as transport, CallDeadline, Connection, ConnectionConfig, Meta};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -153,13 +153,13 @@ async fn connection(config: &LoadConfig, addr: std::net::SocketAddr, body: Bytes
                     FormatId::RAW.get(),
                     &Meta::new(),
                     &body,
-                    CallOptions::default(),
+                    CallDeadline::default(),
                 )
                 .await;
             match reply {
-                Ok(transport::Reply::Response(back)) if back.body().len() == body.len() => Ok(()),
-                Ok(transport::Reply::Response(_)) => Err("wrong echo".to_string()),
-                Ok(transport::Reply::Error(e)) => Err(format!("remote error {e:?}")),
+                Ok(transport::Answer::Response(back)) if back.body().len() == body.len() => Ok(()),
+                Ok(transport::Answer::Response(_)) => Err("wrong echo".to_string()),
+                Ok(transport::Answer::Error(e)) => Err(format!("remote error {e:?}")),
                 Err(e) => Err(format!("{:?}", e.kind())),
             }
         }

@@ -32,7 +32,7 @@ async fn echo_connection(mut stream: TcpStream) -> io::Result<()> {
         if stream.read_buf(&mut buf).await? == 0 {
             return Ok(());
         }
-        // Answer every whole frame of this read; keep a partial one for the next read.
+        // Reply to every whole frame of this read; keep a partial one for the next read.
         while let Decoded::Frame { frame, len } = decoder.decode(&buf).map_err(invalid)? {
             match Envelope::parse(frame).map_err(invalid)? {
                 Envelope::Request(request) => {
@@ -75,7 +75,7 @@ fn invalid<E: Into<Box<dyn std::error::Error + Send + Sync>>>(e: E) -> io::Error
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mcp_transport::{CallOptions, Connection, ConnectionConfig, Meta, Reply};
+    use mcp_transport::{Answer, CallDeadline, Connection, ConnectionConfig, Meta};
     use std::time::Duration;
 
     #[tokio::test]
@@ -90,7 +90,7 @@ mod tests {
                 tokio::spawn(async move {
                     let body = i.to_be_bytes();
                     let reply = conn
-                        .call("echo", 7, &Meta::new(), &body, CallOptions::default())
+                        .call("echo", 7, &Meta::new(), &body, CallDeadline::default())
                         .await;
                     (i, reply)
                 })
@@ -107,11 +107,11 @@ mod tests {
         .expect("echo answered in time");
         for (i, reply) in all {
             match reply.expect("call") {
-                Reply::Response(r) => {
+                Answer::Response(r) => {
                     assert_eq!(r.body().as_ref(), &i.to_be_bytes());
                     assert_eq!(r.format(), 7);
                 }
-                Reply::Error(e) => panic!("remote error {e:?}"),
+                Answer::Error(e) => panic!("remote error {e:?}"),
             }
         }
         conn.close();

@@ -41,7 +41,7 @@ use mcp_transport::proto::{
     ClientCore, ClientSettings, ConnectionStatus, Event, Life, Resubscribe, Transmit,
 };
 use mcp_transport::{
-    ErrorKind, Inbound, McpCodec, Meta, Phase, Processed, Reply, Role, TransportError, WireConfig,
+    ErrorKind, Inbound, McpCodec, Meta, Phase, Processed, Answer, Role, TransportError, WireConfig,
     WireError,
 };
 use tokio_util::codec::{Decoder, Encoder};
@@ -478,7 +478,7 @@ impl Harness {
         }
     }
 
-    fn outcome(&mut self, waiter: u64, outcome: Result<Reply, TransportError>, cause: Cause) {
+    fn outcome(&mut self, waiter: u64, outcome: Result<Answer, TransportError>, cause: Cause) {
         assert!(
             !self.done.contains(&waiter),
             "waiter {waiter}: a second outcome"
@@ -496,7 +496,7 @@ impl Harness {
             Cause::Nothing => panic!("waiter {waiter}: an outcome without a cause: {outcome:?}"),
             Cause::Answer(id) => {
                 assert_eq!(call.id, id, "waiter {waiter}: another call's answer");
-                if let Ok(Reply::Response(response)) = &outcome {
+                if let Ok(Answer::Response(response)) = &outcome {
                     assert_eq!(response.id(), id);
                 }
             }

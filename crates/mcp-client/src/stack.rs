@@ -41,7 +41,7 @@ use crate::limit::{LimitConfig, Limiter, Slot};
 use crate::metrics::{MetricsSnapshot, Recorder};
 use crate::retry::{Retry, RetryConfig};
 use crate::trace::{self, TraceContext};
-use crate::transport::{Attempt, PushStream, Transport};
+use crate::transport::{Attempt, RawPushStream, Transport};
 use crate::window::later;
 
 /// The client's timing settings: how a call's budget is split.
@@ -314,7 +314,7 @@ impl<T: Transport> Stack<T> {
     }
 
     /// A subscription, within the client's total budget.
-    pub(crate) async fn subscribe(&self, topic: &str) -> Result<PushStream, Error> {
+    pub(crate) async fn subscribe(&self, topic: &str) -> Result<RawPushStream, Error> {
         self.refuse_if_closing()?;
         let deadline = later(Instant::now(), self.timing.timeout);
         self.transport

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures_core::Stream;
 use mcp_format::FormatId;
-use mcp_transport::{CallOptions as TransportOptions, Meta, Pool, Reply};
+use mcp_transport::{Answer, CallDeadline as TransportOptions, Meta, Pool};
 use tokio::time::Instant;
 
 use crate::client::{RawPush, RawResponse};
@@ -55,7 +55,7 @@ impl fmt::Debug for Attempt<'_> {
 /// A stream of pushes for one subscription.
 /// Pushes, then at most one `Err` as the last item: why the subscription ended early (the
 /// server refused to subscribe again after a reconnect, or did not answer).
-pub(crate) type PushStream = Pin<Box<dyn Stream<Item = Result<RawPush, Error>> + Send>>;
+pub(crate) type RawPushStream = Pin<Box<dyn Stream<Item = Result<RawPush, Error>> + Send>>;
 
 /// The transport's counters the client's metrics report.
 #[derive(Clone, Copy, Debug, Default)]
@@ -88,7 +88,7 @@ pub trait Transport: Send + Sync + 'static {
         &'a self,
         pattern: &'a str,
         deadline: Instant,
-    ) -> impl Future<Output = Result<PushStream, Error>> + Send + 'a;
+    ) -> impl Future<Output = Result<RawPushStream, Error>> + Send + 'a;
 
     /// Waits until a call could be sent (a connection is open), at most until `deadline`;
     /// with `fail_fast`, fails at the first failed connect try instead.
@@ -125,12 +125,12 @@ impl Transport for Pool {
         .await
         .map_err(Error::from_transport)?;
         match reply {
-            Reply::Response(r) => Ok(RawResponse {
+            Answer::Response(r) => Ok(RawResponse {
                 format: FormatId::new(r.format()),
                 meta: r.meta().clone(),
                 body: r.into_body(),
             }),
-            Reply::Error(e) => Err(Error::from_remote(e)),
+            Answer::Error(e) => Err(Error::from_remote(e)),
         }
     }
 
@@ -149,7 +149,7 @@ impl Transport for Pool {
         }
     }
 
-    async fn subscribe(&self, pattern: &str, deadline: Instant) -> Result<PushStream, Error> {
+    async fn subscribe(&self, pattern: &str, deadline: Instant) -> Result<RawPushStream, Error> {
         // The pool bounds the `$subscribe` call with its default timeout, which the builder
         // keeps equal to the client's total budget; this bounds it as well.
         let sub = tokio::time::timeout_at(deadline, Pool::subscribe(self, pattern))
@@ -200,9 +200,9 @@ impl Transport for Pool {
 }
 
 /// Maps the transport's pushes to the facade's; when the transport's stream ends with a
-/// reason ([`mcp_transport::Subscription::error`]), that reason is the last item.
+/// reason ([`mcp_transport::PushStream::error`]), that reason is the last item.
 struct ToRawPush {
-    sub: mcp_transport::Subscription,
+    sub: mcp_transport::PushStream,
     ended: bool,
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use mcp_codec::format;
 use mcp_server::{Reply, Server};
-use mcp_transport::{Accept, CallOptions, Connection, ConnectionConfig, Meta, Reply as Answer};
+use mcp_transport::{Accept, Answer, CallDeadline, Connection, ConnectionConfig, Meta};
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
 
@@ -45,7 +45,7 @@ async fn calls_over_an_in_memory_stream() {
     let (client_end, server_end) = tokio::io::duplex(1024);
     tx.send(server_end).await.unwrap();
     let conn = Connection::over(client_end, ConnectionConfig::default()).unwrap();
-    let opts = || CallOptions::timeout(Duration::from_secs(5));
+    let opts = || CallDeadline::timeout(Duration::from_secs(5));
     for body in [b"hi".to_vec(), vec![7u8; 200_000]] {
         match conn
             .call("echo", format::RAW, &Meta::new(), &body, opts())

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use mcp_codec::{Decoded, Envelope, Flags, FrameDecoder, Metadata, Pong, Response};
-use mcp_transport::{CallOptions, Connection, ConnectionConfig, Meta};
+use mcp_transport::{CallDeadline, Connection, ConnectionConfig, Meta};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -74,10 +74,10 @@ async fn main() -> std::io::Result<()> {
                 let body = body.clone();
                 async move {
                     match conn
-                        .call("echo", 0, &Meta::new(), &body, CallOptions::default())
+                        .call("echo", 0, &Meta::new(), &body, CallDeadline::default())
                         .await
                     {
-                        Ok(mcp_transport::Reply::Response(r)) => r.body().len(),
+                        Ok(mcp_transport::Answer::Response(r)) => r.body().len(),
                         other => panic!("echo failed: {other:?}"),
                     }
                 }

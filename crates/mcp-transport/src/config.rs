@@ -126,7 +126,7 @@ pub struct ConnectionConfig {
     /// pattern dropped) waits for its answer (5 s). Past it the id is given up like a timed
     /// out call (CANCEL sent), so that the entry does not stay in the pending table nor
     /// keep a draining connection open; a `$subscribe` given up on ends its subscribers
-    /// ([`Subscription::error`](crate::Subscription::error)).
+    /// ([`PushStream::error`](crate::PushStream::error)).
     pub subscribe_timeout: Duration,
 }
 
@@ -191,7 +191,7 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Reconnect backoff.
     pub backoff: BackoffConfig,
-    /// The call timeout used when [`CallOptions`](crate::CallOptions) gives none (5 s).
+    /// The call timeout used when [`CallDeadline`](crate::CallDeadline) gives none (5 s).
     pub default_timeout: Duration,
     /// Idle-reclaim and health sweep period (1 s).
     pub maintenance_interval: Duration,

@@ -28,16 +28,16 @@ use mcp_codec::format;
 use crate::config::{Backpressure, ConnectionConfig, Role};
 use crate::error::{ErrorKind, Phase, Processed, TransportError, WireError};
 use crate::io::{Stream, connect_tcp};
-use crate::message::{CallOptions, Meta, Reply};
+use crate::message::{Answer, CallDeadline, Meta};
 use crate::proto::ClientSettings;
 use crate::proto::client::closed;
 use crate::proto::{ClientCore, ConnectionStatus, Event, Life, Resubscribe};
 use crate::subscription::{
-    PushRouter, SUBSCRIBE_METHOD, Subscription, SubscriptionOwner, UNSUBSCRIBE_METHOD,
+    PushRouter, PushStream, SUBSCRIBE_METHOD, SubscriptionOwner, UNSUBSCRIBE_METHOD,
 };
 use crate::wire::{FrameReader, WireWriter, WriterExit, WriterStats};
 
-type Outcome = Result<Reply, TransportError>;
+type Outcome = Result<Answer, TransportError>;
 type Core = ClientCore<oneshot::Sender<Outcome>>;
 type Events = Vec<Event<oneshot::Sender<Outcome>>>;
 
@@ -309,8 +309,8 @@ impl Connection {
         format: u8,
         meta: &Meta,
         body: &[u8],
-        opts: CallOptions,
-    ) -> Result<Reply, TransportError> {
+        opts: CallDeadline,
+    ) -> Result<Answer, TransportError> {
         let deadline = opts.resolve(None);
         // The waits are boxed (see `Pool::call`): only a call that waits pays for them.
         let permit = match self.shared.try_acquire()? {
@@ -345,11 +345,11 @@ impl Connection {
     pub async fn subscribe(
         &self,
         pattern: &str,
-        opts: CallOptions,
-    ) -> Result<Subscription, TransportError> {
+        opts: CallDeadline,
+    ) -> Result<PushStream, TransportError> {
         let owner: Arc<dyn SubscriptionOwner> = self.shared.clone();
         let Some((sub, first)) =
-            Subscription::register(&self.shared.router, Arc::downgrade(&owner), pattern)
+            PushStream::register(&self.shared.router, Arc::downgrade(&owner), pattern)
         else {
             return Err(TransportError::shutdown(Phase::Queue));
         };
@@ -534,7 +534,7 @@ impl Connection {
 pub(crate) async fn subscribe_call(
     conn: &Connection,
     pattern: &str,
-    opts: CallOptions,
+    opts: CallDeadline,
 ) -> Result<(), TransportError> {
     match conn
         .call(
@@ -546,8 +546,8 @@ pub(crate) async fn subscribe_call(
         )
         .await?
     {
-        Reply::Response(_) => Ok(()),
-        Reply::Error(err) => Err(TransportError::new(
+        Answer::Response(_) => Ok(()),
+        Answer::Error(err) => Err(TransportError::new(
             ErrorKind::Remote { code: err.code() },
             Phase::Response,
             Processed::Maybe,
@@ -903,7 +903,7 @@ impl Drop for Unfinished {
 impl PendingCall {
     /// Waits for the outcome: an answer, a timeout at the deadline given to `start` (the
     /// driver cancels the request then), or the connection's end.
-    pub(crate) async fn wait(mut self) -> Result<Reply, TransportError> {
+    pub(crate) async fn wait(mut self) -> Result<Answer, TransportError> {
         let received = (&mut self.rx).await;
         self.done = true;
         self.permit.take();

@@ -28,16 +28,16 @@
 //! Client level:
 //! - [`Pool::new`]`(endpoint, `[`PoolConfig`]`)` (lazy; spawns one connector task);
 //!   [`Pool::ready`] waits for a connection.
-//! - [`Pool::call`]`(method, format, &`[`Meta`]`, body: &[u8], `[`CallOptions`]`) ->
-//!   Result<`[`Reply`]`, `[`TransportError`]`>`; [`Reply`] is a RESPONSE
+//! - [`Pool::call`]`(method, format, &`[`Meta`]`, body: &[u8], `[`CallDeadline`]`) ->
+//!   Result<`[`Answer`]`, `[`TransportError`]`>`; [`Answer`] is a RESPONSE
 //!   ([`InboundResponse`]: format, meta, body `Bytes`) or a remote ERROR
 //!   ([`RemoteError`]: code, message). ERROR 6 and GOAWAY-refused requests are
 //!   `Err`, not processed and retryable elsewhere.
 //! - [`Pool::notify`]`(topic, format, &Meta, body)`; [`Pool::subscribe`]`(pattern) ->
-//!   `[`Subscription`] (a `Stream<Item = `[`Push`]`>`, survives reconnects, sends
+//!   `[`PushStream`] (a `Stream<Item = `[`Push`]`>`, survives reconnects, sends
 //!   `$unsubscribe` when the last one for its pattern is dropped; if the server refuses
 //!   the pattern when it is subscribed again after a reconnect, the stream ends and
-//!   [`Subscription::error`] says why). Its queue is bounded by count and by bytes.
+//!   [`PushStream::error`] says why). Its queue is bounded by count and by bytes.
 //! - [`Pool::state`] / [`Pool::watch_state`] ([`EndpointState`]: connected, reconnecting
 //!   with attempt and next delay, down, closed with a reason); [`Pool::stats`]
 //!   ([`PoolStats`]: in flight, connections by state, reconnects, late answers dropped,
@@ -96,12 +96,13 @@ pub use connection::{Connection, ConnectionStats};
 pub use error::{ErrorKind, Phase, PoolExhausted, Processed, TransportError, WireError};
 pub use io::{Accept, Connect, Stream, TcpAccept, TcpConnect};
 pub use message::{
-    CallOptions, Inbound, InboundRequest, InboundResponse, Meta, MetaIter, Push, RemoteError, Reply,
+    Answer, CallDeadline, Inbound, InboundRequest, InboundResponse, Meta, MetaIter, Push,
+    RemoteError,
 };
 pub use pool::{EndpointState, Pool, PoolStats, TaskProbe};
 pub use proto::ConnectionStatus;
 pub use subscription::{
-    HEALTH_METHOD, SUBSCRIBE_METHOD, Subscription, UNSUBSCRIBE_METHOD, topic_matches,
+    HEALTH_METHOD, PushStream, SUBSCRIBE_METHOD, UNSUBSCRIBE_METHOD, topic_matches,
 };
 pub use wire::{FrameReader, WireWriter, WriterExit, WriterStats};
 

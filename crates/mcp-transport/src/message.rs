@@ -571,19 +571,19 @@ impl std::error::Error for RemoteError {}
 /// [`TransportError`](crate::TransportError) "not processed, retry elsewhere", like a
 /// request refused by GOAWAY.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
+pub enum Answer {
     /// RESPONSE.
     Response(InboundResponse),
     /// ERROR.
     Error(RemoteError),
 }
 
-impl Reply {
+impl Answer {
     /// The response, or the remote error as `Err`.
     pub fn into_result(self) -> Result<InboundResponse, RemoteError> {
         match self {
-            Reply::Response(r) => Ok(r),
-            Reply::Error(e) => Err(e),
+            Answer::Response(r) => Ok(r),
+            Answer::Error(e) => Err(e),
         }
     }
 }
@@ -640,7 +640,7 @@ pub enum Inbound {
 
 /// Per-call options.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CallOptions {
+pub struct CallDeadline {
     /// An absolute deadline for the call.
     pub deadline: Option<Instant>,
     /// A timeout from now (for one attempt); the earlier of this and `deadline` wins. With
@@ -648,10 +648,10 @@ pub struct CallOptions {
     pub timeout: Option<Duration>,
 }
 
-impl CallOptions {
+impl CallDeadline {
     /// Options with a timeout from now.
     pub fn timeout(timeout: Duration) -> Self {
-        CallOptions {
+        CallDeadline {
             deadline: None,
             timeout: Some(timeout),
         }
@@ -659,7 +659,7 @@ impl CallOptions {
 
     /// Options with an absolute deadline.
     pub fn deadline(deadline: Instant) -> Self {
-        CallOptions {
+        CallDeadline {
             deadline: Some(deadline),
             timeout: None,
         }

@@ -18,9 +18,9 @@ use crate::config::{Backpressure, PoolConfig};
 use crate::connection::{Connection, ConnectionStats, InFlightPermit, PoolSignal, subscribe_call};
 use crate::error::{ErrorKind, Phase, PoolExhausted, Processed, TransportError};
 use crate::io::{Connect, TcpConnect};
-use crate::message::{CallOptions, Meta, Reply};
+use crate::message::{Answer, CallDeadline, Meta};
 use crate::proto::ConnectionStatus;
-use crate::subscription::{PushRouter, Subscription, SubscriptionOwner, UNSUBSCRIBE_METHOD};
+use crate::subscription::{PushRouter, PushStream, SubscriptionOwner, UNSUBSCRIBE_METHOD};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves the state consistent, so a poisoned lock is used as is.
@@ -308,8 +308,8 @@ impl Pool {
         format: u8,
         meta: &Meta,
         body: &[u8],
-        opts: CallOptions,
-    ) -> Result<Reply, TransportError> {
+        opts: CallDeadline,
+    ) -> Result<Answer, TransportError> {
         let deadline = opts.resolve(Some(self.shared.config.default_timeout));
         // A request refused by a GOAWAY (or ERROR 6) was certainly not processed: it goes
         // to another connection here, so that a server rotating its connections costs
@@ -364,7 +364,7 @@ impl Pool {
         meta: &Meta,
         body: &[u8],
     ) -> Result<(), TransportError> {
-        let deadline = CallOptions::default().resolve(Some(self.shared.config.default_timeout));
+        let deadline = CallDeadline::default().resolve(Some(self.shared.config.default_timeout));
         let (conn, _permit) = self.shared.acquire(deadline).await?;
         conn.wait_writable(deadline).await?;
         conn.notify_now(topic, format, meta, body)
@@ -373,15 +373,16 @@ impl Pool {
     /// Subscribes to a topic or `prefix*` pattern. The subscription survives reconnects
     /// (the pool sends `$subscribe` again on the new connection) and sends `$unsubscribe`
     /// when the last local subscriber of the pattern is dropped.
-    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, TransportError> {
+    pub async fn subscribe(&self, pattern: &str) -> Result<PushStream, TransportError> {
         let owner: Arc<dyn SubscriptionOwner> = self.shared.clone();
         let Some((sub, first)) =
-            Subscription::register(&self.shared.router, Arc::downgrade(&owner), pattern)
+            PushStream::register(&self.shared.router, Arc::downgrade(&owner), pattern)
         else {
             return Err(TransportError::shutdown(Phase::Pool));
         };
         if first {
-            let deadline = CallOptions::default().resolve(Some(self.shared.config.default_timeout));
+            let deadline =
+                CallDeadline::default().resolve(Some(self.shared.config.default_timeout));
             if let Err(err) = self.shared.subscribe_one(pattern, deadline).await {
                 sub.forget();
                 return Err(err);
@@ -391,7 +392,7 @@ impl Pool {
     }
 
     /// Waits until a connection is open (connecting if needed), at most until `deadline`.
-    pub async fn ready(&self, opts: CallOptions) -> Result<(), TransportError> {
+    pub async fn ready(&self, opts: CallDeadline) -> Result<(), TransportError> {
         let deadline = opts.resolve(Some(self.shared.config.default_timeout));
         let (_conn, _permit) = self.shared.acquire(deadline).await?;
         Ok(())
@@ -400,7 +401,7 @@ impl Pool {
     /// Like [`Pool::ready`], but fails at the first failed connect try instead of waiting
     /// through the backoff for a later one (gRPC's fail-fast; `ready` is its
     /// wait-for-ready): at most the connect timeout when nobody listens.
-    pub async fn ready_or_fail(&self, opts: CallOptions) -> Result<(), TransportError> {
+    pub async fn ready_or_fail(&self, opts: CallDeadline) -> Result<(), TransportError> {
         let mut states = self.watch_state();
         let failed = async move {
             loop {
@@ -761,7 +762,7 @@ impl PoolShared {
         subscribe_call(
             &conn,
             pattern,
-            CallOptions {
+            CallDeadline {
                 deadline,
                 timeout: None,
             },
@@ -795,7 +796,7 @@ impl PoolShared {
             if let Some(conn) = state.conns.iter().find(|c| c.is_open()).cloned() {
                 state.sub_conn = Some(conn.serial());
                 // A refusal (or no answer) ends that pattern's subscribers with the error
-                // (`Subscription::error`) rather than leaving them open on nothing.
+                // (`PushStream::error`) rather than leaving them open on nothing.
                 for pattern in self.router.patterns() {
                     conn.resubscribe(&pattern);
                 }

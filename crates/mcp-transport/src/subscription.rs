@@ -2,7 +2,7 @@
 //!
 //! The connection's reader hands each push to the [`PushRouter`] synchronously; the router
 //! copies it (a cheap `Bytes` clone) into the bounded queue of every matching
-//! [`Subscription`]. A full queue loses a push by the configured [`PushOverflow`] policy
+//! [`PushStream`]. A full queue loses a push by the configured [`PushOverflow`] policy
 //! and counts it: the reader never waits for a subscriber, so a slow subscriber cannot
 //! stall responses or heartbeats. A queue is bounded both by count and by bytes: a count
 //! alone would let one slow subscriber hold queue length x message size (16 GiB with the
@@ -10,7 +10,7 @@
 //!
 //! A `$subscribe` the pool sends again after a reconnect has nobody waiting for it; when
 //! the server refuses it (or does not answer in time) the router ends every subscriber of
-//! that pattern with the error ([`Subscription::error`]) instead of leaving them open on a
+//! that pattern with the error ([`PushStream::error`]) instead of leaving them open on a
 //! subscription the server does not have.
 
 use std::collections::{HashMap, VecDeque};
@@ -282,12 +282,12 @@ impl PushRouter {
 /// when the pool or connection is closed, or early when the server refuses the pattern
 /// when the pool subscribes again after a reconnect (an ERROR answer to `$subscribe`, or
 /// none within [`ConnectionConfig::subscribe_timeout`](crate::ConnectionConfig)): then
-/// [`Subscription::error`] says why. Pushes queued before the end are still handed out.
+/// [`PushStream::error`] says why. Pushes queued before the end are still handed out.
 ///
 /// Its queue holds at most [`ConnectionConfig::push_queue`](crate::ConnectionConfig)
 /// pushes and [`ConnectionConfig::push_queue_bytes`](crate::ConnectionConfig) bytes; past
 /// either, pushes are lost by the configured [`PushOverflow`] and counted.
-pub struct Subscription {
+pub struct PushStream {
     id: u64,
     pattern: String,
     queue: Arc<SubQueue>,
@@ -295,9 +295,9 @@ pub struct Subscription {
     owner: Weak<dyn SubscriptionOwner>,
 }
 
-impl std::fmt::Debug for Subscription {
+impl std::fmt::Debug for PushStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
+        f.debug_struct("PushStream")
             .field("pattern", &self.pattern)
             .field("queued", &self.queued())
             .field("error", &self.error())
@@ -305,16 +305,16 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
-impl Subscription {
+impl PushStream {
     /// Registers a local subscriber; the bool says whether `$subscribe` must be sent.
     pub(crate) fn register(
         router: &Arc<PushRouter>,
         owner: Weak<dyn SubscriptionOwner>,
         pattern: &str,
-    ) -> Option<(Subscription, bool)> {
+    ) -> Option<(PushStream, bool)> {
         let (id, queue, first) = router.register(pattern)?;
         Some((
-            Subscription {
+            PushStream {
                 id,
                 pattern: pattern.to_owned(),
                 queue,
@@ -382,7 +382,7 @@ impl Subscription {
     }
 }
 
-impl Stream for Subscription {
+impl Stream for PushStream {
     type Item = Push;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Push>> {
@@ -390,7 +390,7 @@ impl Stream for Subscription {
     }
 }
 
-impl Drop for Subscription {
+impl Drop for PushStream {
     fn drop(&mut self) {
         if let Some(pattern) = self.router.unregister(self.id) {
             if let Some(owner) = self.owner.upgrade() {

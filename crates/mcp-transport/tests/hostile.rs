@@ -14,7 +14,7 @@ use std::time::Duration;
 use mcp_codec::{Envelope, OwnedEnvelope, Ping};
 use mcp_test_support::{Peer, Received, STEP, TestListener, encode, error, notify};
 use mcp_transport::{
-    CallOptions, Connection, ConnectionConfig, ErrorKind, Pool, PushOverflow, Subscription,
+    CallDeadline, Connection, ConnectionConfig, ErrorKind, Pool, PushOverflow, PushStream,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
@@ -159,14 +159,14 @@ async fn connected_pool(config: ConnectionConfig) -> (Pool, Peer, TestListener) 
     let pool = Pool::new(listener.addr().to_string(), pool_config(config));
     let (peer, ready) = tokio::join!(
         listener.accept(),
-        within(pool.ready(CallOptions::default()))
+        within(pool.ready(CallDeadline::default()))
     );
     ready.unwrap();
     (pool, peer, listener)
 }
 
 /// Subscribes `pattern` through `pool`, answering the `$subscribe` on `peer`.
-async fn subscribe(pool: &Pool, peer: &mut Peer, pattern: &str) -> Subscription {
+async fn subscribe(pool: &Pool, peer: &mut Peer, pattern: &str) -> PushStream {
     let sub = tokio::spawn({
         let pool = pool.clone();
         let pattern = pattern.to_owned();
@@ -255,7 +255,7 @@ async fn large_pushes_slow_subscriber_bounded_by_bytes() {
 
 /// Subscribes, then kills the first connection; returns the subscription, the second
 /// connection's peer and the id of the `$subscribe` the pool sent on it by itself.
-async fn reconnected(config: ConnectionConfig) -> (Pool, Subscription, Peer, u32, TestListener) {
+async fn reconnected(config: ConnectionConfig) -> (Pool, PushStream, Peer, u32, TestListener) {
     let (pool, mut first, listener) = connected_pool(config).await;
     let sub = subscribe(&pool, &mut first, "orders.*").await;
     drop(first);
@@ -326,7 +326,7 @@ async fn unanswered_unsubscribe_does_not_keep_draining_connection_open() {
     let mut peer = listener.accept().await;
     let sub = tokio::spawn({
         let conn = conn.clone();
-        async move { conn.subscribe("t", CallOptions::default()).await }
+        async move { conn.subscribe("t", CallDeadline::default()).await }
     });
     let req = peer.recv_request().await;
     peer.respond(req.id, b"").await;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mcp_codec::{Envelope, Flags, GoAway, GoAwayCode, Metadata, Response, format};
-use mcp_transport::{CallOptions, Inbound, McpCodec, Meta, Pool, PoolConfig, Reply, Role};
+use mcp_transport::{Answer, CallDeadline, Inbound, McpCodec, Meta, Pool, PoolConfig, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::codec::{Decoder, Encoder};
@@ -97,13 +97,13 @@ async fn run(every: usize, callers: usize, calls_each: usize) -> usize {
                         format::RAW,
                         &Meta::new(),
                         body.as_bytes(),
-                        CallOptions::timeout(Duration::from_secs(10)),
+                        CallDeadline::timeout(Duration::from_secs(10)),
                     )
                     .await
                     .unwrap_or_else(|err| panic!("call {caller}-{i} failed: {err}"));
                 match reply {
-                    Reply::Response(r) => assert_eq!(r.body().as_ref(), body.as_bytes()),
-                    Reply::Error(e) => panic!("call {caller}-{i}: {e}"),
+                    Answer::Response(r) => assert_eq!(r.body().as_ref(), body.as_bytes()),
+                    Answer::Error(e) => panic!("call {caller}-{i}: {e}"),
                 }
             }
         }));

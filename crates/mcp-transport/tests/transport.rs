@@ -13,9 +13,9 @@ use mcp_test_support::{
     response,
 };
 use mcp_transport::{
-    BackoffConfig, Backpressure, CallOptions, Connection, ConnectionConfig, ConnectionStatus,
-    EndpointState, ErrorKind, HeartbeatConfig, Meta, Phase, Pool, PoolConfig, PoolExhausted,
-    Processed, PushOverflow, Reply, TransportError,
+    Answer, BackoffConfig, Backpressure, CallDeadline, Connection, ConnectionConfig,
+    ConnectionStatus, EndpointState, ErrorKind, HeartbeatConfig, Meta, Phase, Pool, PoolConfig,
+    PoolExhausted, Processed, PushOverflow, TransportError,
 };
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
@@ -35,31 +35,31 @@ fn pool_config() -> PoolConfig {
     pool_config_with(conn_config())
 }
 
-fn body(reply: Result<Reply, TransportError>) -> Bytes {
+fn body(reply: Result<Answer, TransportError>) -> Bytes {
     match reply.expect("call succeeds") {
-        Reply::Response(r) => r.into_body(),
-        Reply::Error(e) => panic!("unexpected remote error {e}"),
+        Answer::Response(r) => r.into_body(),
+        Answer::Error(e) => panic!("unexpected remote error {e}"),
     }
 }
 
-async fn call(conn: &Connection, method: &str, body: &[u8]) -> Result<Reply, TransportError> {
+async fn call(conn: &Connection, method: &str, body: &[u8]) -> Result<Answer, TransportError> {
     conn.call(
         method,
         format::RAW,
         &Meta::new(),
         body,
-        CallOptions::default(),
+        CallDeadline::default(),
     )
     .await
 }
 
-async fn pcall(pool: &Pool, method: &str, body: &[u8]) -> Result<Reply, TransportError> {
+async fn pcall(pool: &Pool, method: &str, body: &[u8]) -> Result<Answer, TransportError> {
     pool.call(
         method,
         format::RAW,
         &Meta::new(),
         body,
-        CallOptions::default(),
+        CallDeadline::default(),
     )
     .await
 }
@@ -288,7 +288,7 @@ async fn t05_server_down_backoff_exponential_jittered_capped_try_limit() {
                 0,
                 &Meta::new(),
                 b"",
-                CallOptions::timeout(Duration::from_secs(3600)),
+                CallDeadline::timeout(Duration::from_secs(3600)),
             )
             .await
         }
@@ -416,7 +416,7 @@ async fn t08_one_byte_reads_decode_identically() {
     let mut sub = within(async {
         let sub = tokio::spawn({
             let conn = conn.clone();
-            async move { conn.subscribe("t", CallOptions::default()).await }
+            async move { conn.subscribe("t", CallDeadline::default()).await }
         });
         let req = peer.recv_request().await;
         peer.respond(req.id, b"").await;
@@ -463,7 +463,7 @@ async fn t08_one_byte_reads_decode_identically() {
     .await;
     assert_eq!(body(within(pending).await.unwrap()), &b"sliced answer"[..]);
     match within(errored).await.unwrap() {
-        Ok(Reply::Error(e)) => {
+        Ok(Answer::Error(e)) => {
             assert_eq!((e.code(), e.message()), (ErrorCode(1000), "sliced error"));
         }
         other => panic!("expected the remote error, got {other:?}"),
@@ -495,7 +495,7 @@ async fn t09_several_frames_and_push_in_one_read() {
     let mut peer = listener.accept().await;
     let sub = tokio::spawn({
         let conn = conn.clone();
-        async move { conn.subscribe("news.*", CallOptions::default()).await }
+        async move { conn.subscribe("news.*", CallDeadline::default()).await }
     });
     let req = peer.recv_request().await;
     peer.respond(req.id, b"").await;
@@ -684,7 +684,7 @@ async fn t13_push_flood_slow_subscriber_bounded() {
         let mut peer = listener.accept().await;
         let sub = tokio::spawn({
             let conn = conn.clone();
-            async move { conn.subscribe("flood", CallOptions::default()).await }
+            async move { conn.subscribe("flood", CallDeadline::default()).await }
         });
         let req = peer.recv_request().await;
         peer.respond(req.id, b"").await;
@@ -751,7 +751,7 @@ async fn t14_timeout_cancel_sent_late_answer_discarded() {
                 0,
                 &Meta::new(),
                 b"slow",
-                CallOptions::timeout(Duration::from_millis(100)),
+                CallDeadline::timeout(Duration::from_millis(100)),
             )
             .await
         }
@@ -798,7 +798,7 @@ async fn t14_deadlines_an_earlier_one_started_later_fires_first() {
                     0,
                     &Meta::new(),
                     tag,
-                    CallOptions::timeout(Duration::from_millis(ms)),
+                    CallDeadline::timeout(Duration::from_millis(ms)),
                 )
                 .await;
             (reply, Instant::now())
@@ -901,7 +901,7 @@ async fn t15_pool_exhausted_wait_bounded_no_leak() {
         0,
         &Meta::new(),
         b"",
-        CallOptions::timeout(Duration::from_millis(200)),
+        CallDeadline::timeout(Duration::from_millis(200)),
     ))
     .await
     .expect_err("exhausted");
@@ -925,7 +925,7 @@ async fn t15_pool_exhausted_wait_bounded_no_leak() {
                     0,
                     &Meta::new(),
                     b"",
-                    CallOptions::timeout(Duration::from_millis(50)),
+                    CallDeadline::timeout(Duration::from_millis(50)),
                 )
                 .await
             })
@@ -963,7 +963,7 @@ async fn t15_pool_exhausted_wait_bounded_no_leak() {
     // With the reject policy the caller is told at once.
     config.connection.backpressure = Backpressure::Reject;
     let pool = Pool::new(server.addr().to_string(), config);
-    within(pool.ready(CallOptions::default())).await.unwrap();
+    within(pool.ready(CallDeadline::default())).await.unwrap();
     let _hogs: Vec<_> = (0..2)
         .map(|_| {
             let pool = pool.clone();
@@ -997,7 +997,7 @@ async fn t16_dropped_call_mid_write_no_half_frame() {
         0,
         &Meta::new(),
         &big,
-        CallOptions::timeout(Duration::from_millis(1)),
+        CallDeadline::timeout(Duration::from_millis(1)),
     ))
     .await;
     assert!(dropped.unwrap_err().is_timeout());
@@ -1277,7 +1277,7 @@ async fn t19_ten_thousand_concurrent_calls_over_two_connections() {
     config.connection.max_in_flight = 1024;
     config.default_timeout = Duration::from_secs(30);
     let pool = Pool::new(server.addr().to_string(), config);
-    within(pool.ready(CallOptions::default())).await.unwrap();
+    within(pool.ready(CallDeadline::default())).await.unwrap();
     let tasks: Vec<_> = (0..10_000u32)
         .map(|i| {
             let pool = pool.clone();
@@ -1291,7 +1291,7 @@ async fn t19_ten_thousand_concurrent_calls_over_two_connections() {
                             0,
                             &Meta::new(),
                             &tag,
-                            CallOptions::timeout(Duration::from_millis(300)),
+                            CallDeadline::timeout(Duration::from_millis(300)),
                         )
                         .await
                     }
@@ -1319,15 +1319,15 @@ async fn t19_ten_thousand_concurrent_calls_over_two_connections() {
         let tag = i.to_be_bytes();
         match (i % 10, outcome) {
             (0, Err(err)) if err.is_timeout() => timeouts += 1,
-            (1, Ok(Reply::Response(r))) => {
+            (1, Ok(Answer::Response(r))) => {
                 assert_eq!(&r.body()[8..], &tag[..]);
                 ok += 1;
             }
-            (2, Ok(Reply::Error(e))) => {
+            (2, Ok(Answer::Error(e))) => {
                 assert_eq!(e.code(), ErrorCode(1000));
                 errors += 1;
             }
-            (3.., Ok(Reply::Response(r))) => {
+            (3.., Ok(Answer::Response(r))) => {
                 assert_eq!(r.body(), &tag[..]);
                 ok += 1;
             }
@@ -1412,10 +1412,10 @@ async fn metadata_round_trip() {
         )
         .with("deadline", 5000u32.to_be_bytes().to_vec());
     assert_eq!(meta.deadline_ms(), Some(5000));
-    let reply = within(conn.call("echo", format::JSON, &meta, b"{}", CallOptions::default()))
+    let reply = within(conn.call("echo", format::JSON, &meta, b"{}", CallDeadline::default()))
         .await
         .unwrap();
-    let Reply::Response(r) = reply else {
+    let Answer::Response(r) = reply else {
         panic!("response expected")
     };
     assert_eq!(r.format(), format::JSON);
@@ -1427,8 +1427,8 @@ async fn metadata_round_trip() {
     let _ = Arc::new(());
 }
 
-async fn call_meta(conn: &Connection, meta: &Meta) -> Result<Reply, TransportError> {
-    conn.call("echo", 0, meta, b"", CallOptions::default())
+async fn call_meta(conn: &Connection, meta: &Meta) -> Result<Answer, TransportError> {
+    conn.call("echo", 0, meta, b"", CallDeadline::default())
         .await
 }
 
@@ -1448,7 +1448,7 @@ async fn accept_then_close_backs_off() {
             let mut calls = 0;
             while Instant::now() < until {
                 let _ = pool
-                    .call("echo", 0, &Meta::new(), b"", CallOptions::deadline(until))
+                    .call("echo", 0, &Meta::new(), b"", CallDeadline::deadline(until))
                     .await;
                 calls += 1;
             }
@@ -1666,7 +1666,7 @@ async fn the_deadline_sent_is_what_is_left_when_the_request_is_written() {
             format::RAW,
             &meta,
             b"x",
-            CallOptions::deadline(Instant::now() + budget),
+            CallDeadline::deadline(Instant::now() + budget),
         )
         .await
     };

@@ -10,7 +10,7 @@ use mcp_format::{Decode, Format};
 
 use super::options::RawPush;
 use crate::error::Error;
-use crate::transport::PushStream;
+use crate::transport::RawPushStream;
 
 /// A subscription: a [`Stream`] of the pushes on a topic, decoded as `T` in the format `F`.
 ///
@@ -25,7 +25,7 @@ use crate::transport::PushStream;
 /// stream unsubscribes (`$unsubscribe` is sent once no local subscriber of the topic is
 /// left).
 pub struct Subscription<T, F: Format> {
-    pushes: PushStream,
+    pushes: RawPushStream,
     format: F,
     // `fn() -> T`: the stream produces `T`s but holds none, so it is `Send` and `Unpin`
     // whatever `T` is.
@@ -37,7 +37,7 @@ pub struct Subscription<T, F: Format> {
 impl<T, F: Format> Unpin for Subscription<T, F> {}
 
 impl<T, F: Format> Subscription<T, F> {
-    pub(crate) fn new(pushes: PushStream, format: F) -> Self {
+    pub(crate) fn new(pushes: RawPushStream, format: F) -> Self {
         Self {
             pushes,
             format,
@@ -83,12 +83,12 @@ impl<T, F: Format> fmt::Debug for Subscription<T, F> {
 /// It ends as [`Subscription`] does; when it ended because the server refused (or did not
 /// answer) the subscription again after a reconnect, [`RawSubscription::error`] says so.
 pub struct RawSubscription {
-    pushes: PushStream,
+    pushes: RawPushStream,
     error: Option<Error>,
 }
 
 impl RawSubscription {
-    pub(crate) fn new(pushes: PushStream) -> Self {
+    pub(crate) fn new(pushes: RawPushStream) -> Self {
         Self {
             pushes,
             error: None,

@@ -21,10 +21,10 @@ use mcp_codec::{
 use super::heartbeat::{Beat, Heartbeat};
 use super::{Life, Transmit};
 use crate::error::{ErrorKind, Phase, Processed, TransportError, WireError};
-use crate::message::{Inbound, Meta, Push, RemoteError, Reply};
+use crate::message::{Answer, Inbound, Meta, Push, RemoteError};
 use crate::text::one_line;
 
-type Outcome = Result<Reply, TransportError>;
+type Outcome = Result<Answer, TransportError>;
 
 /// The life of a connection as its owner sees it.
 #[derive(Debug, Clone)]
@@ -589,7 +589,7 @@ impl<W> ClientCore<W> {
     ) -> Result<(), TransportError> {
         match message {
             Inbound::Response(response) => {
-                self.answer(response.id(), Ok(Reply::Response(response)));
+                self.answer(response.id(), Ok(Answer::Response(response)));
             }
             Inbound::Error {
                 id: 0,
@@ -625,7 +625,7 @@ impl<W> ClientCore<W> {
                 }
             }
             Inbound::Error { id, code, message } => {
-                self.answer(id, Ok(Reply::Error(RemoteError::new(code, message))));
+                self.answer(id, Ok(Answer::Error(RemoteError::new(code, message))));
             }
             Inbound::Notify(push) => {
                 self.counters.pushes_received += 1;
@@ -679,7 +679,7 @@ impl<W> ClientCore<W> {
             Some(Waiter::Detached(Some(resubscribe))) => {
                 // Only a refusal ends the subscribers: an ERROR 6 or a lost connection
                 // moves the subscriptions to another connection.
-                if let Ok(Reply::Error(err)) = outcome {
+                if let Ok(Answer::Error(err)) = outcome {
                     let err = TransportError::new(
                         ErrorKind::Remote { code: err.code() },
                         Phase::Response,

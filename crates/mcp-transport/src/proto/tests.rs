@@ -21,7 +21,7 @@ use super::*;
 use crate::codec::McpCodec;
 use crate::config::Role;
 use crate::error::{ErrorKind, TransportError, WireError};
-use crate::message::{Inbound, Meta, Reply};
+use crate::message::{Answer, Inbound, Meta};
 
 /// One direction of the wire: encoded bytes in flight.
 struct Wire {
@@ -66,7 +66,7 @@ enum Handlers {
     Hold,
 }
 
-type Outcome = Result<Reply, TransportError>;
+type Outcome = Result<Answer, TransportError>;
 
 struct Pair {
     now: Instant,
@@ -343,7 +343,7 @@ impl Pair {
 
     fn body(&self, call: u64) -> Vec<u8> {
         match self.outcome(call) {
-            Ok(Reply::Response(r)) => r.body().to_vec(),
+            Ok(Answer::Response(r)) => r.body().to_vec(),
             other => panic!("call {call}: {other:?}"),
         }
     }

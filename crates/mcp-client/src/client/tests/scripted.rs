@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::client::RawResponse;
 use crate::error::{Error, Phase, Processed};
-use crate::transport::{Attempt, PushStream, Stats, Transport};
+use crate::transport::{Attempt, RawPushStream, Stats, Transport};
 
 /// What the fake saw of one attempt.
 #[derive(Clone, Debug)]
@@ -117,7 +117,7 @@ impl Transport for Arc<Scripted> {
         Ok(())
     }
 
-    async fn subscribe(&self, _pattern: &str, _deadline: Instant) -> Result<PushStream, Error> {
+    async fn subscribe(&self, _pattern: &str, _deadline: Instant) -> Result<RawPushStream, Error> {
         Err(Error::closed())
     }
 
