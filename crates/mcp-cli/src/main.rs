@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use mcp_cli::loadgen::{self, LoadConfig, LoadReport, Progress};
 use mcp_cli::text;
 use mcp_cli::{decode, ping, service};
+use mcp_server::ServerConfig;
 
 mod args;
 
@@ -77,6 +78,10 @@ enum Command {
         /// How often `ticker` pushes.
         #[arg(long, default_value = "1s", value_parser = args::positive_duration)]
         tick: Duration,
+        /// Send each connection away (GOAWAY code 0) at this age, give or take 10%, so
+        /// that clients rebalance onto new replicas.
+        #[arg(long, value_parser = args::positive_duration)]
+        max_connection_age: Option<Duration>,
     },
     /// Call METHOD on the server at ADDR and print the answer.
     Call {
@@ -180,6 +185,10 @@ struct BenchArgs {
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
+    /// With --embedded: the server sends each connection away (GOAWAY) at this age, so
+    /// that the run measures what connection rotation costs callers.
+    #[arg(long, value_parser = args::positive_duration, requires = "embedded")]
+    max_connection_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -274,7 +283,11 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Serve { addr, tick } => serve(addr, tick).await,
+            Command::Serve {
+                addr,
+                tick,
+                max_connection_age,
+            } => serve(addr, tick, max_connection_age).await,
             Command::Call {
                 addr,
                 method,
@@ -376,8 +389,10 @@ async fn health(addr: String, service: String, timeout: Duration) -> CmdResult {
     })
 }
 
-async fn serve(addr: SocketAddr, tick: Duration) -> CmdResult {
-    let server = service::start(addr, tick)
+async fn serve(addr: SocketAddr, tick: Duration, max_age: Option<Duration>) -> CmdResult {
+    let mut config = ServerConfig::default();
+    config.max_connection_age = max_age;
+    let server = service::start_with_config(addr, tick, config)
         .await
         .map_err(|e| e.to_string())?;
     outln!(
@@ -608,9 +623,15 @@ async fn bench(args: BenchArgs) -> CmdResult {
     let mut server = None;
     let addr = match (&args.addr, args.embedded) {
         (_, true) => {
-            let handle = service::start(([127, 0, 0, 1], 0).into(), Duration::from_secs(1))
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut config = ServerConfig::default();
+            config.max_connection_age = args.max_connection_age;
+            let handle = service::start_with_config(
+                ([127, 0, 0, 1], 0).into(),
+                Duration::from_secs(1),
+                config,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             let addr = handle.local_addr().to_string();
             server = Some(handle);
             addr
@@ -650,10 +671,16 @@ async fn bench(args: BenchArgs) -> CmdResult {
     )
     .await;
     client.close().await;
+    let accepted = server
+        .as_ref()
+        .map(|server| server.server().stats().accepted_connections);
     if let Some(server) = server {
         let _ = server.shutdown(Duration::from_secs(1)).await;
     }
     print_report(&load, false);
+    if let Some(accepted) = accepted {
+        outln!("server: {accepted} connections accepted");
+    }
     let report = &load.report;
     if args.json {
         outln!("{}", report.to_json());

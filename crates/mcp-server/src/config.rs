@@ -50,6 +50,12 @@ pub struct ServerConfig {
     /// Connections open at once from one IP address; `None` (the default) for no limit. A
     /// client past it gets GOAWAY with code 2 (overloaded), as past `max_connections`.
     pub max_connections_per_ip: Option<usize>,
+    /// A connection this old (give or take 10%) is sent GOAWAY code 0 and drains, so that
+    /// long-lived clients move to new replicas; `None` (the default) for never.
+    pub max_connection_age: Option<Duration>,
+    /// How long a connection sent away for its age may take to answer what it had in
+    /// flight (30 s); what is left is answered ERROR 8, as at shutdown.
+    pub max_connection_age_grace: Duration,
     /// Whether a handler's first poll runs in the connection's own task (true). Most
     /// handlers then finish without a task of their own, which makes a request about a
     /// third cheaper (BENCHMARKS.md); only one that waits is spawned. The cost: whatever a
@@ -75,6 +81,8 @@ impl Default for ServerConfig {
             heartbeat_timeout: Duration::from_secs(5),
             first_frame_timeout: Duration::from_secs(10),
             max_connections_per_ip: None,
+            max_connection_age: None,
+            max_connection_age_grace: Duration::from_secs(30),
             run_handlers_inline: true,
         }
     }
@@ -96,6 +104,9 @@ impl ServerConfig {
         ];
         if let Some((field, _)) = counts.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{field} must be at least 1"));
+        }
+        if self.max_connection_age.is_some_and(|age| age.is_zero()) {
+            return Err("max_connection_age must be longer than zero (None turns it off)".into());
         }
         if self.max_connections_per_ip == Some(0) {
             return Err("max_connections_per_ip must be at least 1 (None turns it off)".into());

@@ -208,15 +208,37 @@ impl Conn {
         // The futures that outlive one turn of the loop are made once: building, polling
         // and dropping them on every message cost more than the request itself.
         let mut shutdown = self.shared.shutdown.subscribe();
-        let shutdown = async move {
+        let server_shutdown = async move {
             loop {
                 if let Some(grace) = *shutdown.borrow_and_update() {
-                    return grace;
+                    return (grace, "server shutting down");
                 }
                 if shutdown.changed().await.is_err() {
                     // The server's state holds the sender: it outlives the connection.
                     std::future::pending::<()>().await;
                 }
+            }
+        };
+        // `max_connection_age`: the connection says GOAWAY (code 0) when it is that old, so
+        // that long-lived clients move to new replicas; then it drains as at shutdown.
+        let config = &self.shared.config;
+        let aged_at = config
+            .max_connection_age
+            .map(|age| Instant::now() + jittered(age, self.id));
+        let age_grace = config.max_connection_age_grace;
+        let aged = async move {
+            match aged_at {
+                Some(at) => {
+                    tokio::time::sleep_until(at).await;
+                    (at + age_grace, "max connection age")
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let shutdown = async move {
+            tokio::select! {
+                ended = server_shutdown => ended,
+                ended = aged => ended,
             }
         };
         tokio::pin!(shutdown);
@@ -246,8 +268,8 @@ impl Conn {
             tokio::select! {
                 biased;
                 Some(done) = self.done_rx.recv() => self.complete(done),
-                at = &mut shutdown, if self.grace.is_none() => {
-                    self.begin_shutdown(at);
+                (at, why) = &mut shutdown, if self.grace.is_none() => {
+                    self.begin_shutdown(at, why);
                     grace.as_mut().reset(at);
                 }
                 () = &mut grace, if self.grace.is_some() => {
@@ -641,13 +663,13 @@ impl Conn {
         }
     }
 
-    fn begin_shutdown(&mut self, grace: Instant) {
+    fn begin_shutdown(&mut self, grace: Instant, reason: &str) {
         self.grace = Some(grace);
         if let Some(last_id) = self.state.send_goaway() {
             self.send(Envelope::GoAway(GoAway {
                 last_id,
                 code: GoAwayCode::SHUTTING_DOWN,
-                reason: "server shutting down",
+                reason,
             }));
         }
     }
@@ -740,6 +762,15 @@ fn poll_first(handler: Arc<dyn Invoke>, ctx: RequestContext, body: Bytes) -> Fir
     }));
     // The future was dropped while unwinding, as in a task.
     polled.unwrap_or_else(|_| First::Ready(Err(Status::internal("the handler panicked"))))
+}
+
+/// `age` give or take 10%, spread by the connection's id, so that connections accepted
+/// together do not all go away together.
+fn jittered(age: std::time::Duration, id: ConnId) -> std::time::Duration {
+    // A per-mille offset in -100..=100 from a multiplicative hash of the id.
+    let spread = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 201;
+    let per_mille = 900 + spread;
+    age.mul_f64(per_mille as f64 / 1000.0)
 }
 
 /// The byte budget of client NOTIFY bodies: `max_in_flight_bytes`, within what one

@@ -245,6 +245,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Sends a connection away (GOAWAY code 0) when it is `age` old, give or take 10%
+    /// (default: never); see [`ServerConfig::max_connection_age`].
+    pub fn max_connection_age(mut self, age: Duration) -> Self {
+        self.config.max_connection_age = Some(age);
+        self
+    }
+
     /// How long a new connection may take to complete its first frame (default 10 s); see
     /// [`ServerConfig::first_frame_timeout`].
     pub fn first_frame_timeout(mut self, timeout: Duration) -> Self {

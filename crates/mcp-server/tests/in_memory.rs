@@ -200,3 +200,65 @@ async fn a_connection_without_a_first_frame_is_closed_at_its_time_limit() {
     assert_eq!(server.stats().open_connections, 1);
     server.shutdown(Duration::from_secs(1)).await.unwrap();
 }
+
+/// `max_connection_age`: at its age (give or take 10%) a connection is sent GOAWAY code 0
+/// and closes once drained, so that a long-lived client moves to a new connection.
+#[tokio::test(start_paused = true)]
+async fn a_connection_is_sent_away_at_its_maximum_age() {
+    let (tx, rx) = mpsc::channel(4);
+    let server = Server::builder()
+        .route_raw(
+            "echo",
+            |_ctx, body: Bytes| async move { Ok(Reply::new(body)) },
+        )
+        .max_connection_age(Duration::from_secs(10))
+        .serve_with(DuplexAccept(rx))
+        .unwrap();
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    tx.send(server_end).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let conn = Connection::over(client_end, ConnectionConfig::default()).unwrap();
+    let answer = conn
+        .call(
+            "echo",
+            format::RAW,
+            &Meta::new(),
+            b"x",
+            CallDeadline::timeout(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(answer, Answer::Response(_)));
+    let mut status = conn.watch_status();
+    let sent_away = status.wait_for(|s| !matches!(s, mcp_transport::ConnectionStatus::Open));
+    let draining = tokio::time::timeout(Duration::from_secs(20), sent_away)
+        .await
+        .expect("sent away within 20 s")
+        .unwrap()
+        .clone();
+    let age = start.elapsed();
+    assert!(
+        (Duration::from_secs(9)..=Duration::from_secs(11)).contains(&age),
+        "sent away after {age:?}"
+    );
+    // Nothing was in flight: the GOAWAY drains the connection at once, so the status may
+    // already say closed, drained.
+    match draining {
+        mcp_transport::ConnectionStatus::Draining { reason } => {
+            assert!(
+                reason.contains("GOAWAY 0") && reason.contains("max connection age"),
+                "{reason}"
+            );
+        }
+        mcp_transport::ConnectionStatus::Closed { reason } => {
+            assert!(reason.to_string().contains("drained"), "{reason}");
+        }
+        other => panic!("expected draining, got {other:?}"),
+    }
+    let reason = conn.closed().await;
+    assert!(
+        start.elapsed() < Duration::from_secs(12),
+        "closed once drained: {reason}"
+    );
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+}
