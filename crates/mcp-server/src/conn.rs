@@ -15,11 +15,10 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 
 use mcp_codec::{
-    Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Notify, Ping, Pong,
-    Response,
+    Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Notify, Ping, Response,
 };
 use mcp_format::FormatId;
-use mcp_transport::proto::{Beat, RequestHead, RequestLimits, ServerCore, Verdict};
+use mcp_transport::proto::{Beat, RequestLimits, ServerCore, ServerEvent};
 use mcp_transport::{FrameReader, Inbound, InboundRequest, Push, Stream, WireError, WireWriter};
 use tokio::io::AsyncRead;
 use tokio::sync::{Semaphore, mpsc};
@@ -378,103 +377,33 @@ impl Conn {
         }
     }
 
+    /// One message read: the core answers what the protocol answers by itself and says
+    /// what needs this server (a handler, the subscription registry, the health table).
     fn inbound(&mut self, message: Inbound, arrived: Instant, now: Instant) -> Option<End> {
-        match message {
-            Inbound::Request(request) => return self.request(request, arrived, now),
-            Inbound::Notify(push) => self.notify(push),
-            Inbound::Ping(nonce) => self.send(Envelope::Pong(Pong { nonce })),
-            Inbound::Pong(_) => {}
-            Inbound::Cancel(id) => {
-                if let Some(request) = self.state.cancel(id) {
-                    request.stop();
-                }
-            }
-            Inbound::GoAway { .. } => self.state.peer_goaway(),
-            Inbound::Error { id: 0, .. } => return Some(End::PeerClosed),
-            // The server sends no requests, so an ERROR with an id answers nothing.
-            Inbound::Error { .. } => {}
-            Inbound::RequestTooLarge { id } => {
-                let verdict = self.state.refuse(
-                    id,
-                    ErrorCode::TOO_LARGE,
-                    "request body exceeds the maximum message size",
-                );
-                return self.apply(id, verdict, None);
-            }
-            Inbound::MalformedRequest { id, error } => {
-                let verdict = self
-                    .state
-                    .refuse(id, ErrorCode::MALFORMED, "malformed request");
-                return self.apply(id, verdict, Some(&error.to_string()));
-            }
-            // The reader refuses RESPONSE for the server role; this is the same rule.
-            Inbound::Response(_) => {
-                return Some(End::Protocol(
-                    ErrorCode::MALFORMED,
-                    "a server never receives RESPONSE".into(),
-                ));
-            }
-            // A kind of message a later transport adds: nothing this server knows to do.
+        let router = &self.shared.router;
+        let mut out = &self.writer;
+        let event = self.state.handle_inbound(
+            &mut out,
+            message,
+            arrived.into_std(),
+            now.into_std(),
+            |method| router.handler(method).map(|(m, h)| (m.clone(), h.clone())),
+        )?;
+        match event {
+            ServerEvent::Run {
+                request,
+                route,
+                deadline,
+            } => self.start(request, route, deadline.map(Instant::from_std)),
+            ServerEvent::Subscribe(request) => self.subscribe(&request, true),
+            ServerEvent::Unsubscribe(request) => self.subscribe(&request, false),
+            ServerEvent::Health(request) => self.health(&request),
+            ServerEvent::Notify(push) => self.notify(push),
+            ServerEvent::Stop(request) => request.stop(),
+            ServerEvent::Protocol(code, message) => return Some(End::Protocol(code, message)),
+            ServerEvent::PeerClosed => return Some(End::PeerClosed),
+            // A kind of event a later core adds: nothing this server knows to do.
             _ => {}
-        }
-        None
-    }
-
-    /// Carries out a verdict that needs no handler.
-    fn apply(&mut self, id: u32, verdict: Verdict, detail: Option<&str>) -> Option<End> {
-        match verdict {
-            Verdict::Answer(code, message) => {
-                let message = match detail {
-                    Some(detail) if code == ErrorCode::MALFORMED => {
-                        format!("{message}: {detail}")
-                    }
-                    _ => message.to_owned(),
-                };
-                self.send_error(id, code, &message);
-                None
-            }
-            Verdict::Close(code, message) => Some(End::Protocol(code, message.into())),
-            // `refuse` gives only answers and closes.
-            Verdict::Run { .. } | Verdict::Subscribe | Verdict::Unsubscribe | Verdict::Health => {
-                None
-            }
-        }
-    }
-
-    fn request(&mut self, request: InboundRequest, arrived: Instant, now: Instant) -> Option<End> {
-        // The method is looked up once, here: the route decides the admission and is the
-        // handler that runs.
-        let method = request.method();
-        let route = self.shared.router.handler(method);
-        // The deadline counts from the head frame's arrival (docs/protocol.md section
-        // 4.2): for a message whose body took several reads, the time its body took to
-        // arrive counts against it.
-        let head = RequestHead {
-            id: request.id(),
-            format: request.format(),
-            method,
-            routed: route.is_some(),
-            deadline_ms: request.meta().deadline_ms(),
-            body_len: request.body().len(),
-            arrived: arrived.into_std(),
-        };
-        let verdict = self.state.admit(&head, now.into_std());
-        match verdict {
-            Verdict::Run { deadline } => {
-                let deadline = deadline.map(Instant::from_std);
-                let Some((method, handler)) = route else {
-                    // `admit` runs only routed requests; answer rather than panic if that
-                    // ever changes.
-                    self.send_error(request.id(), ErrorCode::UNKNOWN_METHOD, "no such method");
-                    return None;
-                };
-                let route = (method.clone(), handler.clone());
-                self.start(request, route, deadline);
-            }
-            Verdict::Health => self.health(&request),
-            Verdict::Subscribe => self.subscribe(&request, true),
-            Verdict::Unsubscribe => self.subscribe(&request, false),
-            other => return self.apply(request.id(), other, None),
         }
         None
     }

@@ -28,7 +28,7 @@ pub use client::{
     ClientCore, ClientCounters, ClientSettings, ConnectionStatus, Event, Resubscribe,
 };
 pub use heartbeat::{Beat, Heartbeat};
-pub use server::{RequestHead, RequestLimits, ServerCore, Verdict};
+pub use server::{RequestHead, RequestLimits, ServerCore, ServerEvent, Verdict};
 
 /// Where a core's frames go: the driver's write queue, or a buffer in tests.
 pub trait Transmit {

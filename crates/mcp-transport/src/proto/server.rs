@@ -7,10 +7,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use mcp_codec::ErrorCode;
+use mcp_codec::{Envelope, ErrorCode, ErrorFrame, Pong};
 
-use super::Life;
 use super::heartbeat::{Beat, Heartbeat};
+use super::{Life, Transmit};
+use crate::message::{Inbound, InboundRequest, Push};
 use crate::subscription::{HEALTH_METHOD, SUBSCRIBE_METHOD, UNSUBSCRIBE_METHOD};
 
 /// Per-connection limits on requests (docs/protocol.md section 7).
@@ -61,6 +62,36 @@ pub enum Verdict {
     Answer(ErrorCode, &'static str),
     /// Send ERROR id 0 and close the connection.
     Close(ErrorCode, &'static str),
+}
+
+/// What the server's driver must do after a message, beyond what the core did itself
+/// (answer PING, refuse with ERROR, note a GOAWAY).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServerEvent<H, R> {
+    /// Start the handler `route` for `request`; it must finish by `deadline`.
+    Run {
+        /// The request.
+        request: InboundRequest,
+        /// What the driver's router gave for its method.
+        route: R,
+        /// When the caller's budget ends, if it sent one.
+        deadline: Option<Instant>,
+    },
+    /// The built-in `$subscribe`.
+    Subscribe(InboundRequest),
+    /// The built-in `$unsubscribe`.
+    Unsubscribe(InboundRequest),
+    /// The built-in `$health`.
+    Health(InboundRequest),
+    /// A client's one-way NOTIFY, for the handler of its topic.
+    Notify(Push),
+    /// CANCEL of a running request: stop its handler (nothing will be sent for it).
+    Stop(H),
+    /// The peer broke the protocol: send ERROR id 0 with this code, then close.
+    Protocol(ErrorCode, String),
+    /// The peer closed the connection (ERROR id 0).
+    PeerClosed,
 }
 
 /// A request whose handler runs: its handle (to stop it), generation and size.
@@ -179,6 +210,80 @@ impl<H> ServerCore<H> {
             return Verdict::Answer(ErrorCode::UNKNOWN_METHOD, "no such method");
         }
         Verdict::Run { deadline }
+    }
+
+    /// Handles one message read (whose head frame arrived at `arrived`, handled at `now`):
+    /// answers what the protocol answers by itself (PONG, an ERROR the admission decides),
+    /// notes a GOAWAY, and says what is left to the driver. `route` looks a method up in
+    /// the driver's router, once: it decides the admission and is the handler that runs.
+    pub fn handle_inbound<R>(
+        &mut self,
+        out: &mut impl Transmit,
+        message: Inbound,
+        arrived: Instant,
+        now: Instant,
+        route: impl FnOnce(&str) -> Option<R>,
+    ) -> Option<ServerEvent<H, R>> {
+        match message {
+            Inbound::Request(request) => {
+                let route = route(request.method());
+                let head = RequestHead {
+                    id: request.id(),
+                    format: request.format(),
+                    method: request.method(),
+                    routed: route.is_some(),
+                    deadline_ms: request.meta().deadline_ms(),
+                    body_len: request.body().len(),
+                    arrived,
+                };
+                match (self.admit(&head, now), route) {
+                    (Verdict::Run { deadline }, Some(route)) => {
+                        return Some(ServerEvent::Run {
+                            request,
+                            route,
+                            deadline,
+                        });
+                    }
+                    (Verdict::Subscribe, _) => return Some(ServerEvent::Subscribe(request)),
+                    (Verdict::Unsubscribe, _) => return Some(ServerEvent::Unsubscribe(request)),
+                    (Verdict::Health, _) => return Some(ServerEvent::Health(request)),
+                    // `admit` runs only routed requests; answer rather than panic if that
+                    // ever changes.
+                    (Verdict::Run { .. }, None) => {
+                        let id = request.id();
+                        answer(out, id, ErrorCode::UNKNOWN_METHOD, "no such method");
+                    }
+                    (verdict, _) => return apply(out, request.id(), verdict, None),
+                }
+            }
+            Inbound::Notify(push) => return Some(ServerEvent::Notify(push)),
+            Inbound::Ping(nonce) => {
+                // A closed writer ends the connection by itself; nothing to do here.
+                let _ = out.send(Envelope::Pong(Pong { nonce }));
+            }
+            Inbound::Cancel(id) => return self.cancel(id).map(ServerEvent::Stop),
+            Inbound::GoAway { .. } => self.peer_goaway(),
+            Inbound::Error { id: 0, .. } => return Some(ServerEvent::PeerClosed),
+            // The server sends no requests, so an ERROR with an id answers nothing.
+            Inbound::Error { .. } => {}
+            Inbound::RequestTooLarge { id } => {
+                let message = "request body exceeds the maximum message size";
+                let verdict = self.refuse(id, ErrorCode::TOO_LARGE, message);
+                return apply(out, id, verdict, None);
+            }
+            Inbound::MalformedRequest { id, error } => {
+                let verdict = self.refuse(id, ErrorCode::MALFORMED, "malformed request");
+                return apply(out, id, verdict, Some(&error.to_string()));
+            }
+            // The reader refuses RESPONSE for the server role; this is the same rule.
+            Inbound::Response(_) => {
+                let message = "a server never receives RESPONSE".to_owned();
+                return Some(ServerEvent::Protocol(ErrorCode::MALFORMED, message));
+            }
+            // PONG is life, counted by `received`; a kind a later transport adds: nothing.
+            _ => {}
+        }
+        None
     }
 
     /// The checks on the id alone, shared with requests that are too large or malformed:
@@ -306,6 +411,35 @@ impl<H> ServerCore<H> {
         }
         self.heartbeat.poll(now)
     }
+}
+
+/// Carries out a verdict that needs no handler: an ERROR with the request's id, or the
+/// connection's end.
+fn apply<H, R>(
+    out: &mut impl Transmit,
+    id: u32,
+    verdict: Verdict,
+    detail: Option<&str>,
+) -> Option<ServerEvent<H, R>> {
+    match verdict {
+        Verdict::Answer(code, message) => {
+            match detail {
+                Some(detail) if code == ErrorCode::MALFORMED => {
+                    answer(out, id, code, &format!("{message}: {detail}"));
+                }
+                _ => answer(out, id, code, message),
+            }
+            None
+        }
+        Verdict::Close(code, message) => Some(ServerEvent::Protocol(code, message.into())),
+        // `refuse` gives only answers and closes.
+        Verdict::Run { .. } | Verdict::Subscribe | Verdict::Unsubscribe | Verdict::Health => None,
+    }
+}
+
+fn answer(out: &mut impl Transmit, id: u32, code: ErrorCode, message: &str) {
+    // A closed writer ends the connection by itself; nothing to do here.
+    let _ = out.send(Envelope::Error(ErrorFrame { id, code, message }));
 }
 
 /// Formats 3..=127 are reserved (docs/protocol.md section 4.1).

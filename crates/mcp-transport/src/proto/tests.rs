@@ -11,9 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use mcp_codec::{
-    Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Pong, Response,
-};
+use mcp_codec::{Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Response};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::client::ClientSettings;
@@ -186,52 +184,39 @@ impl Pair {
 
     /// The server's connection task, as `mcp-server` drives it, with scripted handlers.
     fn serve(&mut self, message: Inbound) {
-        match message {
-            Inbound::Request(request) => {
-                self.server_saw.push("REQUEST");
-                let head = RequestHead {
-                    id: request.id(),
-                    format: request.format(),
-                    method: request.method(),
-                    routed: request.method() == "echo",
-                    deadline_ms: request.meta().deadline_ms(),
-                    body_len: request.body().len(),
-                    arrived: self.now,
-                };
-                match self.server.admit(&head, self.now) {
-                    Verdict::Run { .. } if self.handlers == Handlers::Echo => {
-                        self.respond(request.id(), request.body());
-                    }
-                    Verdict::Run { .. } => {
-                        let generation = self.server.next_generation();
-                        let id = request.id();
-                        self.server.start(id, request.body().len(), generation, ());
-                        self.held
-                            .push_back((id, generation, request.body().to_vec()));
-                    }
-                    Verdict::Answer(code, message) => {
-                        self.server_error(request.id(), code, message)
-                    }
-                    Verdict::Close(code, message) => {
-                        self.server_error(0, code, message);
-                        self.server_closed = true;
-                    }
-                    Verdict::Subscribe | Verdict::Unsubscribe => self.respond(request.id(), b""),
-                    Verdict::Health => self.respond(request.id(), b"SERVING"),
-                }
+        let name = match &message {
+            Inbound::Request(_) => "REQUEST",
+            Inbound::Cancel(_) => "CANCEL",
+            Inbound::Ping(_) => "PING",
+            Inbound::GoAway { .. } => "GOAWAY",
+            _ => "OTHER",
+        };
+        self.server_saw.push(name);
+        let event =
+            self.server
+                .handle_inbound(&mut self.down, message, self.now, self.now, |method| {
+                    (method == "echo").then_some(())
+                });
+        match event {
+            Some(ServerEvent::Run { request, .. }) if self.handlers == Handlers::Echo => {
+                self.respond(request.id(), request.body());
             }
-            Inbound::Cancel(id) => {
-                self.server_saw.push("CANCEL");
-                self.server.cancel(id);
+            Some(ServerEvent::Run { request, .. }) => {
+                let generation = self.server.next_generation();
+                let id = request.id();
+                self.server.start(id, request.body().len(), generation, ());
+                self.held
+                    .push_back((id, generation, request.body().to_vec()));
             }
-            Inbound::Ping(nonce) => {
-                self.server_saw.push("PING");
-                self.down.send(Envelope::Pong(Pong { nonce })).unwrap();
+            Some(ServerEvent::Subscribe(request) | ServerEvent::Unsubscribe(request)) => {
+                self.respond(request.id(), b"");
             }
-            Inbound::GoAway { .. } => {
-                self.server_saw.push("GOAWAY");
-                self.server.peer_goaway();
+            Some(ServerEvent::Health(request)) => self.respond(request.id(), b"SERVING"),
+            Some(ServerEvent::Protocol(code, message)) => {
+                self.server_error(0, code, &message);
+                self.server_closed = true;
             }
+            Some(ServerEvent::PeerClosed) => self.server_closed = true,
             _ => {}
         }
     }
