@@ -217,7 +217,7 @@ def client_core_seeds():
 S_OP = ["Request", "Refused", "Finish", "Cancel", "SendGoaway", "PeerGoaway", "TakeAll",
         "Received", "Timeout"]
 S_ID = ["Running", "Seen", "Any"]
-S_METHOD = ["App", "Subscribe", "Unsubscribe", "Unknown"]
+S_METHOD = ["App", "Subscribe", "Unsubscribe", "Unknown", "Health"]
 S_GEN = ["Its", "Other", "Any"]
 
 
