@@ -7,10 +7,8 @@
 //! connection, generic over the byte stream, and the handlers' tasks.
 
 use std::net::SocketAddr;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 
@@ -26,10 +24,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::error::Status;
-use crate::handler::{
-    Call, CancelCell, Invoke, NotifyContext, ReceivedMeta, Reply, RequestContext,
-};
+use crate::handler::{CancelCell, Invoke, NotifyContext, ReceivedMeta, Reply, RequestContext};
 use crate::pattern::Pattern;
+use crate::run::{Completion, CompletionGuard, First, poll_first};
 use crate::server::Shared;
 use crate::subscribe::{ConnId, Notification, Offer, SubscribeError, Subscriber};
 
@@ -51,53 +48,6 @@ impl Subscriber for WireWriter {
             Ok(()) => Offer::Queued,
             // The publisher validated the message, so the only failure is a closing writer.
             Err(_) => Offer::Closed,
-        }
-    }
-}
-
-/// A handler's outcome, sent back to the connection task, which alone decides whether it
-/// is still wanted (it was not cancelled) and writes it.
-#[derive(Debug)]
-struct Completion {
-    id: u32,
-    generation: u64,
-    format: u8,
-    result: Result<Reply, Status>,
-}
-
-/// Sends the handler's completion exactly once: with its result, or, if the handler's
-/// future is dropped first, from `Drop` (a panic becomes ERROR 9; an abort is ignored by
-/// the connection, which forgot the request before aborting it).
-struct CompletionGuard {
-    tx: mpsc::UnboundedSender<Completion>,
-    id: u32,
-    generation: u64,
-    format: u8,
-    sent: bool,
-}
-
-impl CompletionGuard {
-    fn send(&mut self, result: Result<Reply, Status>) {
-        self.sent = true;
-        // The connection may be gone; then nobody wants the answer.
-        let _ = self.tx.send(Completion {
-            id: self.id,
-            generation: self.generation,
-            format: self.format,
-            result,
-        });
-    }
-}
-
-impl Drop for CompletionGuard {
-    fn drop(&mut self) {
-        if !self.sent {
-            let status = if std::thread::panicking() {
-                Status::internal("the handler panicked")
-            } else {
-                Status::cancelled("the handler was stopped")
-            };
-            self.send(Err(status));
         }
     }
 }
@@ -664,33 +614,6 @@ impl Conn {
             }
         }
     }
-}
-
-/// What the first poll of a handler gave.
-enum First {
-    /// It finished (or panicked, which is answered ERROR 9 as in its task).
-    Ready(Result<Reply, Status>),
-    /// It waits: it goes on in its own task.
-    Pending(Call),
-}
-
-/// Calls the handler and polls its future once, catching a panic.
-///
-/// The poll uses a waker that does nothing: a future that is not ready is spawned, and a
-/// new task always polls its future, which then registers the task's own waker (anything
-/// that happened in between is seen by that poll).
-fn poll_first(handler: Arc<dyn Invoke>, ctx: RequestContext, body: Bytes) -> First {
-    let polled = panic::catch_unwind(AssertUnwindSafe(|| {
-        // The task outlives this function, so the future owns what it needs.
-        let mut call = handler.invoke(ctx, body);
-        let mut cx = Context::from_waker(Waker::noop());
-        match call.as_mut().poll(&mut cx) {
-            Poll::Ready(result) => First::Ready(result),
-            Poll::Pending => First::Pending(call),
-        }
-    }));
-    // The future was dropped while unwinding, as in a task.
-    polled.unwrap_or_else(|_| First::Ready(Err(Status::internal("the handler panicked"))))
 }
 
 /// `age` give or take 10%, spread by the connection's id, so that connections accepted

@@ -84,6 +84,7 @@ mod pool;
 pub mod proto;
 mod subscription;
 pub mod text;
+mod window;
 mod wire;
 
 pub use backoff::Backoff;
