@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fault_proxy;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io;

@@ -147,6 +147,55 @@ impl fmt::Display for PoolExhausted {
     }
 }
 
+/// Why a TLS handshake failed (the `tls` features), as a value a caller can match; the
+/// [`TransportError`]'s message and [`source`](std::error::Error::source) give rustls's own
+/// words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The peer's certificate is not signed by a trusted certificate authority.
+    UnknownIssuer,
+    /// The peer's certificate has expired.
+    Expired,
+    /// The peer's certificate is not valid yet.
+    NotYetValid,
+    /// The server's certificate is not valid for the server name asked for.
+    NameMismatch,
+    /// The two sides agreed on no application protocol: the peer does not speak `mcp/1`
+    /// through ALPN.
+    NoApplicationProtocol,
+    /// The server requires a client certificate and none was sent.
+    ClientCertificateRequired,
+    /// The server refused the client's certificate (an unknown issuer, expired, revoked,
+    /// ...: the server's alert says which).
+    ClientCertificateRejected,
+    /// Anything else: a protocol version or cipher the two sides do not share, a corrupt
+    /// record, a TLS alert of another kind.
+    Other,
+}
+
+impl TlsFailure {
+    /// A short description, as the error's message starts.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            TlsFailure::UnknownIssuer => "certificate signed by an unknown authority",
+            TlsFailure::Expired => "certificate expired",
+            TlsFailure::NotYetValid => "certificate not valid yet",
+            TlsFailure::NameMismatch => "certificate not valid for the server name",
+            TlsFailure::NoApplicationProtocol => "no application protocol (ALPN mcp/1) agreed",
+            TlsFailure::ClientCertificateRequired => "the server requires a client certificate",
+            TlsFailure::ClientCertificateRejected => "the server refused the client certificate",
+            TlsFailure::Other => "handshake failed",
+        }
+    }
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
 /// What kind of failure a [`TransportError`] is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -155,6 +204,8 @@ pub enum ErrorKind {
     Timeout,
     /// The TCP connect failed (refused, unreachable, ...).
     Connect,
+    /// The TLS handshake failed (the `tls` features); the value says why.
+    Tls(TlsFailure),
     /// The connection was closed or lost (EOF, reset, dead by heartbeat, write stall).
     ConnectionClosed,
     /// The peer broke the protocol; the connection was dropped.
@@ -206,7 +257,13 @@ struct Inner {
     /// still exhausted at the deadline).
     timed_out: bool,
     message: String,
+    /// The lower error this one comes from: the TLS library's for a handshake, the last
+    /// connect failure for a pool whose endpoint is down.
+    cause: Option<Cause>,
 }
+
+/// An error kept as the [`source`](std::error::Error::source) of a [`TransportError`].
+type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 impl TransportError {
     pub(crate) fn new(
@@ -223,6 +280,26 @@ impl TransportError {
                 processed,
                 timed_out: kind_is_timeout,
                 message: message.into(),
+                cause: None,
+            }),
+        }
+    }
+
+    /// Keeps `cause` as this error's [`source`](std::error::Error::source).
+    pub(crate) fn with_cause(self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.with_cause_arc(Some(Arc::new(cause)))
+    }
+
+    fn with_cause_arc(self, cause: Option<Cause>) -> Self {
+        let inner = &self.inner;
+        TransportError {
+            inner: Arc::new(Inner {
+                kind: inner.kind.clone(),
+                phase: inner.phase,
+                processed: inner.processed,
+                timed_out: inner.timed_out,
+                message: inner.message.clone(),
+                cause,
             }),
         }
     }
@@ -237,6 +314,7 @@ impl TransportError {
                 processed: inner.processed,
                 timed_out: true,
                 message: inner.message.clone(),
+                cause: inner.cause.clone(),
             }),
         }
     }
@@ -250,6 +328,7 @@ impl TransportError {
             processed,
             self.inner.message.clone(),
         );
+        let err = err.with_cause_arc(self.inner.cause.clone());
         if self.inner.timed_out {
             err.at_deadline()
         } else {
@@ -312,6 +391,16 @@ impl TransportError {
         self.inner.timed_out
     }
 
+    /// Why a TLS handshake failed, if this error is one or comes from one (a pool whose
+    /// endpoint is down because its handshakes fail, say).
+    pub fn tls_failure(&self) -> Option<TlsFailure> {
+        if let ErrorKind::Tls(failure) = self.inner.kind {
+            return Some(failure);
+        }
+        let cause = self.inner.cause.as_deref()?;
+        cause.downcast_ref::<TransportError>()?.tls_failure()
+    }
+
     /// The peer refused the request without processing it (its GOAWAY's `last_id` was
     /// below it, or it answered ERROR 6): another connection may take it.
     pub fn is_refused_by_peer(&self) -> bool {
@@ -328,6 +417,7 @@ impl TransportError {
                 self.inner.kind,
                 ErrorKind::GoAway { .. }
                     | ErrorKind::Connect
+                    | ErrorKind::Tls(_)
                     | ErrorKind::ConnectionClosed
                     | ErrorKind::Protocol
                     | ErrorKind::ConnectionError { .. }
@@ -346,6 +436,7 @@ impl fmt::Debug for TransportError {
             .field("processed", &self.inner.processed)
             .field("timed_out", &self.inner.timed_out)
             .field("message", &self.inner.message)
+            .field("cause", &self.inner.cause)
             .finish()
     }
 }
@@ -364,4 +455,54 @@ impl fmt::Display for TransportError {
     }
 }
 
-impl std::error::Error for TransportError {}
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .cause
+            .as_deref()
+            .map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A TLS configuration that cannot be used (the `tls` features): a PEM file that cannot be
+/// read or holds nothing usable, a server name that is not one, a key rustls refuses.
+#[cfg(feature = "tls-core")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsConfigError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// PEM text could not be parsed.
+    #[error("cannot parse the {what}: {source}")]
+    Pem {
+        /// What was being read (`CA certificates`, `client private key`, ...).
+        what: String,
+        /// Why.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The PEM text holds no item of the kind wanted.
+    #[error("no {0} found in the PEM text")]
+    Empty(String),
+    /// Not a DNS name or IP address a certificate can be checked against.
+    #[error("{name:?} is not a valid server name")]
+    ServerName {
+        /// The name given.
+        name: String,
+    },
+    /// The client certificate verifier could not be built (no usable CA, say).
+    #[error("cannot verify client certificates: {0}")]
+    Verifier(String),
+    /// The platform's root certificates could not be loaded.
+    #[error("cannot load the platform's root certificates: {0}")]
+    NativeRoots(String),
+    /// rustls refused the configuration (a key that does not match its certificate, an
+    /// unsupported key type, ...).
+    #[error("TLS configuration refused: {0}")]
+    Rustls(#[from] rustls::Error),
+}

@@ -2,11 +2,12 @@
 //! that reads and writes bytes and can be split in two halves), [`Connect`] (how a client
 //! opens one) and [`Accept`] (how a server takes them). TCP is the first implementation of
 //! each ([`TcpConnect`], [`TcpAccept`]); an in-memory `tokio::io::DuplexStream` is a
-//! [`Stream`] too, for tests. TLS plugs in here.
+//! [`Stream`] too, for tests. TLS plugs in here (`tls.rs`, the `tls` features).
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadHalf, WriteHalf};
@@ -30,6 +31,53 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     /// The peer's address, when the stream has one.
     fn peer(&self) -> Option<SocketAddr> {
         None
+    }
+
+    /// Who the peer proved to be, when the stream authenticates it (TLS with a client
+    /// certificate).
+    fn peer_identity(&self) -> Option<PeerIdentity> {
+        None
+    }
+}
+
+/// What a TLS peer proved about itself: the certificate chain it presented and verified
+/// (DER, its own certificate first) and, on a server, the name the client asked for (SNI).
+///
+/// The bytes are the certificates as sent; parse them with an X.509 crate to read a
+/// subject or an extension. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    inner: Arc<IdentityInner>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct IdentityInner {
+    chain: Vec<Vec<u8>>,
+    server_name: Option<String>,
+}
+
+impl PeerIdentity {
+    /// An identity from a verified chain (DER, the peer's own certificate first) and the
+    /// server name the client asked for.
+    pub fn new(chain: Vec<Vec<u8>>, server_name: Option<String>) -> Self {
+        PeerIdentity {
+            inner: Arc::new(IdentityInner { chain, server_name }),
+        }
+    }
+
+    /// The certificate chain, DER, the peer's own certificate first.
+    pub fn certificate_chain(&self) -> &[Vec<u8>] {
+        &self.inner.chain
+    }
+
+    /// The peer's own certificate (DER).
+    pub fn certificate(&self) -> Option<&[u8]> {
+        self.inner.chain.first().map(Vec::as_slice)
+    }
+
+    /// The server name the client asked for (TLS SNI), as a server saw it.
+    pub fn server_name(&self) -> Option<&str> {
+        self.inner.server_name.as_deref()
     }
 }
 

@@ -84,6 +84,8 @@ mod pool;
 pub mod proto;
 mod subscription;
 pub mod text;
+#[cfg(feature = "tls-core")]
+mod tls;
 mod window;
 mod wire;
 
@@ -94,8 +96,10 @@ pub use config::{
     WireConfig,
 };
 pub use connection::{Connection, ConnectionStats};
-pub use error::{ErrorKind, Phase, PoolExhausted, Processed, TransportError, WireError};
-pub use io::{Accept, Connect, Stream, TcpAccept, TcpConnect};
+pub use error::{
+    ErrorKind, Phase, PoolExhausted, Processed, TlsFailure, TransportError, WireError,
+};
+pub use io::{Accept, Connect, PeerIdentity, Stream, TcpAccept, TcpConnect};
 pub use message::{
     Answer, CallDeadline, Inbound, InboundRequest, InboundResponse, Meta, MetaIter, Push,
     RemoteError,
@@ -106,6 +110,17 @@ pub use subscription::{
     HEALTH_METHOD, PushStream, SUBSCRIBE_METHOD, UNSUBSCRIBE_METHOD, topic_matches,
 };
 pub use wire::{FrameReader, WireWriter, WriterExit, WriterStats};
+
+#[cfg(feature = "tls-core")]
+pub use error::TlsConfigError;
+/// The rustls crate this transport's TLS is built on, for [`TlsClientConfig::rustls`] and
+/// [`TlsReloader::replace`].
+#[cfg(feature = "tls-core")]
+pub use rustls;
+#[cfg(feature = "tls-core")]
+pub use tls::{
+    ALPN_MCP, TlsAccept, TlsAcceptStats, TlsClientConfig, TlsConnect, TlsReloader, TlsServerConfig,
+};
 
 /// Re-exported so users of the transport need not depend on `mcp-codec` for the basics.
 pub use mcp_codec;

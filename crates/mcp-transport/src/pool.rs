@@ -617,13 +617,20 @@ impl PoolShared {
             .find_map(|(_, c)| c.try_acquire().map(|p| (c.clone(), p)))
     }
 
-    fn exhausted_reason(&self, state: &PoolState) -> (PoolExhausted, String) {
+    /// Why no connection can be handed out: the kind, the words, and the last connect
+    /// failure behind an endpoint that is down (kept as the error's source, so that a
+    /// caller can ask it why, a TLS handshake's reason say).
+    fn exhausted_reason(
+        &self,
+        state: &PoolState,
+    ) -> (PoolExhausted, String, Option<TransportError>) {
         let open = Self::open_count(state);
         if open == 0 {
             match (&state.down, &state.last_error) {
                 (Some(err), _) => (
                     PoolExhausted::EndpointDown,
                     format!("endpoint {} is down: {}", self.endpoint, err.message()),
+                    Some(err.clone()),
                 ),
                 (None, Some(err)) if state.failures > 0 => (
                     PoolExhausted::EndpointDown,
@@ -633,10 +640,12 @@ impl PoolShared {
                         state.failures,
                         err.message()
                     ),
+                    Some(err.clone()),
                 ),
                 _ => (
                     PoolExhausted::AllConnecting,
                     format!("still connecting to {}", self.endpoint),
+                    None,
                 ),
             }
         } else {
@@ -646,6 +655,7 @@ impl PoolShared {
                     "all {open} connections to {} are at their maximum in flight",
                     self.endpoint
                 ),
+                None,
             )
         }
     }
@@ -685,12 +695,15 @@ impl PoolShared {
                     state.down_gen
                 });
                 if state.down_gen != series {
-                    let (reason, message) = self.exhausted_reason(&state);
-                    return Err(TransportError::new(
-                        ErrorKind::PoolExhausted(reason),
-                        Phase::Connect,
-                        Processed::No,
-                        message,
+                    let (reason, message, cause) = self.exhausted_reason(&state);
+                    return Err(caused(
+                        TransportError::new(
+                            ErrorKind::PoolExhausted(reason),
+                            Phase::Connect,
+                            Processed::No,
+                            message,
+                        ),
+                        cause,
                     ));
                 }
                 let open = Self::open_count(&state);
@@ -714,14 +727,14 @@ impl PoolShared {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
                         // The message names the cause once; the kind says it again as a
                         // value, so it is not repeated in words.
-                        let (kind, message) = reason;
-                        return Err(TransportError::new(
+                        let (kind, message, cause) = reason;
+                        let err = TransportError::new(
                             ErrorKind::PoolExhausted(kind),
                             Phase::Pool,
                             Processed::No,
                             format!("no connection before the deadline: {message}"),
-                        )
-                        .at_deadline());
+                        );
+                        return Err(caused(err, cause).at_deadline());
                     }
                 }
                 None => notified.await,
@@ -816,6 +829,14 @@ impl PoolShared {
                 }
             });
         }
+    }
+}
+
+/// `err` with `cause` as its source, when there is one.
+fn caused(err: TransportError, cause: Option<TransportError>) -> TransportError {
+    match cause {
+        Some(cause) => err.with_cause(cause),
+        None => err,
     }
 }
 
