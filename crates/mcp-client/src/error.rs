@@ -149,14 +149,16 @@ impl Error {
         e
     }
 
-    /// The server's ERROR answer. ERROR 5 and 6 say the request was not processed.
+    /// The server's ERROR answer. ERROR 5, 6, 10 and 11 say the request was not processed
+    /// (10 and 11 are not retried: the retry policy only retries 5, 6 and 9).
     ///
     /// ERROR 4 (DEADLINE_EXCEEDED) is the call's deadline passing, seen by the server: a
     /// timeout in the response phase, as if the client's own timer had fired first (the
     /// `deadline` sent is what was left when the request was written, so the two fire
     /// together, in either order); `remote()` still carries the server's answer.
     pub(crate) fn from_remote(remote: RemoteError) -> Self {
-        let processed = if remote.code().is_not_processed() {
+        let code = remote.code();
+        let processed = if code.is_not_processed() || code.is_refused_caller() {
             Processed::No
         } else {
             Processed::Maybe
@@ -485,10 +487,26 @@ mod tests {
         assert!(!internal.is_retryable());
         assert!(internal.for_call(true, 1).is_retryable());
 
-        for code in [1, 2, 3, 4, 7, 8, 1000, 4242] {
+        for code in [1, 2, 3, 4, 7, 8, 10, 11, 12, 1000, 4242] {
             let e = Error::from_remote(RemoteError::new(ErrorCode(code), "")).for_call(true, 1);
             assert!(!e.is_retryable(), "code {code} must not be retried");
         }
+    }
+
+    #[test]
+    fn a_refused_caller_was_not_processed_and_is_not_retried() {
+        for code in [ErrorCode::UNAUTHENTICATED, ErrorCode::PERMISSION_DENIED] {
+            let e = Error::from_remote(RemoteError::new(code, "who are you")).for_call(true, 1);
+            assert!(!e.maybe_processed(), "{code}: the table says not processed");
+            assert!(!e.is_retryable(), "{code}: the same credentials fail again");
+            assert!(!e.wants_other_connection());
+            assert_eq!(e.code(), Some(code));
+        }
+        let shown = Error::from_remote(RemoteError::new(ErrorCode::UNAUTHENTICATED, "no token"));
+        assert!(
+            shown.to_string().contains("10 (UNAUTHENTICATED)"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -97,6 +97,10 @@ impl ErrorCode {
     pub const CANCELLED: Self = Self(8);
     /// The handler failed.
     pub const INTERNAL: Self = Self(9);
+    /// Not processed: no credentials, or invalid ones. Not retried.
+    pub const UNAUTHENTICATED: Self = Self(10);
+    /// Not processed: valid credentials, but this call is not allowed. Not retried.
+    pub const PERMISSION_DENIED: Self = Self(11);
     /// The first application-defined code.
     pub const FIRST_APPLICATION: Self = Self(1000);
 
@@ -112,6 +116,8 @@ impl ErrorCode {
             7 => "TOO_LARGE",
             8 => "CANCELLED",
             9 => "INTERNAL",
+            10 => "UNAUTHENTICATED",
+            11 => "PERMISSION_DENIED",
             _ => return None,
         })
     }
@@ -121,10 +127,17 @@ impl ErrorCode {
         self.0 >= 1000
     }
 
-    /// Whether the server says the request was not processed (OVERLOADED, UNAVAILABLE), so
-    /// that another attempt is safe whatever the method.
+    /// Whether the server says the request was not processed and another attempt is safe
+    /// whatever the method (OVERLOADED, UNAVAILABLE).
     pub const fn is_not_processed(self) -> bool {
         matches!(self.0, 5 | 6)
+    }
+
+    /// Whether the server refused the caller itself (UNAUTHENTICATED, PERMISSION_DENIED): the
+    /// request was not processed, but the same credentials will be refused again, so no
+    /// attempt follows (docs/protocol.md section 6).
+    pub const fn is_refused_caller(self) -> bool {
+        matches!(self.0, 10 | 11)
     }
 }
 
@@ -1048,6 +1061,36 @@ mod tests {
         out[..head.len()].copy_from_slice(head);
         out[head.len()..head.len() + tail.len()].copy_from_slice(tail);
         (out, head.len() + tail.len())
+    }
+
+    #[test]
+    fn error_codes_carry_the_names_and_classes_of_the_table() {
+        // docs/protocol.md section 6: 1..=11 are named, 12..=999 reserved, 1000.. application.
+        let named = [
+            (1, "MALFORMED"),
+            (5, "OVERLOADED"),
+            (6, "UNAVAILABLE"),
+            (9, "INTERNAL"),
+            (10, "UNAUTHENTICATED"),
+            (11, "PERMISSION_DENIED"),
+        ];
+        for (code, name) in named {
+            assert_eq!(ErrorCode(code).name(), Some(name));
+        }
+        assert_eq!(ErrorCode(12).name(), None);
+        assert_eq!(ErrorCode(999).name(), None);
+        let retry_safe: alloc::vec::Vec<u16> = (0..=1000)
+            .filter(|c| ErrorCode(*c).is_not_processed())
+            .collect();
+        assert_eq!(retry_safe, [5, 6]);
+        let refused: alloc::vec::Vec<u16> = (0..=1000)
+            .filter(|c| ErrorCode(*c).is_refused_caller())
+            .collect();
+        assert_eq!(refused, [10, 11]);
+        assert_eq!(
+            alloc::format!("{}", ErrorCode::PERMISSION_DENIED),
+            "11 (PERMISSION_DENIED)"
+        );
     }
 
     #[test]

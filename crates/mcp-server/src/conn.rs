@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use mcp_codec::{
-    Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Notify, Ping, Response,
+    Envelope, ErrorCode, ErrorFrame, Flags, GoAwayCode, Metadata, Notify, Ping, Response,
 };
 use mcp_format::FormatId;
 use mcp_transport::proto::{Beat, RequestLimits, ServerCore, ServerEvent};
@@ -544,23 +544,18 @@ impl Conn {
 
     fn begin_shutdown(&mut self, grace: Instant, reason: &str) {
         self.grace = Some(grace);
-        if let Some(last_id) = self.state.send_goaway() {
-            self.send(Envelope::GoAway(GoAway {
-                last_id,
-                code: GoAwayCode::SHUTTING_DOWN,
-                reason,
-            }));
-        }
+        self.state
+            .go_away(&mut &self.writer, GoAwayCode::SHUTTING_DOWN, reason);
     }
 
     fn grace_over(&mut self) {
-        for (id, request) in self.state.take_all() {
+        let stopped = self.state.abort_all(
+            &mut &self.writer,
+            ErrorCode::CANCELLED,
+            "the server shut down before the request completed",
+        );
+        for request in stopped {
             request.stop();
-            self.send_error(
-                id,
-                ErrorCode::CANCELLED,
-                "the server shut down before the request completed",
-            );
         }
     }
 

@@ -103,6 +103,18 @@ impl Status {
         Self::new(ErrorCode::UNSUPPORTED_FORMAT, message)
     }
 
+    /// Code 10, UNAUTHENTICATED: no credentials, or invalid ones. Not processed, and not
+    /// retried by clients.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::UNAUTHENTICATED, message)
+    }
+
+    /// Code 11, PERMISSION_DENIED: valid credentials, but this call is not allowed. Not
+    /// processed, and not retried by clients.
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::PERMISSION_DENIED, message)
+    }
+
     /// Code 8, CANCELLED: the work was ended on the server's side.
     pub fn cancelled(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::CANCELLED, message)

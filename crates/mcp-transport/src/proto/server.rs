@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use mcp_codec::{Envelope, ErrorCode, ErrorFrame, Pong};
+use mcp_codec::{Envelope, ErrorCode, ErrorFrame, GoAway, GoAwayCode, Pong};
 
 use super::heartbeat::{Beat, Heartbeat};
 use super::{Life, Transmit};
@@ -356,13 +356,22 @@ impl<H> ServerCore<H> {
         self.remove(id).map(|entry| entry.handle)
     }
 
-    /// The server sends GOAWAY: returns its `last_id`, or `None` if it was already sent.
-    pub fn send_goaway(&mut self) -> Option<u32> {
+    /// The server sends GOAWAY through `out`, once (shutdown, connection age): its
+    /// `last_id` is the highest id taken, so the client knows every later request was
+    /// refused unprocessed (docs/protocol.md section 7). Answers `false` if it was already
+    /// sent.
+    pub fn go_away(&mut self, out: &mut impl Transmit, code: GoAwayCode, reason: &str) -> bool {
         if self.goaway_sent {
-            return None;
+            return false;
         }
         self.goaway_sent = true;
-        Some(self.last_id)
+        // A closed writer ends the connection by itself; nothing to do here.
+        let _ = out.send(Envelope::GoAway(GoAway {
+            last_id: self.last_id,
+            code,
+            reason,
+        }));
+        true
     }
 
     /// The client sent GOAWAY (or ended its stream): it sends no more requests.
@@ -380,7 +389,22 @@ impl<H> ServerCore<H> {
         self.in_flight.len()
     }
 
-    /// Takes every running request (shutdown grace over, or the connection closing).
+    /// Ends every running request with an ERROR `code` through `out` (the shutdown grace
+    /// is over) and hands back their handles to stop: each gets exactly this one answer,
+    /// since a request leaves the table before its handler's answer could be written.
+    pub fn abort_all(&mut self, out: &mut impl Transmit, code: ErrorCode, message: &str) -> Vec<H> {
+        let aborted = self.take_all();
+        aborted
+            .into_iter()
+            .map(|(id, handle)| {
+                answer(out, id, code, message);
+                handle
+            })
+            .collect()
+    }
+
+    /// Takes every running request without answering (the connection is closing: there is
+    /// no one left to answer).
     pub fn take_all(&mut self) -> Vec<(u32, H)> {
         self.in_flight_bytes = 0;
         self.in_flight
@@ -450,6 +474,7 @@ fn is_reserved_format(format: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mcp_codec::OwnedEnvelope;
 
     fn head(id: u32, method: &str, arrived: Instant) -> RequestHead<'_> {
         RequestHead {
@@ -635,6 +660,50 @@ mod tests {
         assert!(s.finish(1, g2));
     }
 
+    /// A `Transmit` that keeps what the core sends.
+    #[derive(Default)]
+    struct Frames(Vec<OwnedEnvelope>);
+
+    impl Transmit for Frames {
+        fn send(&mut self, envelope: Envelope<'_>) -> Result<u64, crate::error::WireError> {
+            self.0.push(OwnedEnvelope::from_envelope(&envelope));
+            Ok(self.0.len() as u64)
+        }
+
+        fn is_full(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn at_the_end_of_the_grace_every_running_request_gets_one_error() {
+        let mut s = state(10, 100);
+        run(&mut s, 3, 1);
+        run(&mut s, 4, 1);
+        let mut out = Frames::default();
+        let stopped = s.abort_all(&mut out, ErrorCode::CANCELLED, "shut down");
+        assert_eq!(stopped.len(), 2);
+        let mut ids: Vec<u32> = out
+            .0
+            .iter()
+            .map(|frame| match frame {
+                OwnedEnvelope::Error { id, code, .. } => {
+                    assert_eq!(*code, ErrorCode::CANCELLED);
+                    *id
+                }
+                other => panic!("expected ERROR, got {other:?}"),
+            })
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [3, 4]);
+        assert_eq!(s.in_flight(), 0);
+        assert!(
+            s.abort_all(&mut out, ErrorCode::CANCELLED, "again")
+                .is_empty()
+        );
+        assert_eq!(out.0.len(), 2, "nothing is answered twice");
+    }
+
     #[test]
     fn goaway_last_id_and_draining() {
         let now = Instant::now();
@@ -643,8 +712,18 @@ mod tests {
         let g5 = run(&mut s, 5, 1);
         s.admit(&head(6, "nope", now), now);
         assert_eq!(s.life(), Life::Open);
-        assert_eq!(s.send_goaway(), Some(6));
-        assert_eq!(s.send_goaway(), None);
+        let mut out = Frames::default();
+        assert!(s.go_away(&mut out, GoAwayCode::SHUTTING_DOWN, "bye"));
+        assert!(!s.go_away(&mut out, GoAwayCode::SHUTTING_DOWN, "bye"));
+        assert_eq!(
+            out.0,
+            [OwnedEnvelope::GoAway {
+                last_id: 6,
+                code: GoAwayCode::SHUTTING_DOWN,
+                reason: "bye".into()
+            }],
+            "one GOAWAY, naming the highest id taken"
+        );
         assert_eq!(s.life(), Life::Draining);
         assert!(matches!(
             s.admit(&head(7, "echo", now), now),

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use mcp_codec::{Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Response};
+use mcp_codec::{Envelope, ErrorCode, ErrorFrame, Flags, GoAwayCode, Metadata, Response};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::client::ClientSettings;
@@ -431,15 +431,10 @@ fn goaway_mid_load_fails_only_what_the_server_did_not_accept() {
     let accepted: Vec<u64> = (0..3u8).map(|i| pair.call(&[i], None)).collect();
     pair.drive();
     // The server starts shutting down; its GOAWAY crosses a request on the wire.
-    let last_id = pair.server.send_goaway().unwrap();
-    assert_eq!(last_id, 3);
-    pair.down
-        .send(Envelope::GoAway(GoAway {
-            last_id,
-            code: GoAwayCode::SHUTTING_DOWN,
-            reason: "shutting down",
-        }))
-        .unwrap();
+    assert!(
+        pair.server
+            .go_away(&mut pair.down, GoAwayCode::SHUTTING_DOWN, "shutting down")
+    );
     let crossed = pair.call(b"late", None);
     pair.deliver_down();
     // The crossed request fails at once, not processed; the others wait for their answers.
