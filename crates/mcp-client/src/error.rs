@@ -212,7 +212,7 @@ impl Error {
         };
         let e = match err.kind() {
             T::Timeout => Self::timeout(phase, processed),
-            T::Connect => Self::new(ErrorKind::Connect, processed),
+            T::Connect | T::Tls(_) => Self::new(ErrorKind::Connect, processed),
             T::PoolExhausted(PoolExhausted::EndpointDown) => {
                 Self::new(ErrorKind::Connect, processed)
             }
@@ -361,6 +361,16 @@ impl Error {
             return None;
         }
         self.inner.source.as_deref()?.downcast_ref::<DecodeError>()
+    }
+
+    /// Why the TLS handshake failed, if the server could not be reached because of one
+    /// (an unknown certificate authority, an expired certificate, a name mismatch, no ALPN
+    /// `mcp/1`, a client certificate required or refused).
+    pub fn tls_failure(&self) -> Option<mcp_transport::TlsFailure> {
+        let source = self.inner.source.as_deref()?;
+        source
+            .downcast_ref::<mcp_transport::TransportError>()?
+            .tls_failure()
     }
 
     /// How many attempts the call made (0 if it failed before the first one was sent).

@@ -47,9 +47,22 @@
 //! - `blocking` (default): [`blocking::Client`], for programs without async.
 //! - `tower` (default): `tower_service::Service<RawRequest>` for [`Client`], with `poll_ready`
 //!   driven by the concurrency limit.
+//! - `tls` (default): TLS over rustls with ring ([`ClientBuilder::tls`] with a
+//!   `TlsClientConfig`: CA roots, a client identity for mutual TLS, the server name, or a
+//!   rustls configuration of your own). `tls-aws-lc-rs` uses aws-lc-rs instead of ring;
+//!   `tls-webpki-roots` and `tls-native-roots` add `TlsClientConfig::with_webpki_roots` and
+//!   `with_native_roots`. A failed handshake is a connect error whose
+//!   [`Error::tls_failure`] names the reason.
+//!
+//! # Credentials
+//! [`ClientBuilder::authorization`] (a fixed value) or [`ClientBuilder::authorization_fn`]
+//! (asked on every attempt, for a token that is refreshed) send the `authorization` metadata
+//! entry with every request and NOTIFY. A server refusing it answers ERROR 10
+//! (UNAUTHENTICATED) or 11 (PERMISSION_DENIED): [`Error::code`], not retried.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod auth;
 mod breaker;
 mod client;
 mod error;
@@ -66,6 +79,7 @@ pub mod blocking;
 #[cfg(feature = "tower")]
 mod tower;
 
+pub use auth::AUTHORIZATION;
 pub use breaker::{BreakerConfig, BreakerState};
 pub use client::{
     CallOptions, Client, ClientBuilder, DefaultFormat, RawPush, RawRequest, RawResponse,
@@ -87,4 +101,6 @@ pub use mcp_format::Json;
 #[cfg(feature = "protobuf")]
 pub use mcp_format::Protobuf;
 pub use mcp_format::{Decode, DecodeError, Encode, EncodeError, Format, FormatId, Raw};
-pub use mcp_transport::{BackoffConfig, HeartbeatConfig, Meta, PoolConfig};
+pub use mcp_transport::{BackoffConfig, HeartbeatConfig, Meta, PoolConfig, TlsFailure};
+#[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
+pub use mcp_transport::{TlsClientConfig, TlsConfigError, rustls};

@@ -34,6 +34,7 @@ use mcp_format::FormatId;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::auth::Authorization;
 use crate::breaker::{Breaker, BreakerConfig, Outcome};
 use crate::client::{CallOptions, RawResponse};
 use crate::error::{Error, ErrorKind, Phase, Processed};
@@ -72,6 +73,8 @@ pub(crate) struct Policies {
     pub(crate) limit: LimitConfig,
     pub(crate) retry: RetryConfig,
     pub(crate) breaker: BreakerConfig,
+    /// The `authorization` entry of every request and NOTIFY, if any.
+    pub(crate) authorization: Option<Authorization>,
 }
 
 /// The policies of one client over its transport; every clone of the client shares it.
@@ -84,6 +87,7 @@ pub(crate) struct Stack<T> {
     breaker: Breaker,
     metrics: Recorder,
     closing: AtomicBool,
+    authorization: Option<Authorization>,
 }
 
 impl<T: Transport> Stack<T> {
@@ -98,6 +102,7 @@ impl<T: Transport> Stack<T> {
             breaker: Breaker::new(policies.breaker, now),
             metrics: Recorder::default(),
             closing: AtomicBool::new(false),
+            authorization: policies.authorization,
         }
     }
 
@@ -248,7 +253,15 @@ impl<T: Transport> Stack<T> {
                             (deadline, deadline.saturating_duration_since(now))
                         };
                         let permit = self.breaker.acquire(now)?;
-                        let meta = trace::outgoing_meta(options, context, Some(remaining));
+                        // Asked on every attempt: a refreshed token serves the retry.
+                        let authorization =
+                            self.authorization.as_ref().and_then(Authorization::value);
+                        let meta = trace::outgoing_meta(
+                            options,
+                            context,
+                            Some(remaining),
+                            authorization.as_deref(),
+                        );
                         tracing::trace!(attempt = number, "sending");
                         let result = self
                             .transport
@@ -304,7 +317,8 @@ impl<T: Transport> Stack<T> {
             options.timeout.unwrap_or(self.timing.timeout),
         );
         let context = trace::context_of(options);
-        let meta = trace::outgoing_meta(options, &context, None);
+        let authorization = self.authorization.as_ref().and_then(Authorization::value);
+        let meta = trace::outgoing_meta(options, &context, None, authorization.as_deref());
         let result = self
             .transport
             .notify(topic, format, meta, body, deadline)

@@ -17,12 +17,15 @@ use mcp_codec::{
 };
 use mcp_format::FormatId;
 use mcp_transport::proto::{Beat, RequestLimits, ServerCore, ServerEvent};
-use mcp_transport::{FrameReader, Inbound, InboundRequest, Push, Stream, WireError, WireWriter};
+use mcp_transport::{
+    FrameReader, Inbound, InboundRequest, PeerIdentity, Push, Stream, WireError, WireWriter,
+};
 use tokio::io::AsyncRead;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::auth::AuthRequest;
 use crate::error::Status;
 use crate::handler::{CancelCell, Invoke, NotifyContext, ReceivedMeta, Reply, RequestContext};
 use crate::pattern::Pattern;
@@ -77,6 +80,8 @@ pub(crate) struct Conn {
     shared: Arc<Shared>,
     id: ConnId,
     peer: SocketAddr,
+    /// The client's verified TLS certificate chain, when it presented one.
+    identity: Option<PeerIdentity>,
     writer: WireWriter,
     state: ServerCore<Running>,
     done_tx: mpsc::UnboundedSender<Completion>,
@@ -97,6 +102,12 @@ pub(crate) struct Conn {
     reading: bool,
 }
 
+/// What the router gave for a request, or the authentication hook's refusal in its place.
+enum Route {
+    Handler(Arc<str>, Arc<dyn Invoke>),
+    Refused(Status),
+}
+
 /// What stops a running handler: its task's abort handle and its cancellation token.
 #[derive(Debug)]
 pub(crate) struct Running {
@@ -114,6 +125,7 @@ impl Running {
 
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve<S: Stream>(shared: Arc<Shared>, stream: S, peer: SocketAddr, id: ConnId) {
+    let identity = stream.peer_identity();
     let (read_half, write_half) = stream.into_halves();
     let wire = shared.wire_config();
     let reader = FrameReader::new(read_half, &wire);
@@ -123,6 +135,7 @@ pub(crate) async fn serve<S: Stream>(shared: Arc<Shared>, stream: S, peer: Socke
     let mut conn = Conn {
         id,
         peer,
+        identity,
         writer,
         state: ServerCore::new(
             RequestLimits {
@@ -330,6 +343,21 @@ impl Conn {
     /// One message read: the core answers what the protocol answers by itself and says
     /// what needs this server (a handler, the subscription registry, the health table).
     fn inbound(&mut self, message: Inbound, arrived: Instant, now: Instant) -> Option<End> {
+        // The hook decides before routing: a refused request takes the place of a routed
+        // one, so the core still applies every rule before it (a duplicate id, GOAWAY, the
+        // in-flight limits, the deadline) and the refusal is answered by its id.
+        let refusal = match (&message, &self.shared.authenticator) {
+            (Inbound::Request(request), Some(hook)) => hook
+                .check(&AuthRequest {
+                    name: request.method(),
+                    notify: false,
+                    meta: request.meta(),
+                    peer_addr: self.peer,
+                    peer_identity: self.identity.as_ref(),
+                })
+                .err(),
+            _ => None,
+        };
         let router = &self.shared.router;
         let mut out = &self.writer;
         let event = self.state.handle_inbound(
@@ -337,14 +365,32 @@ impl Conn {
             message,
             arrived.into_std(),
             now.into_std(),
-            |method| router.handler(method).map(|(m, h)| (m.clone(), h.clone())),
+            |method| match refusal {
+                Some(status) => Some(Route::Refused(status)),
+                None => router
+                    .handler(method)
+                    .map(|(m, h)| Route::Handler(m.clone(), h.clone())),
+            },
         )?;
         match event {
             ServerEvent::Run {
                 request,
-                route,
+                route: Route::Handler(method, handler),
                 deadline,
-            } => self.start(request, route, deadline.map(Instant::from_std)),
+            } => self.start(request, (method, handler), deadline.map(Instant::from_std)),
+            ServerEvent::Run {
+                request,
+                route: Route::Refused(status),
+                ..
+            } => {
+                self.shared
+                    .stats
+                    .auth_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                // Answered now: never recorded as in flight, like a handler done in its
+                // first poll.
+                self.answer(request.id(), request.format(), Err(status));
+            }
             ServerEvent::Subscribe(request) => self.subscribe(&request, true),
             ServerEvent::Unsubscribe(request) => self.subscribe(&request, false),
             ServerEvent::Health(request) => self.health(&request),
@@ -377,6 +423,7 @@ impl Conn {
             meta: ReceivedMeta::new(request.meta().clone()),
             deadline,
             peer: self.peer,
+            identity: self.identity.clone(),
             cancel: cancel.clone(),
         };
         let body = request.into_body();
@@ -496,6 +543,19 @@ impl Conn {
 
     fn notify(&mut self, push: Push) {
         let stats = &self.shared.stats;
+        if let Some(hook) = &self.shared.authenticator {
+            let request = AuthRequest {
+                name: push.topic(),
+                notify: true,
+                meta: push.meta(),
+                peer_addr: self.peer,
+                peer_identity: self.identity.as_ref(),
+            };
+            if hook.check(&request).is_err() {
+                stats.auth_refused.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
         let Some(handler) = self.shared.router.notify_handler(push.topic()).cloned() else {
             stats.notifies_unrouted.fetch_add(1, Ordering::Relaxed);
             return;
@@ -517,6 +577,7 @@ impl Conn {
             format: FormatId::new(push.format()),
             meta: ReceivedMeta::new(push.meta().clone()),
             peer: self.peer,
+            identity: self.identity.clone(),
             conn: self.writer.clone(),
             max_message_len: self.shared.config.max_message_len,
         };

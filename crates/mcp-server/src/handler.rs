@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use mcp_codec::{Metadata, OwnedMetaPair, TRACEPARENT, TRACESTATE};
 use mcp_format::{Decode, Encode, FormatId};
-use mcp_transport::Meta;
+use mcp_transport::{Meta, PeerIdentity};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +27,7 @@ pub struct RequestContext {
     pub(crate) meta: ReceivedMeta,
     pub(crate) deadline: Option<Instant>,
     pub(crate) peer: SocketAddr,
+    pub(crate) identity: Option<PeerIdentity>,
     pub(crate) cancel: CancelCell,
 }
 
@@ -78,6 +79,12 @@ impl RequestContext {
     /// The client's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The client's verified TLS certificate chain, when it connected with TLS and
+    /// presented a client certificate.
+    pub fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.identity.as_ref()
     }
 
     /// A token cancelled when the request is abandoned: CANCEL from the client, the
@@ -385,6 +392,7 @@ pub struct NotifyContext {
     pub(crate) format: FormatId,
     pub(crate) meta: ReceivedMeta,
     pub(crate) peer: SocketAddr,
+    pub(crate) identity: Option<PeerIdentity>,
     /// The sending connection's writer, for [`NotifyContext::push`].
     pub(crate) conn: mcp_transport::WireWriter,
     pub(crate) max_message_len: usize,
@@ -409,6 +417,11 @@ impl NotifyContext {
     /// The client's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The client's verified TLS certificate chain, when it presented one.
+    pub fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.identity.as_ref()
     }
 
     /// Pushes a NOTIFY to the connection that sent this one, and to it alone (the interop

@@ -60,6 +60,15 @@
 //! # Features
 //! - `json` (default): typed routes in JSON through `mcp-format`.
 //! - `protobuf` (default): typed routes in Protobuf through `mcp-format`.
+//! - `tls` (default): TLS over rustls with ring: serve with
+//!   `serve_with(TlsAccept::tcp(listener, TlsServerConfig::from_pem(..)?.build()?))`; the
+//!   client's certificate, if any, is [`RequestContext::peer_identity`]. `tls-aws-lc-rs`
+//!   uses aws-lc-rs instead of ring.
+//!
+//! # Authentication
+//! [`ServerBuilder::authenticate`] sets a hook asked about every request and client NOTIFY
+//! before routing ([`AuthRequest`]: metadata, `authorization`, peer address and
+//! certificate); its refusal is the answer (ERROR 10 or 11) and no handler runs.
 //!
 //! # Panics
 //! Nothing a peer sends can panic the server, and a panicking handler is answered ERROR 9.
@@ -68,6 +77,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod auth;
 mod config;
 mod conn;
 mod error;
@@ -79,6 +89,7 @@ mod run;
 mod server;
 mod subscribe;
 
+pub use auth::{AUTHORIZATION, AuthRequest};
 pub use config::ServerConfig;
 pub use error::{Error, Status};
 pub use handler::{
@@ -89,3 +100,9 @@ pub use health::HealthStatus;
 pub use router::{Router, SUBSCRIBE, UNSUBSCRIBE};
 pub use server::{Server, ServerBuilder, ServerHandle, ServerStats};
 pub use subscribe::Published;
+
+pub use mcp_transport::PeerIdentity;
+#[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
+pub use mcp_transport::{
+    TlsAccept, TlsAcceptStats, TlsConfigError, TlsReloader, TlsServerConfig, rustls,
+};

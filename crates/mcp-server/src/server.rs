@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::conn;
 use crate::error::{Error, Status};
@@ -35,6 +36,7 @@ pub(crate) struct Counters {
     pub(crate) notifies_unrouted: AtomicU64,
     pub(crate) notifies_dropped: AtomicU64,
     pub(crate) published_dropped: AtomicU64,
+    pub(crate) auth_refused: AtomicU64,
 }
 
 /// What the accept loop and every connection share.
@@ -51,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) health: crate::health::Health,
     /// Connections open per IP address, when `max_connections_per_ip` is set.
     per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+    /// Asked about every request and client NOTIFY before routing, if set.
+    pub(crate) authenticator: Option<Authenticator>,
 }
 
 impl Shared {
@@ -123,6 +127,8 @@ pub struct ServerStats {
     pub notifies_dropped: u64,
     /// Published NOTIFY frames not delivered to a subscriber whose queue was full.
     pub published_dropped: u64,
+    /// Requests and client NOTIFY messages the authentication hook refused.
+    pub auth_refused: u64,
 }
 
 /// The entry point: `Server::builder()`.
@@ -137,6 +143,7 @@ impl Server {
         ServerBuilder {
             router: Router::new(),
             config: ServerConfig::default(),
+            authenticator: None,
         }
     }
 }
@@ -146,6 +153,7 @@ impl Server {
 pub struct ServerBuilder {
     router: Router,
     config: ServerConfig,
+    authenticator: Option<Authenticator>,
 }
 
 impl ServerBuilder {
@@ -191,6 +199,21 @@ impl ServerBuilder {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.router = self.router.route_notify_fn(pattern, f);
+        self
+    }
+
+    /// Asks `hook` about every request and client NOTIFY before routing it, with its
+    /// metadata (the `authorization` entry), the peer's address and its TLS certificate; an
+    /// `Err` is the answer (use [`Status::unauthenticated`] or [`Status::permission_denied`])
+    /// and no handler runs. See [`AuthRequest`](crate::AuthRequest).
+    ///
+    /// The hook runs on the connection's task for every request: it must not block (check a
+    /// signature or look a token up in memory; refresh what it knows elsewhere).
+    pub fn authenticate<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&crate::AuthRequest<'_>) -> Result<(), Status> + Send + Sync + 'static,
+    {
+        self.authenticator = Some(Authenticator::new(hook));
         self
     }
 
@@ -310,6 +333,7 @@ impl ServerBuilder {
             next_conn: AtomicU64::new(1),
             health: crate::health::Health::default(),
             per_ip: std::sync::Mutex::default(),
+            authenticator: self.authenticator,
         });
         let accept = tokio::spawn(accept_loop(shared.clone(), acceptor));
         Ok(ServerHandle {
@@ -497,6 +521,7 @@ impl ServerHandle {
             notifies_unrouted: stats.notifies_unrouted.load(Ordering::Relaxed),
             notifies_dropped: stats.notifies_dropped.load(Ordering::Relaxed),
             published_dropped: stats.published_dropped.load(Ordering::Relaxed),
+            auth_refused: stats.auth_refused.load(Ordering::Relaxed),
         }
     }
 

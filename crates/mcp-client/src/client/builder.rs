@@ -8,6 +8,7 @@ use mcp_transport::{HeartbeatConfig, Pool, PoolConfig};
 use tokio::time::Instant;
 
 use super::Client;
+use crate::auth::Authorization;
 use crate::breaker::BreakerConfig;
 use crate::error::Error;
 use crate::limit::LimitConfig;
@@ -36,6 +37,8 @@ pub struct ClientBuilder<F: Format> {
     policies: Policies,
     pool: PoolConfig,
     wait_for_ready: bool,
+    #[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
+    tls: Option<mcp_transport::TlsClientConfig>,
 }
 
 impl ClientBuilder<super::DefaultFormat> {
@@ -46,6 +49,8 @@ impl ClientBuilder<super::DefaultFormat> {
             policies: Policies::default(),
             pool: PoolConfig::default(),
             wait_for_ready: false,
+            #[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
+            tls: None,
         }
     }
 }
@@ -59,7 +64,38 @@ impl<F: Format> ClientBuilder<F> {
             policies: self.policies,
             pool: self.pool,
             wait_for_ready: self.wait_for_ready,
+            #[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
+            tls: self.tls,
         }
+    }
+
+    /// Connects over TLS as `config` says (CA roots, an identity for mutual TLS, the server
+    /// name; by default the host of the address given). The handshake is part of the
+    /// connect phase and its timeout; a failed one is a connect error whose
+    /// [`Error::tls_failure`] names the reason.
+    #[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
+    pub fn tls(mut self, config: mcp_transport::TlsClientConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Sends `value` as the `authorization` metadata entry of every request and NOTIFY
+    /// (an entry the call sets itself wins).
+    pub fn authorization(mut self, value: impl Into<bytes::Bytes>) -> Self {
+        self.policies.authorization = Some(Authorization::Static(value.into()));
+        self
+    }
+
+    /// Sends what `provider` gives as the `authorization` entry, asking it on every attempt
+    /// (so that a token it refreshes is used from the next attempt on); `None` sends no
+    /// entry. It runs on the caller's task and must not block: keep the token in memory
+    /// and refresh it elsewhere (or only when it is about to expire).
+    pub fn authorization_fn<P>(mut self, provider: P) -> Self
+    where
+        P: Fn() -> Option<bytes::Bytes> + Send + Sync + 'static,
+    {
+        self.policies.authorization = Some(Authorization::Provider(Arc::new(provider)));
+        self
     }
 
     /// The total budget of a call: slot, connection, attempts and backoff (5 s).
@@ -172,6 +208,14 @@ impl<F: Format> ClientBuilder<F> {
         self.pool
             .check()
             .map_err(|e| Error::invalid(format!("invalid configuration: {e}")))?;
+        #[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
+        if let Some(tls) = &self.tls {
+            let connect = mcp_transport::TlsConnect::new(self.addr.clone(), tls).map_err(|e| {
+                Error::invalid(format!("invalid TLS configuration: {e}")).with_source(e)
+            })?;
+            let pool = Pool::with_connector(connect, self.pool.clone());
+            return Ok(self.build_with(pool));
+        }
         let pool = Pool::new(self.addr.clone(), self.pool.clone());
         Ok(self.build_with(pool))
     }

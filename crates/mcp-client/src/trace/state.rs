@@ -68,14 +68,23 @@ pub(crate) fn outgoing_meta(
     options: &CallOptions,
     context: &TraceContext,
     remaining: Option<Duration>,
+    authorization: Option<&[u8]>,
 ) -> Meta {
     let traceparent = context.traceparent_bytes();
     let deadline = remaining.map(deadline_value);
+    // The caller's own `authorization` entry, set on the call, wins over the client's.
+    let authorization = authorization.filter(|_| {
+        !options
+            .metadata
+            .iter()
+            .any(|(key, _)| key.as_ref() == crate::auth::AUTHORIZATION)
+    });
     // One buffer for every entry (built on every attempt: one allocation, not one per
     // value). Most calls send exactly a `traceparent` and a `deadline`: that block is laid
     // out from a plain array, without the filter and chain the general case needs.
-    if let (true, None, Some(deadline)) = (
+    if let (true, None, None, Some(deadline)) = (
         options.metadata.is_empty(),
+        authorization,
         context.tracestate(),
         deadline.as_ref(),
     ) {
@@ -92,6 +101,7 @@ pub(crate) fn outgoing_meta(
             .tracestate()
             .map(|state| (TRACESTATE, state.as_bytes())),
         deadline.as_ref().map(|d| (DEADLINE, &d[..])),
+        authorization.map(|value| (crate::auth::AUTHORIZATION, value)),
     ];
     Meta::from_entries(callers.chain(own.into_iter().flatten()))
 }
