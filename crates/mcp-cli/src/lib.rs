@@ -13,3 +13,4 @@ pub mod loadgen;
 pub mod ping;
 pub mod service;
 pub mod text;
+pub mod tls;

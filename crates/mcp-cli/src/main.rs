@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use mcp_cli::loadgen::{self, LoadConfig, LoadReport, Progress};
 use mcp_cli::text;
+use mcp_cli::tls::{ClientTls, ClientTlsArgs, ServerTls};
 use mcp_cli::{decode, ping, service};
 use mcp_server::ServerConfig;
 
@@ -82,6 +83,16 @@ enum Command {
         /// that clients rebalance onto new replicas.
         #[arg(long, value_parser = args::positive_duration)]
         max_connection_age: Option<Duration>,
+        /// Serve over TLS with this certificate chain (PEM, the server's own first);
+        /// SIGHUP reads it and the key again for new connections.
+        #[arg(long, requires = "tls_key", value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert", value_name = "FILE")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates signed by these CAs (PEM): mutual TLS.
+        #[arg(long, requires = "tls_cert", value_name = "FILE")]
+        client_ca: Option<PathBuf>,
     },
     /// Call METHOD on the server at ADDR and print the answer.
     Call {
@@ -108,6 +119,8 @@ enum Command {
         /// The call's total budget.
         #[arg(long, default_value = "5s", value_parser = args::positive_duration)]
         timeout: Duration,
+        #[command(flatten)]
+        tls: TlsFlags,
     },
     /// Send PINGs to ADDR and print round-trip times.
     /// Ask a server's health (`$health`, docs/protocol.md section 7): prints SERVING,
@@ -122,6 +135,8 @@ enum Command {
         /// How long to wait for the answer.
         #[arg(long, default_value = "2s", value_parser = args::positive_duration)]
         timeout: Duration,
+        #[command(flatten)]
+        tls: TlsFlags,
     },
     Ping {
         /// The server, host:port.
@@ -135,6 +150,8 @@ enum Command {
         /// How long to wait for each PONG.
         #[arg(short = 'W', long, default_value = "2s", value_parser = args::positive_duration)]
         wait: Duration,
+        #[command(flatten)]
+        tls: TlsFlags,
     },
     /// Load-test the `echo` method of ADDR (or of an embedded server with --embedded).
     Bench(BenchArgs),
@@ -149,7 +166,51 @@ enum Command {
         /// How long the benchmark part runs.
         #[arg(long, default_value = "5s", value_parser = args::positive_duration)]
         duration: Duration,
+        /// Run it all over TLS, with certificates made in memory for this run.
+        #[arg(long)]
+        tls: bool,
     },
+}
+
+/// A client's TLS flags (`call`, `ping`, `health`, `bench`).
+#[derive(Debug, Clone, clap::Args)]
+struct TlsFlags {
+    /// Connect over TLS (ALPN mcp/1), trusting the platform's root certificates or --ca.
+    #[arg(long)]
+    tls: bool,
+    /// Trust these CA certificates (PEM) instead of the platform's.
+    #[arg(long, requires = "tls", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Present this certificate chain (PEM) to a server that asks (mutual TLS).
+    #[arg(long, requires_all = ["tls", "key"], value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, requires_all = ["tls", "cert"], value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Verify the server's certificate for this name (default: the host of ADDR).
+    #[arg(long, requires = "tls", value_name = "NAME")]
+    server_name: Option<String>,
+}
+
+impl TlsFlags {
+    /// The client's TLS settings, if --tls was given.
+    fn client(&self) -> Result<Option<ClientTls>, Failure> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let args = ClientTlsArgs {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            server_name: self.server_name.clone(),
+        };
+        ClientTls::from_args(&args).map(Some).map_err(Failure::from)
+    }
+
+    /// Whether anything but --tls itself was given.
+    fn has_details(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.server_name.is_some()
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -189,6 +250,10 @@ struct BenchArgs {
     /// that the run measures what connection rotation costs callers.
     #[arg(long, value_parser = args::positive_duration, requires = "embedded")]
     max_connection_age: Option<Duration>,
+    /// With --embedded and --tls: the run is made twice, in the clear then over TLS (with
+    /// certificates made in memory), and also measures connects per second of each.
+    #[command(flatten)]
+    tls: TlsFlags,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -287,7 +352,16 @@ fn main() -> ExitCode {
                 addr,
                 tick,
                 max_connection_age,
-            } => serve(addr, tick, max_connection_age).await,
+                tls_cert,
+                tls_key,
+                client_ca,
+            } => {
+                let tls = match (tls_cert, tls_key) {
+                    (Some(cert), Some(key)) => Some(ServerTls::from_files(cert, key, client_ca)?),
+                    _ => None,
+                };
+                serve(addr, tick, max_connection_age, tls).await
+            }
             Command::Call {
                 addr,
                 method,
@@ -297,21 +371,27 @@ fn main() -> ExitCode {
                 format,
                 meta,
                 timeout,
-            } => call(addr, method, json, raw, hex, format, meta, timeout).await,
+                tls,
+            } => {
+                let tls = tls.client()?;
+                call(addr, method, json, raw, hex, format, meta, timeout, tls).await
+            }
             Command::Ping {
                 addr,
                 count,
                 interval,
                 wait,
-            } => run_ping(addr, count, interval, wait).await,
+                tls,
+            } => run_ping(addr, count, interval, wait, tls.client()?).await,
             Command::Health {
                 addr,
                 service,
                 timeout,
-            } => health(addr, service, timeout).await,
+                tls,
+            } => health(addr, service, timeout, tls.client()?).await,
             Command::Bench(args) => bench(args).await,
             Command::Decode { file } => run_decode(file),
-            Command::Demo { duration } => demo(duration).await,
+            Command::Demo { duration, tls } => demo(duration, tls).await,
         }
     });
     match result {
@@ -356,10 +436,19 @@ impl From<String> for Failure {
 type CmdResult = Result<ExitCode, Failure>;
 
 /// A client for one command: connected (or the reason why not, at once), one connect try.
-async fn one_shot_client(addr: &str, timeout: Duration) -> Result<Client, Failure> {
-    Client::builder(addr.to_owned())
+async fn one_shot_client(
+    addr: &str,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Result<Client, Failure> {
+    let builder = Client::builder(addr.to_owned())
         .timeout(timeout)
-        .pool_config(one_shot_pool())
+        .pool_config(one_shot_pool());
+    let builder = match tls {
+        Some(tls) => tls.apply(builder),
+        None => builder,
+    };
+    builder
         .connect()
         .await
         .map_err(|e| Failure::from(format!("{addr}: {e}")))
@@ -368,13 +457,18 @@ async fn one_shot_client(addr: &str, timeout: Duration) -> Result<Client, Failur
 /// The exit code of `mcp health` for a server or service that does not serve.
 const NOT_SERVING: u8 = 3;
 
-async fn health(addr: String, service: String, timeout: Duration) -> CmdResult {
+async fn health(
+    addr: String,
+    service: String,
+    timeout: Duration,
+    tls: Option<ClientTls>,
+) -> CmdResult {
     if service.len() > 255 {
         return Err(Failure::usage(
             "health: a service name is at most 255 bytes",
         ));
     }
-    let client = one_shot_client(&addr, timeout).await?;
+    let client = one_shot_client(&addr, timeout, tls.as_ref()).await?;
     let request = RawRequest::new("$health", FormatId::RAW, Bytes::from(service.into_bytes()))
         .with_options(CallOptions::new().timeout(timeout));
     let result = client.call_raw(request).await;
@@ -389,19 +483,28 @@ async fn health(addr: String, service: String, timeout: Duration) -> CmdResult {
     })
 }
 
-async fn serve(addr: SocketAddr, tick: Duration, max_age: Option<Duration>) -> CmdResult {
+async fn serve(
+    addr: SocketAddr,
+    tick: Duration,
+    max_age: Option<Duration>,
+    tls: Option<ServerTls>,
+) -> CmdResult {
     let mut config = ServerConfig::default();
     config.max_connection_age = max_age;
-    let server = service::start_with_config(addr, tick, config)
+    let server = service::start_with_tls(addr, tick, config, tls.as_ref())
         .await
         .map_err(|e| e.to_string())?;
     outln!(
-        "mcp: serving on {} ({}; topic {} every {}); Ctrl-C stops",
+        "mcp: serving on {}{} ({}; topic {} every {}); Ctrl-C stops",
         server.local_addr(),
+        if tls.is_some() { " over TLS" } else { "" },
         service::METHODS.join(", "),
         service::TICKER,
         humantime::format_duration(tick)
     );
+    if let Some(reloader) = server.tls_reloader().cloned() {
+        reload_on_sighup(reloader);
+    }
     tokio::signal::ctrl_c()
         .await
         .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
@@ -411,6 +514,29 @@ async fn serve(addr: SocketAddr, tick: Duration, max_age: Option<Duration>) -> C
         .await
         .map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `mcp serve --tls-cert`: SIGHUP reads the certificate files again; new connections use
+/// them, open ones keep theirs. A file that cannot be read keeps the old certificate.
+fn reload_on_sighup(reloader: mcp_cli::tls::Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            eprintln!("mcp: cannot listen for SIGHUP; certificates will not be reloaded");
+            return;
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match reloader.reload() {
+                    Ok(()) => outln!("mcp: certificates reloaded"),
+                    Err(e) => eprintln!("mcp: certificates not reloaded (the old ones stay): {e}"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -423,6 +549,7 @@ async fn call(
     format: Option<FormatId>,
     meta: Vec<(String, String)>,
     timeout: Duration,
+    tls: Option<ClientTls>,
 ) -> CmdResult {
     let (body, default_format) = match (json, raw, hex) {
         (Some(text), _, _) => {
@@ -434,7 +561,7 @@ async fn call(
         (_, _, Some(bytes)) => (bytes, FormatId::RAW),
         _ => (Bytes::new(), FormatId::RAW),
     };
-    let client = one_shot_client(&addr, timeout).await?;
+    let client = one_shot_client(&addr, timeout, tls.as_ref()).await?;
     let mut options = CallOptions::new().timeout(timeout);
     for (k, v) in meta {
         options = options.meta(k, v);
@@ -470,21 +597,39 @@ async fn call(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run_ping(addr: String, count: u32, interval: Duration, wait: Duration) -> CmdResult {
+async fn run_ping(
+    addr: String,
+    count: u32,
+    interval: Duration,
+    wait: Duration,
+    tls: Option<ClientTls>,
+) -> CmdResult {
     let target = tokio::net::lookup_host(&addr)
         .await
         .map_err(|e| format!("cannot resolve {addr}: {e}"))?
         .next()
         .ok_or_else(|| format!("{addr} resolves to no address"))?;
-    outln!("PING {addr} ({target}): {count} PINGs");
-    let stats = ping::run(target, count, interval, wait, |seq, rtt| match rtt {
+    let on_reply = |seq, rtt: Option<f64>| match rtt {
         Some(us) => outln!("PONG from {target}: seq={seq} time={:.1} us", us),
         None => outln!(
             "no PONG for seq={seq} within {}",
             humantime::format_duration(wait)
         ),
-    })
-    .await?;
+    };
+    let stats = match tls {
+        None => {
+            outln!("PING {addr} ({target}): {count} PINGs");
+            ping::run(target, count, interval, wait, on_reply).await?
+        }
+        Some(tls) => {
+            let stream = tls
+                .connect(&addr, Duration::from_secs(5))
+                .await
+                .map_err(|e| format!("{addr}: {e}"))?;
+            outln!("PING {addr} ({target}) over TLS: {count} PINGs");
+            ping::run_on(stream, count, interval, wait, on_reply).await?
+        }
+    };
     outln!(
         "--- {addr} ping statistics ---\n{} sent, {} answered, {} lost",
         stats.sent,
@@ -619,16 +764,95 @@ fn print_report(load: &Load, with_histogram: bool) {
     }
 }
 
+/// One measured run of `bench`: the load's report, and the server's count of connections.
+struct BenchRun {
+    load: Load,
+    accepted: Option<u64>,
+    /// Connects (a TLS handshake included) per second, one after the other, when measured.
+    connects_per_second: Option<f64>,
+}
+
 async fn bench(args: BenchArgs) -> CmdResult {
+    let config = LoadConfig {
+        concurrency: args.concurrency,
+        duration: args.duration,
+        rate: args.rate,
+        warmup: args.warmup,
+    };
+    if !(args.embedded && args.tls.tls) {
+        let tls = args.tls.client()?;
+        let run = bench_run(&args, &config, None, tls.as_ref(), false).await?;
+        return bench_report(&args, &run);
+    }
+    // --embedded --tls: the same load in the clear then over TLS, in one process and one
+    // run, so that the two are compared on the same machine at the same moment.
+    if args.tls.has_details() {
+        return Err(Failure::usage(
+            "bench --embedded --tls makes its own certificates: --ca, --cert and --server-name are for a server of your own",
+        ));
+    }
+    let (server_tls, client_tls) = mcp_cli::tls::generate()?;
+    eprintln!("bench: in the clear");
+    let plain = bench_run(&args, &config, None, None, true).await?;
+    print_report(&plain.load, false);
+    eprintln!("bench: over TLS (certificates made in memory)");
+    let tls = bench_run(&args, &config, Some(&server_tls), Some(&client_tls), true).await?;
+    print_report(&tls.load, false);
+    let ratio =
+        tls.load.report.requests_per_second() / plain.load.report.requests_per_second().max(1.0);
+    outln!(
+        "tls/plaintext: throughput x{ratio:.3}; {:.0} TLS handshakes/s (full, one at a time) against {:.0} TCP connects/s",
+        tls.connects_per_second.unwrap_or(0.0),
+        plain.connects_per_second.unwrap_or(0.0),
+    );
+    if args.json {
+        let mut plain_json = plain.load.report.to_json();
+        plain_json["connects_per_second"] = serde_json::json!(plain.connects_per_second);
+        let mut tls_json = tls.load.report.to_json();
+        tls_json["handshakes_per_second"] = serde_json::json!(tls.connects_per_second);
+        outln!(
+            "{}",
+            serde_json::json!({
+                "plaintext": plain_json,
+                "tls": tls_json,
+                "tls_throughput_ratio": ratio,
+            })
+        );
+    }
+    Ok(if plain.load.report.ok > 0 && tls.load.report.ok > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// How long `bench` connects one connection after another to count connects per second.
+const CONNECT_RATE_TIME: Duration = Duration::from_secs(2);
+
+/// At most this many connects in that time: each closed connection holds a local port in
+/// TIME_WAIT for a minute, and the ports must not run out.
+const MAX_CONNECTS: u64 = 5_000;
+
+/// One load run: against an embedded server (over TLS with `server_tls`) or `args.addr`,
+/// through a client (over TLS with `client_tls`); then, if `connects`, connects per
+/// second to the same server.
+async fn bench_run(
+    args: &BenchArgs,
+    config: &LoadConfig,
+    server_tls: Option<&ServerTls>,
+    client_tls: Option<&ClientTls>,
+    connects: bool,
+) -> Result<BenchRun, Failure> {
     let mut server = None;
     let addr = match (&args.addr, args.embedded) {
         (_, true) => {
-            let mut config = ServerConfig::default();
-            config.max_connection_age = args.max_connection_age;
-            let handle = service::start_with_config(
+            let mut server_config = ServerConfig::default();
+            server_config.max_connection_age = args.max_connection_age;
+            let handle = service::start_with_tls(
                 ([127, 0, 0, 1], 0).into(),
                 Duration::from_secs(1),
-                config,
+                server_config,
+                server_tls,
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -639,21 +863,25 @@ async fn bench(args: BenchArgs) -> CmdResult {
         (Some(addr), false) => addr.clone(),
         (None, false) => return Err(Failure::usage("give ADDR or --embedded")),
     };
-    let client = Client::builder(addr.clone())
+    let builder = Client::builder(addr.clone())
         .max_connections(args.connections)
-        .limit(LimitConfig::new(args.concurrency))
+        .limit(LimitConfig::new(args.concurrency));
+    let builder = match client_tls {
+        Some(tls) => tls.apply(builder),
+        None => builder,
+    };
+    let client = builder
         .connect()
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
-    let config = LoadConfig {
-        concurrency: args.concurrency,
-        duration: args.duration,
-        rate: args.rate,
-        warmup: args.warmup,
-    };
     eprintln!(
-        "bench: {} echo, {} B bodies, {} {}, {} connection(s), {}",
+        "bench: {} echo{}, {} B bodies, {} {}, {} connection(s), {}",
         addr,
+        if client_tls.is_some() {
+            " over TLS"
+        } else {
+            ""
+        },
         args.size,
         config.concurrency,
         match config.rate {
@@ -665,23 +893,61 @@ async fn bench(args: BenchArgs) -> CmdResult {
     );
     let load = load(
         client.clone(),
-        &config,
+        config,
         args.size,
         std::io::stderr().is_terminal(),
     )
     .await;
     client.close().await;
+    let connects_per_second = if connects {
+        Some(connect_rate(&addr, client_tls).await?)
+    } else {
+        None
+    };
     let accepted = server
         .as_ref()
         .map(|server| server.server().stats().accepted_connections);
     if let Some(server) = server {
         let _ = server.shutdown(Duration::from_secs(1)).await;
     }
-    print_report(&load, false);
-    if let Some(accepted) = accepted {
+    Ok(BenchRun {
+        load,
+        accepted,
+        connects_per_second,
+    })
+}
+
+/// Connects per second to `addr`, one after the other: TCP, or TCP and a full TLS
+/// handshake (session resumption off) with `tls`.
+async fn connect_rate(addr: &str, tls: Option<&ClientTls>) -> Result<f64, Failure> {
+    let (done, elapsed) = match tls {
+        Some(tls) => {
+            tls.without_resumption()?
+                .handshakes(addr, CONNECT_RATE_TIME, MAX_CONNECTS)
+                .await?
+        }
+        None => {
+            let start = tokio::time::Instant::now();
+            let mut done = 0u64;
+            while start.elapsed() < CONNECT_RATE_TIME && done < MAX_CONNECTS {
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("{addr}: {e}"))?;
+                drop(stream);
+                done += 1;
+            }
+            (done, start.elapsed())
+        }
+    };
+    Ok(done as f64 / elapsed.as_secs_f64())
+}
+
+fn bench_report(args: &BenchArgs, run: &BenchRun) -> CmdResult {
+    print_report(&run.load, false);
+    if let Some(accepted) = run.accepted {
         outln!("server: {accepted} connections accepted");
     }
-    let report = &load.report;
+    let report = &run.load.report;
     if args.json {
         outln!("{}", report.to_json());
     }
@@ -733,19 +999,43 @@ struct Echo {
     n: u32,
 }
 
-async fn demo(duration: Duration) -> CmdResult {
+async fn demo(duration: Duration, tls: bool) -> CmdResult {
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("demo: {what}: {e}");
-    let server = service::start(([127, 0, 0, 1], 0).into(), Duration::from_millis(500))
-        .await
-        .map_err(|e| fail("cannot start the server", &e))?;
+    let (server_tls, client_tls) = if tls {
+        let (server, client) = mcp_cli::tls::generate()?;
+        (Some(server), Some(client))
+    } else {
+        (None, None)
+    };
+    let with_tls = |builder: mcp_client::ClientBuilder<Json>| match &client_tls {
+        Some(tls) => tls.apply(builder),
+        None => builder,
+    };
+    let server = service::start_with_tls(
+        ([127, 0, 0, 1], 0).into(),
+        Duration::from_millis(500),
+        ServerConfig::default(),
+        server_tls.as_ref(),
+    )
+    .await
+    .map_err(|e| fail("cannot start the server", &e))?;
     let addr = server.local_addr();
-    outln!("1. server listening on {addr} (in this process)");
+    if tls {
+        outln!(
+            "1. server listening on {addr} over TLS (in this process; a CA and a certificate for localhost and 127.0.0.1 made in memory)"
+        );
+    } else {
+        outln!("1. server listening on {addr} (in this process)");
+    }
 
-    let client = Client::builder(addr.to_string())
+    let client = with_tls(Client::builder(addr.to_string()))
         .connect()
         .await
         .map_err(|e| fail("cannot connect", &e))?;
-    outln!("2. client connected");
+    outln!(
+        "2. client connected{}",
+        if tls { " (TLS, ALPN mcp/1)" } else { "" }
+    );
 
     let echo: Echo = client
         .call(
@@ -821,7 +1111,7 @@ async fn demo(duration: Duration) -> CmdResult {
         "6. benchmark: echo, 64 B bodies, 64 calls in flight on one connection, {}",
         humantime::format_duration(duration)
     );
-    let bench_client = Client::builder(addr.to_string())
+    let bench_client = with_tls(Client::builder(addr.to_string()))
         .max_connections(1)
         .connect()
         .await

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mcp_codec::{Decoded, Envelope, ErrorCode, FrameDecoder, Ping};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
@@ -48,15 +48,26 @@ pub async fn run(
     count: u32,
     interval: Duration,
     wait: Duration,
-    mut on_reply: impl FnMut(u32, Option<f64>),
+    on_reply: impl FnMut(u32, Option<f64>),
 ) -> Result<PingStats, String> {
-    let mut stream = timeout(Duration::from_secs(1), TcpStream::connect(addr))
+    let stream = timeout(Duration::from_secs(1), TcpStream::connect(addr))
         .await
         .map_err(|_| format!("cannot connect to {addr}: timed out after 1 s"))?
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     stream
         .set_nodelay(true)
         .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+    run_on(stream, count, interval, wait, on_reply).await
+}
+
+/// [`run`] over a stream already connected (TLS, say).
+pub async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    count: u32,
+    interval: Duration,
+    wait: Duration,
+    mut on_reply: impl FnMut(u32, Option<f64>),
+) -> Result<PingStats, String> {
     let mut stats = PingStats::default();
     let mut rbuf = BytesMut::with_capacity(4096);
     let mut decoder = FrameDecoder::new();

@@ -61,6 +61,7 @@ type Users = Arc<Mutex<HashMap<String, UserUpdate>>>;
 pub struct Service {
     server: ServerHandle,
     counters: Arc<Counters>,
+    reloader: Option<crate::tls::Reloader>,
 }
 
 /// What the service's handlers counted (the server's own counters are in
@@ -95,6 +96,11 @@ impl Service {
         self.server.local_addr()
     }
 
+    /// What replaces the certificate of a service served over TLS.
+    pub fn tls_reloader(&self) -> Option<&crate::tls::Reloader> {
+        self.reloader.as_ref()
+    }
+
     /// What the handlers counted.
     pub fn stats(&self) -> ServiceStats {
         ServiceStats {
@@ -121,6 +127,16 @@ pub async fn start_with_config(
     addr: SocketAddr,
     tick: Duration,
     config: ServerConfig,
+) -> Result<Service, mcp_server::Error> {
+    start_with_tls(addr, tick, config, None).await
+}
+
+/// [`start_with_config`], over TLS when `tls` is given.
+pub async fn start_with_tls(
+    addr: SocketAddr,
+    tick: Duration,
+    config: ServerConfig,
+    tls: Option<&crate::tls::ServerTls>,
 ) -> Result<Service, mcp_server::Error> {
     let users: Users = Arc::default();
     let update_users = Arc::clone(&users);
@@ -180,12 +196,21 @@ pub async fn start_with_config(
                     )),
                 }
             }
-        })
-        .bind(addr)
-        .await?;
+        });
+    let (server, reloader) = match tls {
+        None => (server.bind(addr).await?, None),
+        Some(tls) => {
+            let (server, reloader) = tls.serve(server, addr).await?;
+            (server, Some(reloader))
+        }
+    };
     let _ = handle.set(server.clone());
     tokio::spawn(ticker(server.clone(), tick));
-    Ok(Service { server, counters })
+    Ok(Service {
+        server,
+        counters,
+        reloader,
+    })
 }
 
 async fn ticker(server: ServerHandle, every: Duration) {
