@@ -52,6 +52,19 @@
 //!   ([`Processed::No`] = certainly not processed, [`Processed::Maybe`]),
 //!   [`TransportError::is_retryable_elsewhere`], [`TransportError::kind`].
 //!
+//! Byte streams ([`Stream`], [`Connect`], [`Accept`]): TCP ([`TcpConnect`], [`TcpAccept`]),
+//! and TLS with the `tls` features: `TlsConnect::new(addr, &TlsClientConfig)` for
+//! [`Pool::with_connector`], `TlsAccept::tcp(listener, TlsServerConfig::..build()?)` for a
+//! server, `TlsAccept::reloader()` to replace its configuration at run time. A failed
+//! handshake is [`ErrorKind::Tls`] naming a [`TlsFailure`]; [`TransportError::tls_failure`]
+//! finds it also behind a pool whose endpoint is down.
+//!
+//! # Features
+//! - `tls`: TLS over rustls with the ring provider.
+//! - `tls-aws-lc-rs`: the aws-lc-rs provider instead (it wins if both are on).
+//! - `tls-webpki-roots`, `tls-native-roots`: `TlsClientConfig::with_webpki_roots` and
+//!   `with_native_roots` (with one of the two above).
+//!
 //! # The path of one call
 //! `Pool::call` picks the least-loaded open connection with a free place in its in-flight
 //! window (an atomic counter), or waits for one until the deadline while the pool's single

@@ -317,7 +317,17 @@ impl<F: Future + Unpin> Future for NotedHandshake<F> {
 }
 
 /// Connects over TCP, then TLS: the handshake is part of [`Connect::connect`] and of its
-/// timeout. See the [module docs](self).
+/// timeout. The server's name (SNI and the certificate check) is the host of the address
+/// given, never the address it resolved to, unless [`TlsClientConfig::server_name`] sets
+/// one; ALPN `mcp/1` is required.
+///
+/// With TLS 1.3 a server checks the client's certificate after the client has finished its
+/// part of the handshake, so a refusal would reach the client only as its first read
+/// failing, after a request was written (and that request would look as if it might have
+/// been processed). When the server asked for a client certificate, `connect` therefore
+/// waits for the server's verdict before it hands the stream out: it sends a PING
+/// (docs/protocol.md section 4) and reads the PONG, or the alert that names the refusal.
+/// One round trip, only on connections where a client certificate was asked for.
 #[derive(Clone)]
 pub struct TlsConnect {
     addr: String,
@@ -747,8 +757,7 @@ fn with_alpn(config: Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
 
 type Handshaken<S> = (tokio_rustls::server::TlsStream<S>, SocketAddr);
 
-/// Accepts TLS connections from another [`Accept`] (TCP by default). See the
-/// [module docs](self).
+/// Accepts TLS connections from another [`Accept`] (TCP by default).
 ///
 /// Each handshake runs in a task of its own under the handshake timeout (default 10 s),
 /// at most `max_handshakes` (default 1,024) at once; while that many are running, no new
