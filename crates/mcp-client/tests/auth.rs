@@ -221,3 +221,86 @@ async fn a_notify_without_credentials_is_dropped_and_counted() {
     assert_eq!(delivered.load(Ordering::SeqCst), 1);
     assert_eq!(server.stats().auth_refused, 1);
 }
+
+#[tokio::test]
+async fn the_built_in_methods_are_asked_about_too() {
+    let server = serve(
+        Server::builder()
+            .authenticate(|request: &AuthRequest<'_>| {
+                // A load balancer's health check gets through without credentials.
+                if request.method() == "$health" || request.authorization().is_some() {
+                    Ok(())
+                } else {
+                    Err(Status::unauthenticated("no credentials"))
+                }
+            })
+            .route_raw(
+                "echo",
+                |_ctx, body: Bytes| async move { Ok(Reply::new(body)) },
+            ),
+    )
+    .await;
+    let anonymous = client_for(&server).build().expect("client");
+    let health = bounded(
+        "$health",
+        anonymous.call_raw(RawRequest::new("$health", FormatId::RAW, Bytes::new())),
+    )
+    .await
+    .expect("health is let through");
+    assert_eq!(&health.body()[..], b"SERVING");
+    let err = bounded("subscribe", anonymous.subscribe_raw("events"))
+        .await
+        .expect_err("a subscription needs credentials");
+    assert_eq!(err.code(), Some(ErrorCode::UNAUTHENTICATED), "{err}");
+}
+
+#[tokio::test]
+async fn subscriptions_carry_the_credentials_too() {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let record = asked.clone();
+    let server = serve(
+        Server::builder().authenticate(move |request: &AuthRequest<'_>| {
+            let token = request.authorization().map(<[u8]>::to_vec);
+            record
+                .lock()
+                .unwrap()
+                .push((request.method().to_owned(), token.clone()));
+            match token.as_deref() {
+                Some(b"Bearer user") => Ok(()),
+                _ => Err(Status::unauthenticated("no credentials")),
+            }
+        }),
+    )
+    .await;
+    let client = client_for(&server)
+        .authorization("Bearer user")
+        .build()
+        .expect("client");
+    let mut events = bounded("subscribe", client.subscribe_raw("events"))
+        .await
+        .expect("subscribed with the client's credentials");
+    server
+        .publish("events", FormatId::RAW, &b"e1"[..])
+        .expect("publish");
+    let push = bounded("push", events.next()).await.expect("a push");
+    assert_eq!(&push.body()[..], b"e1");
+    drop(events);
+    // The `$unsubscribe` the transport sends when the last subscriber leaves carries them
+    // as well.
+    bounded("$unsubscribe", async {
+        while !asked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(m, _)| m == "$unsubscribe")
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let asked = asked.lock().unwrap();
+    assert!(!asked.is_empty());
+    for (method, token) in asked.iter() {
+        assert_eq!(token.as_deref(), Some(&b"Bearer user"[..]), "{method}");
+    }
+}

@@ -167,6 +167,14 @@ async fn a_server_signed_by_an_unknown_ca_is_refused() {
         .expect("config");
     let server = serve_tls(config, BOUND).await;
     refused(server.addr, trusting(&other), TlsFailure::UnknownIssuer).await;
+    // A call on a client built without connecting learns the same, through the pool.
+    let lazy = client(server.addr, trusting(&other))
+        .build()
+        .expect("client");
+    let err = echo(&lazy).await.expect_err("no connection");
+    assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+    assert_eq!(err.tls_failure(), Some(TlsFailure::UnknownIssuer), "{err}");
+    assert!(!err.maybe_processed(), "{err}");
 }
 
 #[tokio::test]

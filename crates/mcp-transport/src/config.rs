@@ -1,8 +1,12 @@
 //! Settings, with the defaults of docs/protocol.md section 8.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_codec::DEFAULT_MAX_MESSAGE_LEN;
+
+use crate::message::Meta;
 
 /// Which side of a connection this process is; decides which frame types are a protocol
 /// error when received (docs/protocol.md section 2).
@@ -128,6 +132,35 @@ pub struct ConnectionConfig {
     /// keep a draining connection open; a `$subscribe` given up on ends its subscribers
     /// ([`PushStream::error`](crate::PushStream::error)).
     pub subscribe_timeout: Duration,
+    /// Metadata for the requests the transport sends by itself (`$subscribe`,
+    /// `$unsubscribe`, and `$subscribe` again after a reconnect), asked each time one is
+    /// sent: the client's credentials, so that a server authenticating every request takes
+    /// subscriptions too. None by default.
+    pub control_metadata: Option<MetadataSource>,
+}
+
+/// Where the metadata of the transport's own requests comes from: a function asked each
+/// time one is sent (so that a refreshed token is used). Cheap to clone.
+#[derive(Clone)]
+pub struct MetadataSource(Arc<dyn Fn() -> Meta + Send + Sync>);
+
+impl MetadataSource {
+    /// Asks `source` for the metadata of each request the transport sends by itself.
+    pub fn new(source: impl Fn() -> Meta + Send + Sync + 'static) -> Self {
+        MetadataSource(Arc::new(source))
+    }
+
+    /// The metadata for the request about to be sent.
+    pub(crate) fn get(&self) -> Meta {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for MetadataSource {
+    // The metadata may be credentials: they stay out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MetadataSource(..)")
+    }
 }
 
 impl Default for ConnectionConfig {
@@ -143,6 +176,7 @@ impl Default for ConnectionConfig {
             push_queue_bytes: 16 * 1024 * 1024,
             push_overflow: PushOverflow::DropNewest,
             subscribe_timeout: Duration::from_secs(5),
+            control_metadata: None,
         }
     }
 }

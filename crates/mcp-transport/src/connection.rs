@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use mcp_codec::format;
 
-use crate::config::{Backpressure, ConnectionConfig, Role};
+use crate::config::{Backpressure, ConnectionConfig, MetadataSource, Role};
 use crate::error::{ErrorKind, Phase, Processed, TransportError, WireError};
 use crate::io::{Stream, connect_tcp};
 use crate::message::{Answer, CallDeadline, Meta};
@@ -446,11 +446,12 @@ pub(crate) async fn subscribe_call(
     pattern: &str,
     opts: CallDeadline,
 ) -> Result<(), TransportError> {
+    let meta = conn.shared.control_metadata();
     match conn
         .call(
             SUBSCRIBE_METHOD,
             format::RAW,
-            &Meta::new(),
+            &meta,
             pattern.as_bytes(),
             opts,
         )
@@ -630,7 +631,18 @@ impl ConnShared {
 
     fn call_detached(&self, method: &str, body: &[u8], resubscribe: Option<Resubscribe>) {
         let now = Instant::now().into_std();
-        self.with_core(|core, out| core.send_detached(out, method, body, resubscribe, now));
+        let meta = self.control_metadata();
+        self.with_core(|core, out| {
+            core.send_detached_with(out, method, &meta, body, resubscribe, now)
+        });
+    }
+
+    /// The metadata of a request the transport sends by itself (`$subscribe`, ...).
+    fn control_metadata(&self) -> Meta {
+        self.config
+            .control_metadata
+            .as_ref()
+            .map_or_else(Meta::new, MetadataSource::get)
     }
 
     /// Ends the connection: every pending call gets `reason`, the status says closed.

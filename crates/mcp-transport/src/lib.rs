@@ -105,8 +105,8 @@ mod wire;
 pub use backoff::Backoff;
 pub use codec::McpCodec;
 pub use config::{
-    BackoffConfig, Backpressure, ConnectionConfig, HeartbeatConfig, PoolConfig, PushOverflow, Role,
-    WireConfig,
+    BackoffConfig, Backpressure, ConnectionConfig, HeartbeatConfig, MetadataSource, PoolConfig,
+    PushOverflow, Role, WireConfig,
 };
 pub use connection::{Connection, ConnectionStats};
 pub use error::{

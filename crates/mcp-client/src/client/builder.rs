@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_format::Format;
-use mcp_transport::{HeartbeatConfig, Pool, PoolConfig};
+use mcp_transport::{HeartbeatConfig, Meta, MetadataSource, Pool, PoolConfig};
 use tokio::time::Instant;
 
 use super::Client;
-use crate::auth::Authorization;
+use crate::auth::{AUTHORIZATION, Authorization};
 use crate::breaker::BreakerConfig;
 use crate::error::Error;
 use crate::limit::LimitConfig;
@@ -80,7 +80,8 @@ impl<F: Format> ClientBuilder<F> {
     }
 
     /// Sends `value` as the `authorization` metadata entry of every request and NOTIFY
-    /// (an entry the call sets itself wins).
+    /// (an entry the call sets itself wins), and of the `$subscribe` and `$unsubscribe` the
+    /// transport sends for subscriptions.
     pub fn authorization(mut self, value: impl Into<bytes::Bytes>) -> Self {
         self.policies.authorization = Some(Authorization::Static(value.into()));
         self
@@ -208,16 +209,36 @@ impl<F: Format> ClientBuilder<F> {
         self.pool
             .check()
             .map_err(|e| Error::invalid(format!("invalid configuration: {e}")))?;
+        let pool_config = self.pool_with_credentials();
         #[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
         if let Some(tls) = &self.tls {
             let connect = mcp_transport::TlsConnect::new(self.addr.clone(), tls).map_err(|e| {
                 Error::invalid(format!("invalid TLS configuration: {e}")).with_source(e)
             })?;
-            let pool = Pool::with_connector(connect, self.pool.clone());
+            let pool = Pool::with_connector(connect, pool_config);
             return Ok(self.build_with(pool));
         }
-        let pool = Pool::new(self.addr.clone(), self.pool.clone());
+        let pool = Pool::new(self.addr.clone(), pool_config);
         Ok(self.build_with(pool))
+    }
+
+    /// The pool's settings, with the client's credentials on the requests the transport
+    /// sends by itself (`$subscribe` and `$unsubscribe`), unless the pool's settings
+    /// already name metadata for them.
+    fn pool_with_credentials(&self) -> PoolConfig {
+        let mut pool = self.pool.clone();
+        if let (Some(authorization), None) = (
+            &self.policies.authorization,
+            &pool.connection.control_metadata,
+        ) {
+            let authorization = authorization.clone();
+            pool.connection.control_metadata =
+                Some(MetadataSource::new(move || match authorization.value() {
+                    Some(value) => Meta::from_entries([(AUTHORIZATION, &value[..])]),
+                    None => Meta::new(),
+                }));
+        }
+        pool
     }
 
     /// The client over `transport` (the pool, or a scripted transport in unit tests).

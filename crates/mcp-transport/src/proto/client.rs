@@ -329,11 +329,24 @@ impl<W> ClientCore<W> {
         resubscribe: Option<Resubscribe>,
         now: Instant,
     ) {
+        self.send_detached_with(out, method, &Meta::new(), body, resubscribe, now);
+    }
+
+    /// [`send_detached`](Self::send_detached) with metadata (the client's credentials).
+    pub fn send_detached_with(
+        &mut self,
+        out: &mut impl Transmit,
+        method: &str,
+        meta: &Meta,
+        body: &[u8],
+        resubscribe: Option<Resubscribe>,
+        now: Instant,
+    ) {
         if self.refusal().is_some() {
             return;
         }
         let id = self.alloc_id();
-        if let Ok(end) = send_request(out, id, method, format::RAW, &Meta::new(), body) {
+        if let Ok(end) = send_request(out, id, method, format::RAW, meta, body) {
             let entry = Entry {
                 waiter: Waiter::Detached(resubscribe),
                 deadline: Some(now + self.settings.subscribe_timeout),
