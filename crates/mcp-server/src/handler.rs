@@ -146,10 +146,28 @@ impl fmt::Debug for RequestContext {
             .field("id", &self.id)
             .field("method", &self.method)
             .field("format", &self.format)
-            .field("meta", &self.metadata())
+            .field("meta", &Redacted(self.metadata()))
             .field("deadline", &self.deadline)
             .field("peer", &self.peer)
             .finish_non_exhaustive()
+    }
+}
+
+/// Metadata for `Debug`, with the value of `authorization` left out: credentials stay out
+/// of logs.
+struct Redacted<'a>(Metadata<'a>);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (key, value) in &self.0 {
+            if key.eq_ignore_ascii_case(crate::auth::AUTHORIZATION) {
+                map.entry(&key, &"<redacted>");
+            } else {
+                map.entry(&key, &value);
+            }
+        }
+        map.finish()
     }
 }
 
@@ -455,7 +473,7 @@ impl fmt::Debug for NotifyContext {
         f.debug_struct("NotifyContext")
             .field("topic", &self.topic)
             .field("format", &self.format)
-            .field("meta", &self.metadata())
+            .field("meta", &Redacted(self.metadata()))
             .field("peer", &self.peer)
             .finish()
     }
@@ -503,6 +521,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_leaves_the_credentials_out() {
+        let pairs: [mcp_codec::MetaPair<'_>; 2] =
+            [("authorization", b"Bearer s3cret"), ("tenant", b"acme")];
+        let shown = format!("{:?}", Redacted(Metadata::from_pairs(&pairs)));
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("tenant"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn a_cancel_cell_is_reused_only_when_nobody_can_see_it() {
