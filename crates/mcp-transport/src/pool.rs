@@ -348,8 +348,13 @@ impl Pool {
                     outcome => return outcome,
                 },
                 // The connection started draining or closed after we picked it; the request
-                // never left this process, so another connection may take it.
-                Err(err) if err.is_retryable_elsewhere() => continue,
+                // never left this process, so another connection may take it. Yield first:
+                // on a busy runtime, the task that would change what the pool sees (the
+                // connection's driver) may be waiting for this very thread.
+                Err(err) if err.is_retryable_elsewhere() => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 Err(err) => return Err(err),
             }
         }
