@@ -2,11 +2,14 @@
 //!
 //! Commands:
 //! - `ci`: everything `.ci/run` checks (tests, clippy, fmt, docs, no-std, generated code,
-//!   fuzz smoke).
+//!   a 60 s soak, fuzz smoke).
 //! - `no-std`: builds `mcp-codec` without default features, for the host and, when the
 //!   target is installed, for `thumbv7em-none-eabihf`.
-//! - `fuzz [--seconds N] [TARGET...]`: runs every fuzz target (or the named ones) for N
-//!   seconds each with cargo-fuzz on the nightly toolchain.
+//! - `fuzz [--seconds N | --minutes N] [TARGET...]`: runs every fuzz target (or the named
+//!   ones) for N seconds (or minutes) each with cargo-fuzz on the nightly toolchain.
+//! - `soak [--calls N] [--in-flight N] [--seconds S] [--reset-every S]`: the soak run
+//!   (`crates/mcp-soak`, built in release): the real client against the real server in a
+//!   child process through faults, every outcome checked against the server's log.
 //! - `codegen [--check]`: regenerates the committed Protobuf code (or checks it is current).
 //! - `bench`: runs the criterion benchmarks.
 
@@ -23,10 +26,11 @@ fn main() -> ExitCode {
         Some("no-std") => no_std(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("codegen") => codegen(args.iter().any(|a| a == "--check")),
+        Some("soak") => soak(&args[1..]),
         Some("bench") => run("cargo", &["bench", "-p", "mcp-benches"], &root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | no-std | fuzz [--seconds N] [TARGET...] | codegen [--check] | bench>"
+                "usage: cargo xtask <ci | no-std | fuzz [--seconds N | --minutes N] [TARGET...] | soak [--calls N] [--in-flight N] [--seconds S] [--reset-every S] | codegen [--check] | bench>"
             );
             return ExitCode::from(2);
         }
@@ -101,6 +105,7 @@ fn ci() -> Result {
     )?;
     no_std()?;
     codegen(true)?;
+    soak(&["--seconds".into(), "60".into()])?;
     fuzz(&["--seconds".into(), "10".into()])
 }
 
@@ -164,11 +169,16 @@ fn fuzz(args: &[String]) -> Result {
     let mut targets = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        if arg == "--seconds" {
-            let value = it.next().ok_or("--seconds needs a number")?;
-            seconds = value
+        if arg == "--seconds" || arg == "--minutes" {
+            let value = it.next().ok_or(format!("{arg} needs a number"))?;
+            let n: u64 = value
                 .parse()
-                .map_err(|_| format!("--seconds takes a whole number, not {value:?}"))?;
+                .map_err(|_| format!("{arg} takes a whole number, not {value:?}"))?;
+            seconds = if arg == "--minutes" {
+                n.saturating_mul(60)
+            } else {
+                n
+            };
         } else {
             targets.push(arg.clone());
         }
@@ -221,4 +231,11 @@ fn codegen(check: bool) -> Result {
         &root,
         &envs,
     )
+}
+
+/// Builds the soak run in release and runs it with `args` (checked by the soak itself).
+fn soak(args: &[String]) -> Result {
+    let mut cargo_args = vec!["run", "--release", "-q", "-p", "mcp-soak", "--", "run"];
+    cargo_args.extend(args.iter().map(String::as_str));
+    run("cargo", &cargo_args, &root())
 }
