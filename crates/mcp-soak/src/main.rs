@@ -61,6 +61,23 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         reset_every: u64,
     },
+    /// The client side of `cargo xtask chaos` (run as root inside its own network
+    /// namespace, whose packets it drops with nftables): packet loss, then a true half-open
+    /// connection.
+    Chaos {
+        /// The server's address (in the other namespace).
+        #[arg(long)]
+        server: String,
+        /// Heartbeat interval and timeout, in milliseconds each.
+        #[arg(long, default_value_t = 1000)]
+        heartbeat_ms: u64,
+        /// Share of packets dropped each way in the loss phase, in percent.
+        #[arg(long, default_value_t = 5)]
+        loss: u32,
+        /// Length of the loss phase, in seconds.
+        #[arg(long, default_value_t = 10)]
+        loss_seconds: u64,
+    },
     /// The server side (started by `run`; reads `stop` on stdin).
     Serve {
         /// Address to listen on.
@@ -103,6 +120,26 @@ fn main() -> ExitCode {
             runtime.block_on(run(plan))
         }
         Cmd::Serve { addr, log } => runtime.block_on(serve(&addr, &log)),
+        Cmd::Chaos {
+            server,
+            heartbeat_ms,
+            loss,
+            loss_seconds,
+        } => {
+            if heartbeat_ms == 0 || loss > 100 || loss_seconds == 0 {
+                eprintln!(
+                    "mcp-soak: --heartbeat-ms and --loss-seconds must be > 0, --loss at most 100"
+                );
+                return ExitCode::from(2);
+            }
+            let chaos = chaos::Chaos {
+                server,
+                heartbeat: Duration::from_millis(heartbeat_ms),
+                loss,
+                loss_for: Duration::from_secs(loss_seconds),
+            };
+            runtime.block_on(chaos.run())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +151,8 @@ fn main() -> ExitCode {
 }
 
 type Result<T = ()> = std::result::Result<T, String>;
+
+mod chaos;
 
 /// The server: `work` logs the call's id (its body's first 8 bytes) when it starts, sleeps
 /// past the call's timeout if the ninth byte asks, and echoes the body.
@@ -135,7 +174,12 @@ async fn serve(addr: &str, log_path: &Path) -> Result {
         }
     };
     let (rss, _) = rss_kib().unwrap_or_default();
-    println!("listening {} rss_kib={rss}", handle.local_addr());
+    // The reader may be gone (the run ended): nothing to say then, and no reason to panic.
+    let _ = writeln!(
+        std::io::stdout(),
+        "listening {} rss_kib={rss}",
+        handle.local_addr()
+    );
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     // `stop`, or the end of stdin (the run went away), ends the server.
     while let Ok(Some(line)) = lines.next_line().await {
@@ -152,7 +196,8 @@ async fn serve(addr: &str, log_path: &Path) -> Result {
         .flush()
         .map_err(|e| format!("log: {e}"))?;
     let (rss, hwm) = rss_kib().unwrap_or_default();
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "done requests={} connections={} open={} rss_kib={rss} hwm_kib={hwm} shutdown={}",
         stats.requests,
         stats.accepted_connections,
