@@ -65,7 +65,10 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: forwarded as is; see the impl.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+            LIVE.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
         }
         p
     }
@@ -169,9 +172,10 @@ async fn wait_open(server: &ServerHandle, n: usize) -> Result<(), String> {
 
 async fn run(args: Args) -> Result<(), String> {
     let server = Server::builder()
-        .route_raw("echo", |_ctx, body: Bytes| async move {
-            Ok(Reply::new(body))
-        })
+        .route_raw(
+            "echo",
+            |_ctx, body: Bytes| async move { Ok(Reply::new(body)) },
+        )
         .max_connections(args.connections + 16)
         .bind("127.0.0.1:0")
         .await
@@ -198,7 +202,11 @@ async fn run(args: Args) -> Result<(), String> {
         args.hold,
         if args.trim { "on" } else { "off" }
     );
-    println!("baseline: RSS {}, heap live {} KiB", mib(base_rss), base_live / 1024);
+    println!(
+        "baseline: RSS {}, heap live {} KiB",
+        mib(base_rss),
+        base_live / 1024
+    );
     println!("round | RSS open   | heap per idle conn | RSS after close");
     for round in 1..=args.rounds {
         let n = args.connections;
