@@ -16,7 +16,7 @@ use mcp_codec::{
     Envelope, ErrorCode, ErrorFrame, Flags, GoAway, GoAwayCode, Metadata, Notify, Ping, Response,
 };
 use mcp_format::FormatId;
-use mcp_transport::proto::{Beat, RequestLimits, ServerCore, ServerEvent};
+use mcp_transport::proto::{Beat, Held, RequestLimits, ServerCore, ServerEvent};
 use mcp_transport::{FrameReader, Inbound, InboundRequest, Push, Stream, WireError, WireWriter};
 use tokio::io::AsyncRead;
 use tokio::sync::{Semaphore, mpsc};
@@ -113,11 +113,14 @@ async fn next_completion(done: &mut Option<Completions>) -> Option<Completion> {
     }
 }
 
-/// What stops a running handler: its task's abort handle and its cancellation token.
+/// What stops a running handler: its task's abort handle and its cancellation token; and
+/// its place in the server's budget, given back when the core forgets the request
+/// (answered, cancelled, or the connection closing).
 #[derive(Debug)]
 pub(crate) struct Running {
     abort: tokio::task::AbortHandle,
     cancel: CancelCell,
+    _held: Held,
 }
 
 impl Running {
@@ -147,7 +150,8 @@ pub(crate) async fn serve<S: Stream>(shared: Arc<Shared>, stream: S, peer: Socke
             (config.heartbeat_interval, config.heartbeat_timeout),
             Instant::now().into_std(),
         )
-        .with_first_frame_timeout(config.first_frame_timeout, Instant::now().into_std()),
+        .with_first_frame_timeout(config.first_frame_timeout, Instant::now().into_std())
+        .with_budget(shared.budget.clone()),
         done: None,
         notify_permits: Arc::new(Semaphore::new(
             config.max_notify_in_flight.min(Semaphore::MAX_PERMITS),
@@ -358,7 +362,8 @@ impl Conn {
                 request,
                 route,
                 deadline,
-            } => self.start(request, route, deadline.map(Instant::from_std)),
+                held,
+            } => self.start(request, route, deadline.map(Instant::from_std), held),
             ServerEvent::Subscribe(request) => self.subscribe(&request, true),
             ServerEvent::Unsubscribe(request) => self.subscribe(&request, false),
             ServerEvent::Health(request) => self.health(&request),
@@ -377,6 +382,7 @@ impl Conn {
         request: InboundRequest,
         (method, handler): (Arc<str>, Arc<dyn Invoke>),
         deadline: Option<Instant>,
+        held: Held,
     ) {
         self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
         let id = request.id();
@@ -458,6 +464,7 @@ impl Conn {
         let running = Running {
             abort: task.abort_handle(),
             cancel,
+            _held: held,
         };
         self.state.start(id, body_len, generation, running);
     }
