@@ -17,7 +17,8 @@
 //! gives the allocator's free memory back to the system once connections went away.
 //! Without it, the figures show the server alone.
 //!
-//! Needs about two file descriptors per connection (`ulimit -n`; it raises nothing).
+//! Needs about two file descriptors per connection (`ulimit -n`; it raises nothing, and
+//! opens fewer connections if the limit is lower, saying so).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
@@ -246,8 +247,19 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let mut args = args;
     if let Some(limit) = proc_field("/proc/self/limits", "Max open files") {
         println!("max open files (soft hard): {limit}");
+        // Two descriptors per connection (both ends are in this process), and some spare.
+        let soft: Option<usize> = limit.split_whitespace().next().and_then(|n| n.parse().ok());
+        let fit = soft.map_or(usize::MAX, |soft| soft.saturating_sub(64) / 2);
+        if fit < args.connections {
+            println!(
+                "only {fit} connections fit in `ulimit -n`; raise it for {}",
+                args.connections
+            );
+            args.connections = fit.max(1);
+        }
     }
     // Two workers, as `mcp serve` gets on the 2-core machine of BENCHMARKS.md.
     let runtime = tokio::runtime::Builder::new_multi_thread()
