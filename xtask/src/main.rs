@@ -9,6 +9,9 @@
 //!   seconds each with cargo-fuzz on the nightly toolchain.
 //! - `codegen [--check]`: regenerates the committed Protobuf code (or checks it is current).
 //! - `bench`: runs the criterion benchmarks.
+//! - `flood [--connections N] [--rounds R] [--hold SECS] [--trim]`: the connection flood
+//!   bench (`benches/benches/flood.rs`): heap per idle connection and resident memory after
+//!   each flood, as BENCHMARKS.md section 7 reports them.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -24,9 +27,14 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         Some("codegen") => codegen(args.iter().any(|a| a == "--check")),
         Some("bench") => run("cargo", &["bench", "-p", "mcp-benches"], &root()),
+        Some("flood") => {
+            let mut cargo = vec!["bench", "-p", "mcp-benches", "--bench", "flood", "--"];
+            cargo.extend(args[1..].iter().map(String::as_str));
+            run("cargo", &cargo, &root())
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | no-std | fuzz [--seconds N] [TARGET...] | codegen [--check] | bench>"
+                "usage: cargo xtask <ci | no-std | fuzz [--seconds N] [TARGET...] | codegen [--check] | bench | flood [ARGS]>"
             );
             return ExitCode::from(2);
         }
