@@ -16,6 +16,9 @@
 //!   dead-peer detection (`crates/mcp-soak/src/chaos.rs`).
 //! - `codegen [--check]`: regenerates the committed Protobuf code (or checks it is current).
 //! - `bench`: runs the criterion benchmarks.
+//! - `flood [--connections N] [--rounds R] [--hold SECS] [--trim]`: the connection flood
+//!   bench (`benches/benches/flood.rs`): heap per idle connection and resident memory after
+//!   each flood, as BENCHMARKS.md section 7 reports them.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -33,9 +36,14 @@ fn main() -> ExitCode {
         Some("soak") => soak(&args[1..]),
         Some("chaos") => chaos(),
         Some("bench") => run("cargo", &["bench", "-p", "mcp-benches"], &root()),
+        Some("flood") => {
+            let mut cargo = vec!["bench", "-p", "mcp-benches", "--bench", "flood", "--"];
+            cargo.extend(args[1..].iter().map(String::as_str));
+            run("cargo", &cargo, &root())
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | no-std | fuzz [--seconds N | --minutes N] [TARGET...] | soak [--calls N] [--in-flight N] [--seconds S] [--reset-every S] | chaos | codegen [--check] | bench>"
+                "usage: cargo xtask <ci | no-std | fuzz [--seconds N | --minutes N] [TARGET...] | soak [--calls N] [--in-flight N] [--seconds S] [--reset-every S] | chaos | codegen [--check] | bench | flood [ARGS]>"
             );
             return ExitCode::from(2);
         }

@@ -395,6 +395,9 @@ async fn serve(addr: SocketAddr, tick: Duration, max_age: Option<Duration>) -> C
     let server = service::start_with_config(addr, tick, config)
         .await
         .map_err(|e| e.to_string())?;
+    // After a flood of connections is gone, the allocator's free memory goes back to the
+    // system (src/memory.rs): the server's resident memory comes back near its baseline.
+    let _trimmer = mcp_cli::memory::Trimmer::spawn(server.server().clone());
     outln!(
         "mcp: serving on {} ({}; topic {} every {}); Ctrl-C stops",
         server.local_addr(),
