@@ -2,13 +2,23 @@
 //!
 //! Commands:
 //! - `ci`: everything `.ci/run` checks (tests, clippy, fmt, docs, no-std, generated code,
-//!   fuzz smoke).
+//!   a 60 s soak, fuzz smoke).
 //! - `no-std`: builds `mcp-codec` without default features, for the host and, when the
 //!   target is installed, for `thumbv7em-none-eabihf`.
-//! - `fuzz [--seconds N] [TARGET...]`: runs every fuzz target (or the named ones) for N
-//!   seconds each with cargo-fuzz on the nightly toolchain.
+//! - `fuzz [--seconds N | --minutes N] [TARGET...]`: runs every fuzz target (or the named
+//!   ones) for N seconds (or minutes) each with cargo-fuzz on the nightly toolchain.
+//! - `soak [--calls N] [--in-flight N] [--seconds S] [--reset-every S]`: the soak run
+//!   (`crates/mcp-soak`, built in release): the real client against the real server in a
+//!   child process through faults, every outcome checked against the server's log.
+//! - `chaos`: needs root, iproute2 and nftables (not run by CI): the soak server and a
+//!   chaos client in two network namespaces joined by a veth pair; the client drops its
+//!   own packets (loss, then a true half-open connection) and checks its deadlines and its
+//!   dead-peer detection (`crates/mcp-soak/src/chaos.rs`).
 //! - `codegen [--check]`: regenerates the committed Protobuf code (or checks it is current).
 //! - `bench`: runs the criterion benchmarks.
+//! - `flood [--connections N] [--rounds R] [--hold SECS] [--trim]`: the connection flood
+//!   bench (`benches/benches/flood.rs`): heap per idle connection and resident memory after
+//!   each flood, as BENCHMARKS.md section 7 reports them.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -23,10 +33,17 @@ fn main() -> ExitCode {
         Some("no-std") => no_std(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("codegen") => codegen(args.iter().any(|a| a == "--check")),
+        Some("soak") => soak(&args[1..]),
+        Some("chaos") => chaos(),
         Some("bench") => run("cargo", &["bench", "-p", "mcp-benches"], &root()),
+        Some("flood") => {
+            let mut cargo = vec!["bench", "-p", "mcp-benches", "--bench", "flood", "--"];
+            cargo.extend(args[1..].iter().map(String::as_str));
+            run("cargo", &cargo, &root())
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | no-std | fuzz [--seconds N] [TARGET...] | codegen [--check] | bench>"
+                "usage: cargo xtask <ci | no-std | fuzz [--seconds N | --minutes N] [TARGET...] | soak [--calls N] [--in-flight N] [--seconds S] [--reset-every S] | chaos | codegen [--check] | bench | flood [ARGS]>"
             );
             return ExitCode::from(2);
         }
@@ -101,6 +118,7 @@ fn ci() -> Result {
     )?;
     no_std()?;
     codegen(true)?;
+    soak(&["--seconds".into(), "60".into()])?;
     fuzz(&["--seconds".into(), "10".into()])
 }
 
@@ -164,11 +182,16 @@ fn fuzz(args: &[String]) -> Result {
     let mut targets = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        if arg == "--seconds" {
-            let value = it.next().ok_or("--seconds needs a number")?;
-            seconds = value
+        if arg == "--seconds" || arg == "--minutes" {
+            let value = it.next().ok_or(format!("{arg} needs a number"))?;
+            let n: u64 = value
                 .parse()
-                .map_err(|_| format!("--seconds takes a whole number, not {value:?}"))?;
+                .map_err(|_| format!("{arg} takes a whole number, not {value:?}"))?;
+            seconds = if arg == "--minutes" {
+                n.saturating_mul(60)
+            } else {
+                n
+            };
         } else {
             targets.push(arg.clone());
         }
@@ -221,4 +244,128 @@ fn codegen(check: bool) -> Result {
         &root,
         &envs,
     )
+}
+
+/// Builds the soak run in release and runs it with `args` (checked by the soak itself).
+fn soak(args: &[String]) -> Result {
+    let mut cargo_args = vec!["run", "--release", "-q", "-p", "mcp-soak", "--", "run"];
+    cargo_args.extend(args.iter().map(String::as_str));
+    run("cargo", &cargo_args, &root())
+}
+
+/// The namespaces of `cargo xtask chaos`: the client's and the server's, a veth pair between.
+const CHAOS_NS: [(&str, &str, &str); 2] = [
+    ("mcp-chaos-c", "mcp-chaos-vc", "10.77.0.1/24"),
+    ("mcp-chaos-s", "mcp-chaos-vs", "10.77.0.2/24"),
+];
+const CHAOS_SERVER: &str = "10.77.0.2:7450";
+
+fn chaos() -> Result {
+    let root_user = output("id", &["-u"]).is_some_and(|uid| uid.trim() == "0");
+    let tools = output("ip", &["-V"]).is_some() && output("nft", &["--version"]).is_some();
+    if !root_user || !tools {
+        return Err(
+            "chaos needs root, `ip` (iproute2) and `nft` (nftables): it makes network \
+             namespaces and drops packets in them"
+                .into(),
+        );
+    }
+    let root = root();
+    run(
+        "cargo",
+        &["build", "--release", "-q", "-p", "mcp-soak"],
+        &root,
+    )?;
+    let exe = root.join("target/release/mcp-soak");
+    let exe = exe.to_str().ok_or("the target path is not UTF-8")?;
+    chaos_down();
+    let result = chaos_up().and_then(|()| chaos_run(exe));
+    chaos_down();
+    result
+}
+
+fn chaos_up() -> Result {
+    let root = root();
+    let (client, server) = (CHAOS_NS[0], CHAOS_NS[1]);
+    for (ns, _, _) in CHAOS_NS {
+        run("ip", &["netns", "add", ns], &root)?;
+        run("ip", &["-n", ns, "link", "set", "lo", "up"], &root)?;
+    }
+    run(
+        "ip",
+        &[
+            "link", "add", client.1, "type", "veth", "peer", "name", server.1,
+        ],
+        &root,
+    )?;
+    for (ns, dev, addr) in CHAOS_NS {
+        run("ip", &["link", "set", dev, "netns", ns], &root)?;
+        run("ip", &["-n", ns, "addr", "add", addr, "dev", dev], &root)?;
+        run("ip", &["-n", ns, "link", "set", dev, "up"], &root)?;
+    }
+    Ok(())
+}
+
+fn chaos_down() {
+    for (ns, _, _) in CHAOS_NS {
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn chaos_run(exe: &str) -> Result {
+    use std::io::{BufRead, BufReader, Write};
+    let log = env::temp_dir().join("mcp-chaos-server.log");
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            CHAOS_NS[1].0,
+            exe,
+            "serve",
+            "--addr",
+            CHAOS_SERVER,
+            "--log",
+        ])
+        .arg(&log)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the server: {e}"))?;
+    let mut first = String::new();
+    let mut lines = server.stdout.take().map(BufReader::new);
+    if let Some(lines) = &mut lines {
+        let _ = lines.read_line(&mut first);
+    }
+    let result = if first.starts_with("listening") {
+        eprint!("server: {first}");
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                CHAOS_NS[0].0,
+                exe,
+                "chaos",
+                "--server",
+                CHAOS_SERVER,
+            ],
+            &root(),
+        )
+    } else {
+        Err(format!("the server did not start: {first:?}"))
+    };
+    if let Some(mut stdin) = server.stdin.take() {
+        let _ = stdin.write_all(b"stop\n");
+    }
+    let mut last = String::new();
+    if let Some(lines) = &mut lines {
+        let _ = lines.read_line(&mut last);
+    }
+    eprint!("server: {last}");
+    let _ = server.wait();
+    let _ = std::fs::remove_file(log);
+    result
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`loadgen`]: the closed/open-loop load generator behind `mcp bench`.
 //! - [`decode`]: the frame printer behind `mcp decode`.
+//! - [`memory`]: giving the allocator's free memory back after a connection flood.
 //! - [`ping`]: PING/PONG round trips behind `mcp ping`.
 //! - [`service`]: the demo and interop test service behind `mcp serve` and `mcp demo`.
 //! - [`text`]: escaping the peer's text before it reaches a terminal.
@@ -10,6 +11,7 @@
 
 pub mod decode;
 pub mod loadgen;
+pub mod memory;
 pub mod ping;
 pub mod service;
 pub mod text;

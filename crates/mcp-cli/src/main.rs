@@ -494,6 +494,9 @@ async fn serve(
     let server = service::start_with_tls(addr, tick, config, tls.as_ref())
         .await
         .map_err(|e| e.to_string())?;
+    // After a flood of connections is gone, the allocator's free memory goes back to the
+    // system (src/memory.rs): the server's resident memory comes back near its baseline.
+    let _trimmer = mcp_cli::memory::Trimmer::spawn(server.server().clone());
     outln!(
         "mcp: serving on {}{} ({}; topic {} every {}); Ctrl-C stops",
         server.local_addr(),

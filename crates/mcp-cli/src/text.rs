@@ -17,21 +17,6 @@ fn is_unsafe(c: char) -> bool {
     mcp_transport::text::is_unsafe_char(c)
 }
 
-fn escape_if(s: &str, escape: impl Fn(char) -> bool) -> Cow<'_, str> {
-    if !s.chars().any(&escape) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 16);
-    for c in s.chars() {
-        if escape(c) {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
-
 /// `s` on one line with every control character escaped: for error messages and any
 /// other text shown as part of one line (the transport's rule, which its errors use too).
 pub fn one_line(s: &str) -> Cow<'_, str> {
@@ -41,7 +26,7 @@ pub fn one_line(s: &str) -> Cow<'_, str> {
 /// `s` with control characters escaped except newline and tab: for a body shown as a block
 /// of text, whose lines are its own.
 pub fn block(s: &str) -> Cow<'_, str> {
-    escape_if(s, |c| c != '\n' && c != '\t' && is_unsafe(c))
+    mcp_transport::text::escape_where(s, |c| c != '\n' && c != '\t' && is_unsafe(c))
 }
 
 /// JSON text with the characters a terminal must not see written as JSON escapes

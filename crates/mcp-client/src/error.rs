@@ -266,6 +266,18 @@ impl Error {
         self
     }
 
+    /// An earlier attempt of the same call may have been processed: whatever this last
+    /// attempt met, the call as a whole may have been.
+    pub(crate) fn processed_earlier(mut self) -> Self {
+        if self.inner.processed == Processed::No {
+            self.inner.processed = Processed::Maybe;
+            if self.inner.context.is_none() {
+                self.inner.context = Some("an earlier attempt may have been processed".into());
+            }
+        }
+        self
+    }
+
     pub(crate) fn with_phase(mut self, phase: Phase) -> Self {
         self.inner.phase = Some(phase);
         self

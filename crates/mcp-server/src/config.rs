@@ -22,6 +22,19 @@ pub struct ServerConfig {
     /// to `max_message_len` can be served. The bodies of client NOTIFY messages being
     /// handled have a budget of the same size (past it they are dropped and counted).
     pub max_in_flight_bytes: usize,
+    /// Requests whose handler runs at once in the whole server, all connections together
+    /// (65,536); past it, ERROR 5 at once (at the place of the in-flight check of
+    /// docs/protocol.md section 6), never a queue. With the per-connection limits a client
+    /// cannot take everything; with this, many clients together cannot either. The default
+    /// is far above what the default connection count normally runs (each running request
+    /// costs a task and its body), and low enough to bound that memory.
+    pub max_in_flight_total: usize,
+    /// Request body bytes held by running handlers in the whole server (1 GiB); past it,
+    /// ERROR 5 at once. As per connection, a request arriving when no body bytes are held
+    /// is always admitted. On by default so that the server's memory for request bodies is
+    /// bounded out of the box (the per-connection limit alone allows 64 MiB times
+    /// `max_connections`); lower it to what the machine can spare.
+    pub max_in_flight_bytes_total: usize,
     /// One-way NOTIFY messages from one client handled at once (1024); past it they are
     /// dropped and counted (nothing answers a NOTIFY, so there is no one to tell).
     pub max_notify_in_flight: usize,
@@ -72,6 +85,8 @@ impl Default for ServerConfig {
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
             max_in_flight: 1024,
             max_in_flight_bytes: 64 * 1024 * 1024,
+            max_in_flight_total: 64 * 1024,
+            max_in_flight_bytes_total: 1024 * 1024 * 1024,
             max_notify_in_flight: 1024,
             write_queue_limit: 1024 * 1024,
             write_stall_timeout: Duration::from_secs(5),
@@ -99,6 +114,8 @@ impl ServerConfig {
             ("max_message_len", self.max_message_len),
             ("max_in_flight", self.max_in_flight),
             ("max_in_flight_bytes", self.max_in_flight_bytes),
+            ("max_in_flight_total", self.max_in_flight_total),
+            ("max_in_flight_bytes_total", self.max_in_flight_bytes_total),
             ("write_queue_limit", self.write_queue_limit),
             ("max_connections", self.max_connections),
         ];

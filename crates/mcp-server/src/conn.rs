@@ -16,7 +16,7 @@ use mcp_codec::{
     Envelope, ErrorCode, ErrorFrame, Flags, GoAwayCode, Metadata, Notify, Ping, Response,
 };
 use mcp_format::FormatId;
-use mcp_transport::proto::{Beat, RequestLimits, ServerCore, ServerEvent};
+use mcp_transport::proto::{Beat, Held, RequestLimits, ServerCore, ServerEvent};
 use mcp_transport::{
     FrameReader, Inbound, InboundRequest, PeerIdentity, Push, Stream, WireError, WireWriter,
 };
@@ -84,8 +84,10 @@ pub(crate) struct Conn {
     identity: Option<PeerIdentity>,
     writer: WireWriter,
     state: ServerCore<Running>,
-    done_tx: mpsc::UnboundedSender<Completion>,
-    done_rx: mpsc::UnboundedReceiver<Completion>,
+    /// Where the handlers that waited send their completions: made when the first one is
+    /// spawned and dropped when none is in flight, so that an idle connection does not
+    /// hold the channel's block of slots (about 2.5 KiB).
+    done: Option<Completions>,
     /// One permit per client NOTIFY being handled.
     notify_permits: Arc<Semaphore>,
     /// One permit per body byte of the client NOTIFY messages being handled, so that their
@@ -108,11 +110,28 @@ enum Route {
     Refused(Status),
 }
 
-/// What stops a running handler: its task's abort handle and its cancellation token.
+/// The completion channel of the handlers in flight.
+struct Completions {
+    tx: mpsc::UnboundedSender<Completion>,
+    rx: mpsc::UnboundedReceiver<Completion>,
+}
+
+/// The next completion, or never when no channel exists (no handler waits).
+async fn next_completion(done: &mut Option<Completions>) -> Option<Completion> {
+    match done {
+        Some(done) => done.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What stops a running handler: its task's abort handle and its cancellation token; and
+/// its place in the server's budget, given back when the core forgets the request
+/// (answered, cancelled, or the connection closing).
 #[derive(Debug)]
 pub(crate) struct Running {
     abort: tokio::task::AbortHandle,
     cancel: CancelCell,
+    _held: Held,
 }
 
 impl Running {
@@ -131,7 +150,6 @@ pub(crate) async fn serve<S: Stream>(shared: Arc<Shared>, stream: S, peer: Socke
     let reader = FrameReader::new(read_half, &wire);
     let writer = WireWriter::spawn(write_half, &wire);
     let config = &shared.config;
-    let (done_tx, done_rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         id,
         peer,
@@ -145,9 +163,9 @@ pub(crate) async fn serve<S: Stream>(shared: Arc<Shared>, stream: S, peer: Socke
             (config.heartbeat_interval, config.heartbeat_timeout),
             Instant::now().into_std(),
         )
-        .with_first_frame_timeout(config.first_frame_timeout, Instant::now().into_std()),
-        done_tx,
-        done_rx,
+        .with_first_frame_timeout(config.first_frame_timeout, Instant::now().into_std())
+        .with_budget(shared.budget.clone()),
+        done: None,
         notify_permits: Arc::new(Semaphore::new(
             config.max_notify_in_flight.min(Semaphore::MAX_PERMITS),
         )),
@@ -229,7 +247,7 @@ impl Conn {
             let full = self.writer.is_full();
             tokio::select! {
                 biased;
-                Some(done) = self.done_rx.recv() => self.complete(done),
+                Some(done) = next_completion(&mut self.done) => self.complete(done),
                 (at, why) = &mut shutdown, if self.grace.is_none() => {
                     self.begin_shutdown(at, why);
                     grace.as_mut().reset(at);
@@ -377,7 +395,13 @@ impl Conn {
                 request,
                 route: Route::Handler(method, handler),
                 deadline,
-            } => self.start(request, (method, handler), deadline.map(Instant::from_std)),
+                held,
+            } => self.start(
+                request,
+                (method, handler),
+                deadline.map(Instant::from_std),
+                held,
+            ),
             ServerEvent::Run {
                 request,
                 route: Route::Refused(status),
@@ -387,8 +411,9 @@ impl Conn {
                     .stats
                     .auth_refused
                     .fetch_add(1, Ordering::Relaxed);
-                // Answered now: never recorded as in flight, like a handler done in its
-                // first poll.
+                // Answered now: never recorded as in flight (its place in the server's
+                // budget is given back as the event is dropped), like a handler done in
+                // its first poll.
                 self.answer(request.id(), request.format(), Err(status));
             }
             ServerEvent::Subscribe(request) => self.subscribe(&request, true),
@@ -409,6 +434,7 @@ impl Conn {
         request: InboundRequest,
         (method, handler): (Arc<str>, Arc<dyn Invoke>),
         deadline: Option<Instant>,
+        held: Held,
     ) {
         self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
         let id = request.id();
@@ -452,8 +478,12 @@ impl Conn {
             }
         };
         let generation = self.state.next_generation();
+        let done = self.done.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            Completions { tx, rx }
+        });
         let mut guard = CompletionGuard {
-            tx: self.done_tx.clone(),
+            tx: done.tx.clone(),
             id,
             generation,
             format,
@@ -487,6 +517,7 @@ impl Conn {
         let running = Running {
             abort: task.abort_handle(),
             cancel,
+            _held: held,
         };
         self.state.start(id, body_len, generation, running);
     }
@@ -589,11 +620,16 @@ impl Conn {
     }
 
     fn complete(&mut self, done: Completion) {
-        if !self.state.finish(done.id, done.generation) {
-            // Cancelled (or stopped): docs/protocol.md section 7 says nothing is sent for it.
-            return;
+        if self.state.finish(done.id, done.generation) {
+            self.answer(done.id, done.format, done.result);
         }
-        self.answer(done.id, done.format, done.result);
+        // Otherwise cancelled (or stopped): docs/protocol.md section 7 says nothing is sent
+        // for it.
+        if self.state.in_flight() == 0 {
+            // Nothing recorded is left to complete: what may still come is a stopped
+            // handler's, which nobody wants. The next handler that waits makes a new one.
+            self.done = None;
+        }
     }
 
     fn answer(&self, id: u32, format: u8, result: Result<Reply, Status>) {
@@ -652,7 +688,9 @@ impl Conn {
             request.stop();
         }
         self.shared.registry.remove_conn(self.id);
-        self.done_rx.close();
+        if let Some(done) = &mut self.done {
+            done.rx.close();
+        }
         match end {
             // A dead peer reads nothing; do not wait for its buffers.
             End::Dead | End::WriterGone => self.writer.abort(),

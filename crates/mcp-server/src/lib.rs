@@ -35,10 +35,13 @@
 //!   runs; one that passes while the handler runs is ERROR 4 too, and the handler is
 //!   stopped.
 //! - Limits: requests in flight per connection (ERROR 5), request bytes in flight per
-//!   connection (ERROR 5), message size (ERROR 7 with the id, the connection stays),
-//!   subscriptions per connection (ERROR 5), client NOTIFY handled at once (dropped and
-//!   counted), bytes queued per connection (the server stops reading from a client that
-//!   does not read, and answers wait).
+//!   connection (ERROR 5), both also for the whole server (ERROR 5 at once, never a
+//!   queue), message size (ERROR 7 with the id, the connection stays), subscriptions per
+//!   connection (ERROR 5), client NOTIFY handled at once (dropped and counted), bytes
+//!   queued per connection (the server stops reading from a client that does not read,
+//!   and answers wait), connections at once (in all and per IP address: GOAWAY 2), the
+//!   time to a first frame (10 s). Accepting backs off from 5 ms to 1 s while the process
+//!   is out of file descriptors. An idle connection holds no read or write buffer.
 //! - CANCEL stops the handler (its future is dropped, its [`RequestContext::cancellation`]
 //!   token fires) and nothing is sent for that id.
 //! - `$subscribe` / `$unsubscribe` and [`ServerHandle::publish`]: exact and `prefix*`

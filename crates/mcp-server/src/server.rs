@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use mcp_codec::{Envelope, Flags, MessageFrames, Metadata, Notify, OwnedMetaPair};
 use mcp_format::{Encode, FormatId};
+use mcp_transport::proto::SharedBudget;
 use mcp_transport::{Accept, Stream, TcpAccept};
 use mcp_transport::{Role, WireConfig, WireWriter};
 use tokio::net::{TcpListener, ToSocketAddrs};
@@ -55,6 +56,9 @@ pub(crate) struct Shared {
     per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
     /// Asked about every request and client NOTIFY before routing, if set.
     pub(crate) authenticator: Option<Authenticator>,
+    /// Requests and request bytes in flight in the whole server
+    /// (`max_in_flight_total`, `max_in_flight_bytes_total`).
+    pub(crate) budget: SharedBudget,
 }
 
 impl Shared {
@@ -67,7 +71,6 @@ impl Shared {
     }
 }
 
-/// Counts a connection as open for as long as it lives.
 /// Counts a connection as open (in all, and for its IP address) for as long as it lives.
 struct OpenGuard(Arc<Shared>, IpAddr);
 
@@ -129,6 +132,12 @@ pub struct ServerStats {
     pub published_dropped: u64,
     /// Requests and client NOTIFY messages the authentication hook refused.
     pub auth_refused: u64,
+    /// Requests whose handler runs now, all connections together (what
+    /// `max_in_flight_total` bounds).
+    pub requests_in_flight: usize,
+    /// Request body bytes their handlers hold now (what `max_in_flight_bytes_total`
+    /// bounds).
+    pub in_flight_bytes: usize,
 }
 
 /// The entry point: `Server::builder()`.
@@ -241,6 +250,20 @@ impl ServerBuilder {
         self
     }
 
+    /// Requests in flight in the whole server (default 65,536); see
+    /// [`ServerConfig::max_in_flight_total`].
+    pub fn max_in_flight_total(mut self, requests: usize) -> Self {
+        self.config.max_in_flight_total = requests;
+        self
+    }
+
+    /// Request body bytes in flight in the whole server (default 1 GiB); see
+    /// [`ServerConfig::max_in_flight_bytes_total`].
+    pub fn max_in_flight_bytes_total(mut self, bytes: usize) -> Self {
+        self.config.max_in_flight_bytes_total = bytes;
+        self
+    }
+
     /// Heartbeat interval and timeout (default 15 s and 5 s).
     pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
         self.config.heartbeat_interval = interval;
@@ -323,7 +346,12 @@ impl ServerBuilder {
         let local_addr = acceptor.local_addr().map_err(Error::Listener)?;
         let (shutdown, _) = watch::channel(None);
         let (open, _) = watch::channel(0);
+        let budget = SharedBudget::new(
+            self.config.max_in_flight_total,
+            self.config.max_in_flight_bytes_total,
+        );
         let shared = Arc::new(Shared {
+            budget,
             router: self.router,
             config: self.config,
             registry: Registry::default(),
@@ -365,8 +393,42 @@ async fn refuse<S: Stream>(mut stream: S, stall: Duration) {
     }
 }
 
+/// The accept loop's wait after a failed accept: 5 ms, doubling to 1 s, back to the start
+/// after an accept that succeeds. An accept fails for long when the process or the system
+/// is out of something (EMFILE, ENFILE, ENOBUFS, ENOMEM): retrying at once would spin on a
+/// core until a connection closes; a fixed wait would either spin slowly or leave clients
+/// waiting long after the shortage ended.
+#[derive(Debug)]
+struct AcceptBackoff {
+    /// Accepts failed in a row.
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    /// The wait after one more failure.
+    fn fail(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let doublings = (self.failures - 1).min(16);
+        (Self::FIRST * (1 << doublings)).min(Self::MAX)
+    }
+}
+
+/// Whether an accept error is about the one connection being accepted (it went away before
+/// it was taken), so that the next can be taken at once.
+fn is_per_connection(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        err.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+    )
+}
+
 async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut acceptor: A) {
     let mut shutdown = shared.shutdown.subscribe();
+    let mut backoff = AcceptBackoff { failures: 0 };
     loop {
         if shutdown.borrow_and_update().is_some() {
             break;
@@ -375,6 +437,10 @@ async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut acceptor: A) {
             _ = shutdown.changed() => {}
             accepted = acceptor.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    if backoff.failures > 0 {
+                        tracing::info!(failures = backoff.failures, "accepting again");
+                        backoff.failures = 0;
+                    }
                     shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
                     if *shared.open.borrow() >= shared.config.max_connections {
                         shared.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -393,11 +459,22 @@ async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut acceptor: A) {
                         conn::serve(shared, stream, peer, id).await;
                     });
                 }
+                Err(err) if is_per_connection(&err) => {
+                    tracing::debug!(error = %err, "a connection went away before it was accepted");
+                }
                 Err(err) => {
                     // Out of file descriptors and the like: the listener itself is fine,
-                    // so wait a little instead of spinning or giving up.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // so wait, longer each time, instead of spinning or giving up. The
+                    // connections open are served meanwhile (their tasks do not wait for
+                    // this one). Logged at the 1st, 2nd, 4th, 8th... failure in a row.
+                    let wait = backoff.fail();
+                    if backoff.failures.is_power_of_two() {
+                        tracing::warn!(error = %err, failures = backoff.failures, ?wait, "accept failed; waiting before the next");
+                    }
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
                 }
             },
         }
@@ -522,6 +599,8 @@ impl ServerHandle {
             notifies_dropped: stats.notifies_dropped.load(Ordering::Relaxed),
             published_dropped: stats.published_dropped.load(Ordering::Relaxed),
             auth_refused: stats.auth_refused.load(Ordering::Relaxed),
+            requests_in_flight: shared.budget.requests(),
+            in_flight_bytes: shared.budget.bytes(),
         }
     }
 

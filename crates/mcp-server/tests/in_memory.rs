@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -75,7 +76,6 @@ async fn calls_over_an_in_memory_stream() {
 /// answered ERROR 4, and its handler never runs. Virtual time: no real sleep.
 #[tokio::test(start_paused = true)]
 async fn a_deadline_counts_from_the_head_frame_not_the_last_continuation() {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use mcp_codec::{Envelope, ErrorCode, Flags, MessageFrames, Metadata, Request};
@@ -260,5 +260,107 @@ async fn a_connection_is_sent_away_at_its_maximum_age() {
         start.elapsed() < Duration::from_secs(12),
         "closed once drained: {reason}"
     );
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// An `Accept` whose calls numbered in `failing` fail with EMFILE (out of file
+/// descriptors), noting when each call came; the others hand out the duplex streams a test
+/// sends.
+struct ExhaustedAccept {
+    failing: std::ops::RangeInclusive<usize>,
+    calls: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
+    streams: mpsc::Receiver<DuplexStream>,
+}
+
+impl Accept for ExhaustedAccept {
+    type Io = DuplexStream;
+
+    async fn accept(&mut self) -> io::Result<(DuplexStream, SocketAddr)> {
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(tokio::time::Instant::now());
+            calls.len()
+        };
+        if self.failing.contains(&call) {
+            // EMFILE: what accept(2) says when the process has no descriptor left.
+            return Err(io::Error::from_raw_os_error(24));
+        }
+        match self.streams.recv().await {
+            Some(stream) => Ok((stream, SocketAddr::from((Ipv4Addr::LOCALHOST, 1)))),
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    }
+}
+
+/// Out of file descriptors, the accept loop waits 5 ms, then twice as long after each
+/// failure up to 1 s, instead of spinning (a spin would never yield here: this runtime
+/// has one thread and virtual time); a connection already open is answered throughout;
+/// the first accept that succeeds serves its client. Virtual time.
+#[tokio::test(start_paused = true)]
+async fn out_of_file_descriptors_the_accept_loop_backs_off_and_serves_the_open_connections() {
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel(4);
+    // The 1st accept takes the early client; the 2nd to 13th fail.
+    let server = Server::builder()
+        .route_raw(
+            "echo",
+            |_ctx, body: Bytes| async move { Ok(Reply::new(body)) },
+        )
+        .serve_with(ExhaustedAccept {
+            failing: 2..=13,
+            calls: calls.clone(),
+            streams: rx,
+        })
+        .unwrap();
+    let (early_client, early_server) = tokio::io::duplex(1024);
+    tx.send(early_server).await.unwrap();
+    let early = Connection::over(early_client, ConnectionConfig::default()).unwrap();
+    let opts = || CallDeadline::timeout(Duration::from_secs(5));
+    // During the shortage (12 failures: 5 + 10 + ... + 640 + 1000 x 4 = 5.3 s), the open
+    // connection is answered at every step, without waiting for the accept loop.
+    for _ in 0..10 {
+        let asked = tokio::time::Instant::now();
+        match early
+            .call("echo", format::RAW, &Meta::new(), b"hi", opts())
+            .await
+            .unwrap()
+        {
+            Answer::Response(r) => assert_eq!(r.body().as_ref(), b"hi"),
+            Answer::Error(e) => panic!("{e}"),
+        }
+        assert_eq!(asked.elapsed(), Duration::ZERO, "answered at once");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The new client comes while descriptors are short: the first accept that succeeds
+    // takes it.
+    let (late_client, late_server) = tokio::io::duplex(1024);
+    tx.send(late_server).await.unwrap();
+    let late = Connection::over(late_client, ConnectionConfig::default()).unwrap();
+    match late
+        .call("echo", format::RAW, &Meta::new(), b"late", opts())
+        .await
+        .unwrap()
+    {
+        Answer::Response(r) => assert_eq!(r.body().as_ref(), b"late"),
+        Answer::Error(e) => panic!("{e}"),
+    }
+    let calls = calls.lock().unwrap().clone();
+    // The early accept, 12 failures, the accept that took the late client, the next.
+    assert_eq!(calls.len(), 15, "accept calls");
+    let gaps: Vec<u64> = calls[1..14]
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis() as u64)
+        .collect();
+    assert_eq!(
+        gaps,
+        [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000, 1000],
+        "the waits after each failed accept"
+    );
+    early.close();
+    late.close();
     server.shutdown(Duration::from_secs(1)).await.unwrap();
 }

@@ -348,8 +348,13 @@ impl Pool {
                     outcome => return outcome,
                 },
                 // The connection started draining or closed after we picked it; the request
-                // never left this process, so another connection may take it.
-                Err(err) if err.is_retryable_elsewhere() => continue,
+                // never left this process, so another connection may take it. Yield first:
+                // on a busy runtime, the task that would change what the pool sees (the
+                // connection's driver) may be waiting for this very thread.
+                Err(err) if err.is_retryable_elsewhere() => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 Err(err) => return Err(err),
             }
         }
@@ -559,10 +564,18 @@ impl PoolShared {
 
     /// Whether the connector should make a connect attempt now.
     fn want_connect(&self, state: &PoolState) -> bool {
-        if state.closed || state.down.is_some() {
+        if state.closed {
             return false;
         }
         let open = Self::open_count(state);
+        if state.down.is_some() {
+            // The callers were told (docs/protocol.md section 8: after 10 failed tries the
+            // error is returned); what wants a connection without a caller, the warm
+            // minimum and the subscriptions, keeps trying at the backoff's longest delay,
+            // so that it is back when the server is, not at the next call.
+            return open < self.config.min_connections
+                || (open == 0 && self.router.has_subscribers());
+        }
         // Waiters justify a new connection only when no open one has room: a waiter that
         // is about to take a free place must not cause a spurious connect.
         let room = state

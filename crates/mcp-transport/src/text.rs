@@ -20,12 +20,19 @@ pub fn is_unsafe_char(c: char) -> bool {
 /// `s` on one line, every unsafe character written as Rust's `escape_debug` writes it
 /// (`\n`, `\u{1b}`); printable text, non-ASCII included, is left alone.
 pub fn one_line(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(is_unsafe_char) {
+    escape_where(s, is_unsafe_char)
+}
+
+/// `s` with the characters `escape` picks written as Rust's `escape_debug` writes them, and
+/// the rest left alone; borrowed when nothing needs escaping. [`one_line`] is this with
+/// [`is_unsafe_char`]; a program showing a body as a block of lines keeps `\n` and `\t`.
+pub fn escape_where(s: &str, escape: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if !s.chars().any(&escape) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 16);
     for c in s.chars() {
-        if is_unsafe_char(c) {
+        if escape(c) {
             out.extend(c.escape_debug());
         } else {
             out.push(c);

@@ -71,7 +71,7 @@ fn provider() -> Arc<CryptoProvider> {
         use rustls::crypto::ring::kx_group::{SECP256R1, SECP384R1, X25519};
         // ring's provider offers P-384 first, which ring computes with generic big-number
         // code: a full handshake took ~12 ms of CPU on the benchmark machine, against well
-        // under 1 ms with X25519 (BENCHMARKS.md section 7). X25519 first, the NIST curves
+        // under 1 ms with X25519 (BENCHMARKS.md section 8). X25519 first, the NIST curves
         // still offered.
         rustls::crypto::CryptoProvider {
             kx_groups: vec![X25519, SECP256R1, SECP384R1],

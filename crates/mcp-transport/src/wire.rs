@@ -1,21 +1,29 @@
 //! Reading and writing frames on one byte stream, for clients and servers alike (the
 //! seed's split reader/writer, 4.2, with reused buffers, 3.3).
 //!
-//! - [`FrameReader`] reads into one reused `BytesMut` and decodes every complete frame of
-//!   each read before reading again; single-frame bodies are zero-copy slices of it.
+//! - [`FrameReader`] reads into one `BytesMut` and decodes every complete frame of each
+//!   read before reading again; single-frame bodies are zero-copy slices of it. A reader
+//!   with nothing buffered holds no buffer while it waits: it waits in a read into the
+//!   stack and allocates only for the bytes that come, so that an idle connection costs
+//!   (almost) no memory (issue 11: 5,000 idle connections held 64 KiB of read buffer each).
 //! - [`WireWriter`] is a cloneable handle to a write queue drained by one task. Senders
 //!   encode their whole message into the queue's `BytesMut` synchronously (so a message is
 //!   either wholly queued or not at all, and a dropped future never leaves half a frame);
 //!   the task swaps the buffer out and writes everything queued since its last write in one
-//!   go. A write that makes no progress for the stall timeout ends the stream.
+//!   go. A write that makes no progress for the stall timeout ends the stream. Its buffers
+//!   are allocated when there is something to write and freed when everything was written.
 
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use mcp_codec::Envelope;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{Notify, watch};
 use tokio_util::codec::Decoder;
 
@@ -25,12 +33,15 @@ use crate::error::WireError;
 use crate::message::Inbound;
 
 /// Free space below which the reader grows its buffer before reading, so that reads are
-/// never tiny.
+/// never tiny; also the size of the stack buffer an idle reader waits in, and of the heap
+/// buffer the bytes it gets are moved to when fewer came.
 const MIN_READ_SPACE: usize = 4096;
-/// The writer's buffer is replaced by a fresh one after a write larger than this, so that
-/// one large message does not pin its memory for the life of the connection.
-const WRITE_BUF_KEEP: usize = 256 * 1024;
-const WRITE_BUF_INITIAL: usize = 16 * 1024;
+/// The least a writer's queue allocates when a message is queued into an empty one.
+const WRITE_BUF_MIN: usize = 4096;
+/// The most a writer's queue allocates up front, from the size of the last batch: a
+/// larger batch grows its buffer as it comes, so that one large message does not make
+/// every later queue large.
+const WRITE_BUF_HINT_MAX: usize = 256 * 1024;
 
 /// Decodes messages from the read half of a stream.
 ///
@@ -51,11 +62,12 @@ pub struct FrameReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// A reader over `io` with the role, size limit and buffer size of `config`.
+    /// A reader over `io` with the role, size limit and buffer size of `config`. The
+    /// buffer is allocated when the first bytes arrive.
     pub fn new(io: R, config: &WireConfig) -> Self {
         FrameReader {
             io,
-            buf: BytesMut::with_capacity(config.read_buffer),
+            buf: BytesMut::new(),
             codec: McpCodec::with_config(config),
             read_size: config.read_buffer.max(MIN_READ_SPACE),
             eof: false,
@@ -98,14 +110,56 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.eof {
                 return self.codec.decode_eof(&mut self.buf);
             }
-            if self.buf.capacity() - self.buf.len() < MIN_READ_SPACE {
-                // Reclaims the front of the buffer when every frame split off it is gone.
-                self.buf.reserve(self.read_size);
-            }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            if std::future::poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
                 self.eof = true;
             }
         }
+    }
+
+    /// Reads once, into the buffer; 0 at end of stream.
+    ///
+    /// A reader with nothing buffered keeps no buffer while it waits: it polls the read
+    /// into a stack buffer that lives for that one poll, and allocates only once bytes
+    /// came (what an idle connection holds is then its task and its socket). A read that
+    /// filled the stack buffer is followed by reads straight into a `read_buffer`-sized
+    /// heap buffer, kept for as long as the bytes keep coming.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.is_empty() && self.buf.capacity() < MIN_READ_SPACE {
+            // Not worth reading into (or nothing at all): give it back.
+            self.buf = BytesMut::new();
+        }
+        if self.buf.capacity() == 0 {
+            let mut scratch = [MaybeUninit::<u8>::uninit(); MIN_READ_SPACE];
+            let mut read = ReadBuf::uninit(&mut scratch);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+            let got = read.filled();
+            if !got.is_empty() {
+                // A full stack buffer says more is coming: make room for it at once.
+                let want = if got.len() == MIN_READ_SPACE {
+                    self.read_size
+                } else {
+                    MIN_READ_SPACE
+                };
+                self.buf.reserve(want);
+                self.buf.extend_from_slice(got);
+            }
+            return Poll::Ready(Ok(got.len()));
+        }
+        if self.buf.capacity() - self.buf.len() < MIN_READ_SPACE {
+            // Reclaims the front of the buffer when every frame split off it is gone.
+            self.buf.reserve(self.read_size);
+        }
+        let read = {
+            let read = self.io.read_buf(&mut self.buf);
+            tokio::pin!(read);
+            read.poll(cx)
+        };
+        if read.is_pending() && self.buf.is_empty() {
+            // Everything read was decoded and the peer is quiet: wait without a buffer
+            // (the bodies split off it keep their part of it for as long as they live).
+            self.buf = BytesMut::new();
+        }
+        read
     }
 
     /// The next message already buffered, without reading.
@@ -162,7 +216,13 @@ pub struct WriterStats {
 
 #[derive(Debug)]
 struct WriterState {
+    /// What is queued; no allocation while nothing is (the task takes the buffer to write
+    /// it and frees it after).
     buf: BytesMut,
+    /// How much an empty queue allocates for its first message: the size of the last
+    /// batch (so that a busy connection does not grow its buffer anew each time), within
+    /// `WRITE_BUF_MIN..=WRITE_BUF_HINT_MAX`.
+    hint: usize,
     /// Bytes ever queued: the stream offset just past the last message queued.
     enqueued: u64,
     closing: bool,
@@ -228,7 +288,7 @@ fn lock(shared: &WriterShared) -> MutexGuard<'_, WriterState> {
 fn abort(shared: &WriterShared) {
     let mut state = lock(shared);
     state.aborted = true;
-    state.buf.clear();
+    state.buf = BytesMut::new();
     shared.queued.store(0, Ordering::Release);
     drop(state);
     shared.wake.notify_one();
@@ -244,7 +304,8 @@ impl WireWriter {
         let (exit, _) = watch::channel(None);
         let shared = Arc::new(WriterShared {
             state: Mutex::new(WriterState {
-                buf: BytesMut::with_capacity(WRITE_BUF_INITIAL),
+                buf: BytesMut::new(),
+                hint: WRITE_BUF_MIN,
                 enqueued: 0,
                 closing: false,
                 aborted: false,
@@ -289,6 +350,10 @@ impl WireWriter {
             return Err(WireError::WriterClosed);
         }
         let was_empty = state.buf.is_empty();
+        if state.buf.capacity() == 0 {
+            let hint = state.hint;
+            state.buf.reserve(hint);
+        }
         let before = state.buf.len();
         encode_envelope(envelope, &mut state.buf, self.shared.max_message_len)?;
         state.enqueued += (state.buf.len() - before) as u64;
@@ -386,7 +451,9 @@ enum Step {
 }
 
 async fn run<W: AsyncWrite + Unpin>(shared: Arc<WriterShared>, mut io: W, stall: Duration) {
-    let mut batch = BytesMut::with_capacity(WRITE_BUF_INITIAL);
+    // The bytes being written; freed once written, so that a writer with nothing to write
+    // holds no buffer.
+    let mut batch = BytesMut::new();
     let mut yielded = false;
     let exit = loop {
         let notified = shared.wake.notified();
@@ -399,7 +466,8 @@ async fn run<W: AsyncWrite + Unpin>(shared: Arc<WriterShared>, mut io: W, stall:
             } else if !state.buf.is_empty() && !yielded && state.buf.len() < shared.limit {
                 Step::Yield
             } else if !state.buf.is_empty() {
-                std::mem::swap(&mut state.buf, &mut batch);
+                batch = std::mem::take(&mut state.buf);
+                state.hint = batch.len().clamp(WRITE_BUF_MIN, WRITE_BUF_HINT_MAX);
                 shared.queued.store(0, Ordering::Release);
                 state.stats.batches += 1;
                 state.stats.bytes += batch.len() as u64;
@@ -446,11 +514,7 @@ async fn run<W: AsyncWrite + Unpin>(shared: Arc<WriterShared>, mut io: W, stall:
             break WriterExit::Failed(Arc::new(err));
         }
         yielded = false;
-        if batch.capacity() > WRITE_BUF_KEEP {
-            batch = BytesMut::with_capacity(WRITE_BUF_INITIAL);
-        } else {
-            batch.clear();
-        }
+        batch = BytesMut::new();
     };
     {
         let mut state = lock(&shared);
@@ -484,5 +548,92 @@ async fn write_all<W: AsyncWrite + Unpin>(
     match tokio::time::timeout(stall, io.flush()).await {
         Err(_) => Err(WireError::WriteStall(stall)),
         Ok(result) => Ok(result?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mcp_codec::{Flags, Metadata, Ping, Request};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::config::Role;
+
+    fn encoded(envelope: Envelope<'_>) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        encode_envelope(envelope, &mut out, usize::MAX).unwrap();
+        out.to_vec()
+    }
+
+    /// An idle connection holds no read buffer: once what came was decoded and the peer is
+    /// quiet, the reader waits without one; bytes that come later (a frame split across
+    /// reads, a message larger than the stack buffer) are read as before.
+    #[tokio::test]
+    async fn a_reader_waiting_with_nothing_buffered_holds_no_buffer() {
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let mut reader = FrameReader::new(ours, &WireConfig::new(Role::Server));
+        assert_eq!(
+            reader.buf.capacity(),
+            0,
+            "nothing allocated before bytes come"
+        );
+        let ping = encoded(Envelope::Ping(Ping { nonce: [3; 8] }));
+        peer.write_all(&ping).await.unwrap();
+        assert!(matches!(reader.next().await, Ok(Some(Inbound::Ping(n))) if n == [3; 8]));
+        let waited = tokio::time::timeout(Duration::from_millis(20), reader.next()).await;
+        assert!(waited.is_err(), "nothing more was sent");
+        assert_eq!(
+            reader.buf.capacity(),
+            0,
+            "an idle reader gives its buffer back"
+        );
+        // Half a frame, then the rest: the partial frame is kept between reads.
+        peer.write_all(&ping[..5]).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(20), reader.next()).await;
+        assert!(waited.is_err());
+        assert_eq!(reader.buffered(), 5);
+        peer.write_all(&ping[5..]).await.unwrap();
+        assert!(matches!(reader.next().await, Ok(Some(Inbound::Ping(n))) if n == [3; 8]));
+        // A request of several frames, much larger than the stack buffer.
+        let body = vec![7u8; 150_000];
+        let request = encoded(Envelope::Request(Request {
+            id: 9,
+            flags: Flags::NONE,
+            format: 0,
+            method: "echo",
+            meta: Metadata::EMPTY,
+            body: &body,
+        }));
+        let writer = tokio::spawn(async move {
+            peer.write_all(&request).await.unwrap();
+            peer
+        });
+        match reader.next().await {
+            Ok(Some(Inbound::Request(r))) => assert_eq!(r.body(), &body[..]),
+            other => panic!("expected the request, got {other:?}"),
+        }
+        let mut peer = writer.await.unwrap();
+        drop(peer.shutdown().await);
+        drop(peer);
+        assert!(matches!(reader.next().await, Ok(None)));
+    }
+
+    /// A writer that wrote everything it was given holds no queue buffer.
+    #[tokio::test]
+    async fn a_writer_with_nothing_queued_holds_no_buffer() {
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let writer = WireWriter::spawn(ours, &WireConfig::new(Role::Client));
+        assert_eq!(lock(&writer.shared).buf.capacity(), 0);
+        let ping = encoded(Envelope::Ping(Ping { nonce: [4; 8] }));
+        for _ in 0..3 {
+            writer.send(Envelope::Ping(Ping { nonce: [4; 8] })).unwrap();
+        }
+        let mut got = vec![0u8; ping.len() * 3];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, ping.repeat(3));
+        assert_eq!(writer.queued_bytes(), 0);
+        assert_eq!(lock(&writer.shared).buf.capacity(), 0, "the queue is freed");
+        writer.close();
+        assert!(matches!(writer.closed().await, WriterExit::Closed));
     }
 }

@@ -118,11 +118,17 @@ impl Retry {
         self.budget.deposit(now);
         let mut number = 1u32;
         let mut other_connection = false;
+        // Whether an attempt so far may have been processed: the call's error must say so
+        // even if the last attempt certainly was not (a retry refused at connect after a
+        // first attempt lost with its connection), or a caller would redo done work.
+        let mut maybe_processed = false;
         loop {
             let err = match attempt(number, other_connection).await {
                 Ok(value) => return Ok(value),
+                Err(err) if maybe_processed => err.for_call(idempotent, number).processed_earlier(),
                 Err(err) => err.for_call(idempotent, number),
             };
+            maybe_processed |= err.maybe_processed();
             if !allowed {
                 return Err(err);
             }

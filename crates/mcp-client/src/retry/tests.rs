@@ -233,3 +233,39 @@ async fn a_call_may_opt_out_of_retries() {
     assert_eq!(attempts, 1);
     assert_eq!(result.expect_err("fails").attempts(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_may_have_been_processed_once_says_so_at_the_end() {
+    // Found by the soak run: an idempotent call lost with its connection after being
+    // written (maybe processed), retried, and refused at connect (certainly not processed)
+    // was reported as "not processed" though the server had run it.
+    let retry = Retry::new(RetryConfig::default(), Instant::now());
+    let connect_refused = || Error::new(crate::ErrorKind::Connect, Processed::No);
+    let (result, starts) = drive(&retry, true, Duration::from_secs(5), None, |n| {
+        if n == 1 {
+            lost_after_write()
+        } else {
+            connect_refused()
+        }
+    })
+    .await;
+    let err = result.expect_err("every attempt fails");
+    assert_eq!(starts.len(), 4, "idempotent: retried");
+    assert_eq!(
+        err.kind(),
+        crate::ErrorKind::Connect,
+        "the last attempt's error"
+    );
+    assert!(
+        err.maybe_processed(),
+        "the first attempt may have been processed: {err}"
+    );
+    assert!(err.to_string().contains("earlier attempt"), "{err}");
+
+    // Refused every time: certainly not processed, and said so.
+    let (result, _) = drive(&retry, true, Duration::from_secs(5), None, |_| {
+        connect_refused()
+    })
+    .await;
+    assert!(!result.expect_err("fails").maybe_processed());
+}

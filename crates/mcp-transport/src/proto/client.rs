@@ -164,6 +164,10 @@ pub struct ClientCore<W> {
     life: Life,
     goaway: Option<GoAwayCode>,
     close_requested: bool,
+    /// A frame could not be queued because the writer has ended: the connection is dead
+    /// even if the driver has not ended it yet, so it takes no more requests (a caller
+    /// that picked it then goes elsewhere instead of finding it open again).
+    writer_gone: bool,
     close_reason: Option<TransportError>,
     last_active: Instant,
     opened_at: Instant,
@@ -190,6 +194,7 @@ impl<W> ClientCore<W> {
             life: Life::Open,
             goaway: None,
             close_requested: false,
+            writer_gone: false,
             close_reason: None,
             last_active: now,
             opened_at: now,
@@ -224,8 +229,9 @@ impl<W> ClientCore<W> {
     /// Why a new request would be refused now, if it would.
     pub fn refusal(&self) -> Option<TransportError> {
         match self.life {
-            Life::Open if !self.close_requested => None,
-            Life::Open => Some(TransportError::shutdown(Phase::Write)),
+            Life::Open if self.close_requested => Some(TransportError::shutdown(Phase::Write)),
+            Life::Open if self.writer_gone => Some(writer_closed()),
+            Life::Open => None,
             Life::Draining => Some(TransportError::new(
                 ErrorKind::GoAway { code: self.goaway },
                 Phase::Write,
@@ -246,7 +252,7 @@ impl<W> ClientCore<W> {
 
     /// Whether new requests are taken.
     pub fn is_open(&self) -> bool {
-        self.life == Life::Open && !self.close_requested
+        self.life == Life::Open && !self.close_requested && !self.writer_gone
     }
 
     /// Where the connection is in its life.
@@ -304,7 +310,7 @@ impl<W> ClientCore<W> {
         let id = self.alloc_id();
         let end = match send_request(out, id, method, format, meta, body) {
             Ok(end) => end,
-            Err(err) => return Err((waiter, send_error(err))),
+            Err(err) => return Err((waiter, self.send_failed(err))),
         };
         // No clock read for `last_active`: a call in flight keeps the connection from
         // being idle, and its answer (or its end) updates it.
@@ -346,13 +352,31 @@ impl<W> ClientCore<W> {
             return;
         }
         let id = self.alloc_id();
-        if let Ok(end) = send_request(out, id, method, format::RAW, meta, body) {
-            let entry = Entry {
-                waiter: Waiter::Detached(resubscribe),
-                deadline: Some(now + self.settings.subscribe_timeout),
-                end,
-            };
-            self.track(id, entry);
+        match send_request(out, id, method, format::RAW, meta, body) {
+            Ok(end) => {
+                let entry = Entry {
+                    waiter: Waiter::Detached(resubscribe),
+                    deadline: Some(now + self.settings.subscribe_timeout),
+                    end,
+                };
+                self.track(id, entry);
+            }
+            Err(err) => {
+                self.send_failed(err);
+            }
+        }
+    }
+
+    /// A request could not be queued: a message too large for the codec fails alone; any
+    /// other failure means the writer has ended, and the connection takes nothing more.
+    fn send_failed(&mut self, err: WireError) -> TransportError {
+        match err {
+            WireError::Codec(err) => TransportError::invalid(err),
+            _ => {
+                self.writer_gone = true;
+                self.wake = true;
+                writer_closed()
+            }
         }
     }
 
@@ -379,7 +403,7 @@ impl<W> ClientCore<W> {
                 body,
             }))
         });
-        sent.map(drop).map_err(send_error)
+        sent.map(drop).map_err(|err| self.send_failed(err))
     }
 
     /// Records a request in the pending table; if its deadline is earlier than the timer,
@@ -815,16 +839,14 @@ fn send_request(
     })
 }
 
-fn send_error(err: WireError) -> TransportError {
-    match err {
-        WireError::Codec(err) => TransportError::invalid(err),
-        _ => TransportError::new(
-            ErrorKind::ConnectionClosed,
-            Phase::Write,
-            Processed::No,
-            "the connection's writer is closed",
-        ),
-    }
+/// The writer has ended: a request that could not be queued was certainly not sent.
+fn writer_closed() -> TransportError {
+    TransportError::new(
+        ErrorKind::ConnectionClosed,
+        Phase::Write,
+        Processed::No,
+        "the connection's writer is closed",
+    )
 }
 
 /// The connection ended; a call in flight may have been processed.
@@ -848,6 +870,45 @@ mod tests {
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// A writer that has ended: every send fails, counted.
+    struct EndedWriter(u32);
+
+    impl Transmit for EndedWriter {
+        fn send(&mut self, _: Envelope<'_>) -> Result<u64, WireError> {
+            self.0 += 1;
+            Err(WireError::WriterClosed)
+        }
+
+        fn is_full(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_connection_whose_writer_ended_takes_no_more_requests() {
+        // Found by the soak run: the core stayed open after its writer ended, so the pool
+        // kept picking it, each request failing at once as "try elsewhere", in a loop that
+        // never yielded to the driver that would have closed it.
+        let now = Instant::now();
+        let mut core: ClientCore<()> = ClientCore::new(settings(), now);
+        let mut out = EndedWriter(0);
+        let (_, err) = core
+            .send_request(&mut out, "echo", 0, &Meta::new(), b"x", None, ())
+            .expect_err("the writer has ended");
+        assert!(
+            err.is_not_processed() && err.is_retryable_elsewhere(),
+            "{err}"
+        );
+        assert!(!core.is_open(), "a pool must not pick it again");
+        assert!(core.take_wake(), "the driver is told to look");
+        let (_, again) = core
+            .send_request(&mut out, "echo", 0, &Meta::new(), b"y", None, ())
+            .expect_err("refused");
+        assert!(again.is_retryable_elsewhere(), "{again}");
+        assert_eq!(out.0, 1, "refused without touching the writer");
+        assert_eq!(core.in_flight(), 0, "nothing is left pending");
     }
 
     #[test]

@@ -9,11 +9,14 @@
 //! - [`ServerCore`]: admission of each REQUEST, the in-flight table with generations,
 //!   GOAWAY and draining, the heartbeat.
 //! - [`Heartbeat`]: the one heartbeat both cores run.
+//! - [`SharedBudget`]: requests and request bytes in flight in a whole server, shared by
+//!   its connections' cores.
 //!
 //! The tokio drivers (the client's `Connection`, `mcp-server`'s connection task) read bytes
 //! into the decoder, hand what it decodes to the core, write what the core sends, sleep
 //! until its `poll_timeout`, and hand its events to callers.
 
+mod budget;
 pub(crate) mod client;
 mod heartbeat;
 mod server;
@@ -24,6 +27,7 @@ use mcp_codec::Envelope;
 
 use crate::error::WireError;
 
+pub use budget::{Exhausted, Held, SharedBudget};
 pub use client::{
     ClientCore, ClientCounters, ClientSettings, ConnectionStatus, Event, Resubscribe,
 };

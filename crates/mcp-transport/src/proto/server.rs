@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use mcp_codec::{Envelope, ErrorCode, ErrorFrame, GoAway, GoAwayCode, Pong};
 
+use super::budget::{Held, SharedBudget};
 use super::heartbeat::{Beat, Heartbeat};
 use super::{Life, Transmit};
 use crate::message::{Inbound, InboundRequest, Push};
@@ -77,6 +78,9 @@ pub enum ServerEvent<H, R> {
         route: R,
         /// When the caller's budget ends, if it sent one.
         deadline: Option<Instant>,
+        /// Its place in the server's [`SharedBudget`] (if the core has one): keep it for
+        /// as long as the handler runs; dropping it gives the place back.
+        held: Held,
     },
     /// The built-in `$subscribe`.
     Subscribe(InboundRequest),
@@ -119,6 +123,8 @@ pub struct ServerCore<H> {
     heartbeat: Heartbeat,
     /// Until the first complete frame: when a connection that sent none is closed.
     first_frame_by: Option<Instant>,
+    /// The server's budgets shared by every connection, if it has them.
+    budget: Option<SharedBudget>,
 }
 
 impl<H> ServerCore<H> {
@@ -134,7 +140,17 @@ impl<H> ServerCore<H> {
             peer_goaway: false,
             heartbeat: Heartbeat::new(heartbeat.0, heartbeat.1, now),
             first_frame_by: None,
+            budget: None,
         }
+    }
+
+    /// Admits requests only within `budget` too, which the server's other connections
+    /// share: past it they are answered ERROR 5 (after the connection's own in-flight
+    /// limits), and each admitted request holds its place for as long as its handler runs
+    /// ([`ServerEvent::Run`]'s `held`).
+    pub fn with_budget(mut self, budget: SharedBudget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Closes the connection (as [`Beat::Dead`]) if no complete frame arrives within
@@ -162,7 +178,8 @@ impl<H> ServerCore<H> {
 
     /// Decides what to do with a well-formed, complete REQUEST, in the order of
     /// docs/protocol.md section 6: a duplicate id in flight (fatal), after a GOAWAY either
-    /// way (6), past the in-flight limits (5), a reserved format (3; not for the built-in
+    /// way (6), past the in-flight limits of the connection, then of the server's shared
+    /// budget (5), a reserved format (3; not for the built-in
     /// methods, whose body means what it means whatever the format byte), the deadline passed
     /// when the work would start (4), an unknown method (2).
     pub fn admit(&mut self, head: &RequestHead<'_>, now: Instant) -> Verdict {
@@ -183,6 +200,13 @@ impl<H> ServerCore<H> {
                 ErrorCode::OVERLOADED,
                 "too many request bytes in flight on this connection",
             );
+        }
+        // The built-in methods hold nothing once answered: the server's health can be
+        // asked however loaded it is.
+        if let (true, Some(budget)) = (head.routed, &self.budget) {
+            if let Err(exhausted) = budget.check(head.body_len) {
+                return Verdict::Answer(ErrorCode::OVERLOADED, exhausted.message());
+            }
         }
         let builtin = match head.method {
             _ if head.routed => None,
@@ -238,10 +262,25 @@ impl<H> ServerCore<H> {
                 };
                 match (self.admit(&head, now), route) {
                     (Verdict::Run { deadline }, Some(route)) => {
+                        // The admission checked the budget; another connection may have
+                        // taken the last place since. Every other check passed, so
+                        // ERROR 5 is still the first reason to refuse.
+                        let held = match &self.budget {
+                            None => Held::none(),
+                            Some(budget) => match budget.take(head.body_len) {
+                                Ok(held) => held,
+                                Err(exhausted) => {
+                                    let id = request.id();
+                                    answer(out, id, ErrorCode::OVERLOADED, exhausted.message());
+                                    return None;
+                                }
+                            },
+                        };
                         return Some(ServerEvent::Run {
                             request,
                             route,
                             deadline,
+                            held,
                         });
                     }
                     (Verdict::Subscribe, _) => return Some(ServerEvent::Subscribe(request)),
@@ -473,6 +512,7 @@ fn is_reserved_format(format: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::budget::Exhausted;
     use super::*;
     use mcp_codec::OwnedEnvelope;
 
@@ -566,6 +606,49 @@ mod tests {
                 Verdict::Answer(ErrorCode::OVERLOADED, _)
             ));
         }
+    }
+
+    /// The server's shared budget refuses at the place of the in-flight check (after the
+    /// connection's own limits, before the format, the deadline and the method), for every
+    /// connection sharing it, and never the built-in methods.
+    #[test]
+    fn the_shared_budget_is_checked_where_the_in_flight_limit_is() {
+        let now = Instant::now();
+        let budget = SharedBudget::new(1, 1000);
+        let mut a = state(10, 100).with_budget(budget.clone());
+        let mut b = state(10, 100).with_budget(budget.clone());
+        assert_eq!(
+            a.admit(&head(1, "echo", now), now),
+            Verdict::Run { deadline: None }
+        );
+        let held = budget.take(10).unwrap();
+        for core in [&mut a, &mut b] {
+            let mut h = head(2, "echo", now);
+            h.format = 3;
+            h.deadline_ms = Some(0);
+            assert_eq!(
+                core.admit(&h, now),
+                Verdict::Answer(ErrorCode::OVERLOADED, Exhausted::Requests.message())
+            );
+            let mut health = head(3, HEALTH_METHOD, now);
+            health.routed = false;
+            assert_eq!(core.admit(&health, now), Verdict::Health);
+        }
+        // The connection's own limit comes first.
+        let mut full = state(1, 100).with_budget(budget.clone());
+        run(&mut full, 7, 1);
+        assert_eq!(
+            full.admit(&head(8, "echo", now), now),
+            Verdict::Answer(
+                ErrorCode::OVERLOADED,
+                "too many requests in flight on this connection"
+            )
+        );
+        drop(held);
+        assert_eq!(
+            b.admit(&head(4, "echo", now), now),
+            Verdict::Run { deadline: None }
+        );
     }
 
     #[test]

@@ -1,0 +1,195 @@
+//! Budgets shared by every connection of a server: requests whose handler runs, and the
+//! request body bytes they hold, process-wide (issue 11, section 3). The per-connection
+//! limits bound what one client can make the server hold; these bound what all of them
+//! together can, so that many connections each within their limits cannot exhaust the
+//! server. A request past either is answered ERROR 5 at once (docs/protocol.md section 6:
+//! at the place of the in-flight check), never queued.
+//!
+//! Counted with atomics, so that connections on different threads share them without a
+//! lock. What a running request holds is a [`Held`], which gives it back when dropped:
+//! exactly once, whichever way the request ends (answered, cancelled, its connection
+//! closed, its handler panicked).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The shared budgets of one server; clones share the same counts.
+#[derive(Debug, Clone)]
+pub struct SharedBudget {
+    inner: Arc<Counts>,
+}
+
+#[derive(Debug)]
+struct Counts {
+    max_requests: usize,
+    max_bytes: usize,
+    requests: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// Which budget a request did not fit in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exhausted {
+    /// Requests in flight in the whole server.
+    Requests,
+    /// Request body bytes in flight in the whole server.
+    Bytes,
+}
+
+impl Exhausted {
+    /// The ERROR 5 message that says so.
+    pub fn message(self) -> &'static str {
+        match self {
+            Exhausted::Requests => "too many requests in flight on this server",
+            Exhausted::Bytes => "too many request bytes in flight on this server",
+        }
+    }
+}
+
+impl SharedBudget {
+    /// At most `max_requests` requests and `max_bytes` body bytes in flight. A request that
+    /// arrives when no body bytes are held is admitted whatever its size (as a connection's
+    /// own byte limit does), so that any body up to the message size limit can be served.
+    pub fn new(max_requests: usize, max_bytes: usize) -> Self {
+        SharedBudget {
+            inner: Arc::new(Counts {
+                max_requests,
+                max_bytes,
+                requests: AtomicUsize::new(0),
+                bytes: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Whether a request of `bytes` would fit now (the admission's check, in its order;
+    /// [`SharedBudget::take`] decides, since other connections take places meanwhile).
+    pub fn check(&self, bytes: usize) -> Result<(), Exhausted> {
+        let counts = &self.inner;
+        if counts.requests.load(Ordering::Relaxed) >= counts.max_requests {
+            return Err(Exhausted::Requests);
+        }
+        if !fits(
+            counts.bytes.load(Ordering::Relaxed),
+            bytes,
+            counts.max_bytes,
+        ) {
+            return Err(Exhausted::Bytes);
+        }
+        Ok(())
+    }
+
+    /// Takes a place for a request of `bytes`, given back when the [`Held`] is dropped.
+    pub fn take(&self, bytes: usize) -> Result<Held, Exhausted> {
+        let counts = &self.inner;
+        counts
+            .requests
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < counts.max_requests).then_some(n + 1)
+            })
+            .map_err(|_| Exhausted::Requests)?;
+        let taken = counts
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                fits(held, bytes, counts.max_bytes).then_some(held + bytes)
+            });
+        if taken.is_err() {
+            counts.requests.fetch_sub(1, Ordering::AcqRel);
+            return Err(Exhausted::Bytes);
+        }
+        Ok(Held {
+            counts: Some(self.inner.clone()),
+            bytes,
+        })
+    }
+
+    /// Requests in flight now.
+    pub fn requests(&self) -> usize {
+        self.inner.requests.load(Ordering::Acquire)
+    }
+
+    /// Request body bytes in flight now.
+    pub fn bytes(&self) -> usize {
+        self.inner.bytes.load(Ordering::Acquire)
+    }
+}
+
+/// `bytes` more fit next to `held`: within `max`, or nothing is held at all.
+fn fits(held: usize, bytes: usize, max: usize) -> bool {
+    held == 0 || held.saturating_add(bytes) <= max
+}
+
+/// A running request's place in a [`SharedBudget`], given back when dropped.
+#[derive(Debug)]
+#[must_use = "the place is given back when this is dropped"]
+pub struct Held {
+    counts: Option<Arc<Counts>>,
+    bytes: usize,
+}
+
+impl Held {
+    /// A place in no budget (a server without one).
+    pub fn none() -> Held {
+        Held {
+            counts: None,
+            bytes: 0,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(counts) = self.counts.take() {
+            counts.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+            counts.requests.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_are_taken_up_to_each_limit_and_given_back_once() {
+        let budget = SharedBudget::new(2, 100);
+        let a = budget.take(60).unwrap();
+        assert_eq!(budget.check(50), Err(Exhausted::Bytes));
+        assert_eq!(budget.take(50).unwrap_err(), Exhausted::Bytes);
+        // A refused take leaves the counts as they were.
+        assert_eq!((budget.requests(), budget.bytes()), (1, 60));
+        let b = budget.take(40).unwrap();
+        assert_eq!(budget.check(0), Err(Exhausted::Requests));
+        assert_eq!(budget.take(0).unwrap_err(), Exhausted::Requests);
+        drop(a);
+        assert_eq!((budget.requests(), budget.bytes()), (1, 40));
+        drop(b);
+        assert_eq!((budget.requests(), budget.bytes()), (0, 0));
+        // Alone, a body larger than the whole budget is admitted.
+        let big = budget.take(1000).unwrap();
+        assert_eq!(budget.take(1).unwrap_err(), Exhausted::Bytes);
+        drop(big);
+        drop(Held::none());
+        assert_eq!((budget.requests(), budget.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn threads_taking_at_once_never_pass_the_limit() {
+        let budget = SharedBudget::new(10, usize::MAX);
+        let peak = Arc::new(AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let (budget, peak) = (budget.clone(), peak.clone());
+                s.spawn(move || {
+                    for _ in 0..10_000 {
+                        if let Ok(held) = budget.take(1) {
+                            peak.fetch_max(budget.requests(), Ordering::Relaxed);
+                            drop(held);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(peak.load(Ordering::Relaxed) <= 10);
+        assert_eq!((budget.requests(), budget.bytes()), (0, 0));
+    }
+}
