@@ -226,3 +226,10 @@ impl Builder {
             .collect())
     }
 }
+
+// The README's Rust blocks, compiled (and run unless marked otherwise) as doctests of this
+// crate, whose dev-dependencies are the whole stack: an example that no longer compiles
+// fails `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
