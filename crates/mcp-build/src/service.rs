@@ -363,9 +363,12 @@ pub fn mount<S: {trait_name}>(router: ::mcp_server::Router, service: S) -> ::mcp
     }};"
         );
     }
+    if rpcs.is_empty() {
+        // Nothing to route: the service is only kept from an unused-variable warning.
+        buf.push_str("    let _ = service;\n");
+    }
     buf.push_str(
-        "    let _ = service;
-    router
+        "    router
 }
 
 /// A request body in the format its frame names.

@@ -188,7 +188,6 @@ pub mod user_service_server {
                     },
                 )
         };
-        let _ = service;
         router
     }
     /// A request body in the format its frame names.
