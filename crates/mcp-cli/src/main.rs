@@ -18,7 +18,8 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use mcp_client::{BackoffConfig, CallOptions, Client, LimitConfig, PoolConfig, RawRequest};
 use mcp_format::{FormatId, Json, Protobuf};
-use mcp_proto::examples::v1::UserUpdate;
+use mcp_proto::examples::v1::user_service_client::UserServiceClient;
+use mcp_proto::examples::v1::{GetUser, UserUpdate};
 use serde::{Deserialize, Serialize};
 
 use mcp_cli::loadgen::{self, LoadConfig, LoadReport, Progress};
@@ -1052,38 +1053,39 @@ async fn demo(duration: Duration, tls: bool) -> CmdResult {
         .map_err(|e| fail("echo", &e))?;
     outln!("3. JSON     echo        -> {echo:?}");
 
+    // The user rpcs go through the client generated from `UserService` in user.proto: the
+    // same connection, one stub per format.
+    let users = UserServiceClient::new(client.clone());
     let ada = UserUpdate::sample();
-    let stored: UserUpdate = client
-        .call("user.update", &ada)
+    let stored = users
+        .update(&ada)
         .await
         .map_err(|e| fail("user.update (JSON)", &e))?;
     outln!("   JSON     user.update -> {stored:?}");
 
-    let proto = client.with_format(Protobuf);
+    let proto = UserServiceClient::new(client.with_format(Protobuf));
     let grace = UserUpdate {
         user_id: "u-1906".into(),
         name: "Grace Hopper".into(),
         age: Some(85),
     };
-    let _: UserUpdate = proto
-        .call("user.update", &grace)
+    proto
+        .update(&grace)
         .await
         .map_err(|e| fail("user.update (Protobuf)", &e))?;
-    let query = UserUpdate {
+    let query = GetUser {
         user_id: "u-1906".into(),
-        ..Default::default()
     };
-    let got: UserUpdate = proto
-        .call("user.get", &query)
+    let got = proto
+        .get(&query)
         .await
         .map_err(|e| fail("user.get (Protobuf)", &e))?;
     outln!("4. Protobuf user.get    -> {got:?}");
 
-    let missing = UserUpdate {
+    let missing = GetUser {
         user_id: "u-0".into(),
-        ..Default::default()
     };
-    match proto.call::<_, UserUpdate>("user.get", &missing).await {
+    match proto.get(&missing).await {
         Err(e) if e.remote().is_some() => {
             outln!(
                 "   Protobuf user.get    -> application error, as expected: {}",

@@ -2,9 +2,11 @@
 //! service of docs/protocol.md section 10.
 //!
 //! Demo methods:
-//! - `user.update` / `user.get`: the seed's `UserUpdate`, in JSON or Protobuf (the request's
-//!   format decides), kept in memory by `user_id`. `user.get` of an unknown user is
-//!   application error 1404.
+//! - `user.update` / `user.get`: the rpcs of `UserService` in
+//!   `proto/mcp/examples/v1/user.proto`, served through its generated trait
+//!   ([`UserService`], mounted by `user_service_server::mount`): the seed's `UserUpdate`, in
+//!   JSON or Protobuf (the request's format decides), kept in memory by `user_id`.
+//!   `user.get` of an unknown user is application error 1404.
 //! - `ticker`: a topic pushed every `tick` with `{"seq": n, "unix_ms": t}` in JSON.
 //!
 //! Interop methods (docs/protocol.md section 10), each answering a bad argument with
@@ -30,9 +32,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use mcp_codec::ErrorCode;
-use mcp_format::{Decode, Encode, FormatId, Json, Protobuf};
-use mcp_proto::examples::v1::UserUpdate;
-use mcp_server::{Reply, RequestContext, Server, ServerConfig, ServerHandle, Status};
+use mcp_format::{FormatId, Json};
+use mcp_proto::examples::v1::user_service_server::{self, UserService};
+use mcp_proto::examples::v1::{GetUser, UserUpdate};
+use mcp_server::{Reply, RequestContext, Router, Server, ServerConfig, ServerHandle, Status};
 
 /// The topic the demo service pushes to.
 pub const TICKER: &str = "ticker";
@@ -54,7 +57,33 @@ pub const METHODS: &[&str] = &[
     "user.update",
 ];
 
-type Users = Arc<Mutex<HashMap<String, UserUpdate>>>;
+/// The demo's user store: `UserService` of `user.proto`, kept in memory by `user_id`.
+#[derive(Debug, Default)]
+struct Users(Mutex<HashMap<String, UserUpdate>>);
+
+impl UserService for Users {
+    async fn update(&self, _ctx: RequestContext, user: UserUpdate) -> Result<UserUpdate, Status> {
+        if user.user_id.is_empty() {
+            return Err(Status::application(1400, "user_id must not be empty"));
+        }
+        let mut users = self
+            .0
+            .lock()
+            .map_err(|_| Status::internal("user store poisoned"))?;
+        users.insert(user.user_id.clone(), user.clone());
+        Ok(user)
+    }
+
+    async fn get(&self, _ctx: RequestContext, query: GetUser) -> Result<UserUpdate, Status> {
+        let found = self
+            .0
+            .lock()
+            .map_err(|_| Status::internal("user store poisoned"))?
+            .get(&query.user_id)
+            .cloned();
+        found.ok_or_else(|| Status::application(NOT_FOUND, format!("no user {:?}", query.user_id)))
+    }
+}
 
 /// A running service: the server, and what its handlers counted.
 #[derive(Debug, Clone)]
@@ -138,8 +167,6 @@ pub async fn start_with_tls(
     config: ServerConfig,
     tls: Option<&crate::tls::ServerTls>,
 ) -> Result<Service, mcp_server::Error> {
-    let users: Users = Arc::default();
-    let update_users = Arc::clone(&users);
     let counters = Arc::new(Counters::default());
     let sleep_counters = Arc::clone(&counters);
     let max_message_len = config.max_message_len;
@@ -148,8 +175,7 @@ pub async fn start_with_tls(
     // server's routes are: the server is not stopped by dropping handles anyway.)
     let handle: Arc<OnceLock<ServerHandle>> = Arc::default();
     let publish_handle = Arc::clone(&handle);
-    let server = Server::builder()
-        .config(config)
+    let router = Router::new()
         .route_raw("echo", |_ctx, body| async move { Ok(Reply::new(body)) })
         .route_notify_fn("echo", |ctx, body| async move {
             // Dropped when that connection's queue is full, as a publish would be.
@@ -165,38 +191,9 @@ pub async fn start_with_tls(
         .route_raw("publish", move |ctx, body| {
             let handle = Arc::clone(&publish_handle);
             async move { publish(&ctx, &body, handle.get()) }
-        })
-        .route_raw("user.update", move |ctx, body| {
-            let users = Arc::clone(&update_users);
-            async move {
-                let user: UserUpdate = decode(&ctx, body)?;
-                if user.user_id.is_empty() {
-                    return Err(Status::application(1400, "user_id must not be empty"));
-                }
-                let lock = users.lock();
-                let mut users = lock.map_err(|_| Status::internal("user store poisoned"))?;
-                users.insert(user.user_id.clone(), user.clone());
-                encode(&ctx, &user)
-            }
-        })
-        .route_raw("user.get", move |ctx, body| {
-            let users = Arc::clone(&users);
-            async move {
-                let query: UserUpdate = decode(&ctx, body)?;
-                let found = users
-                    .lock()
-                    .map_err(|_| Status::internal("user store poisoned"))?
-                    .get(&query.user_id)
-                    .cloned();
-                match found {
-                    Some(user) => encode(&ctx, &user),
-                    None => Err(Status::application(
-                        NOT_FOUND,
-                        format!("no user {:?}", query.user_id),
-                    )),
-                }
-            }
         });
+    let router = user_service_server::mount(router, Users::default());
+    let server = Server::builder().config(config).router(router);
     let (server, reloader) = match tls {
         None => (server.bind(addr).await?, None),
         Some(tls) => {
@@ -382,31 +379,6 @@ fn publish(
         .map_err(|e| Status::malformed(e.to_string()))?;
     let answer = serde_json::json!({ "delivered": published.delivered });
     Ok(Reply::new(answer.to_string()))
-}
-
-/// Decodes a body in whichever of JSON and Protobuf the request names.
-fn decode(ctx: &RequestContext, body: Bytes) -> Result<UserUpdate, Status> {
-    let result = match ctx.format() {
-        FormatId::JSON => Json.decode_bytes(body),
-        FormatId::PROTOBUF => Protobuf.decode_bytes(body),
-        other => {
-            return Err(Status::unsupported_format(format!(
-                "user.* speaks json and protobuf, not {other}"
-            )));
-        }
-    };
-    result.map_err(|e| Status::malformed(e.to_string()))
-}
-
-/// Encodes an answer in the request's format.
-fn encode(ctx: &RequestContext, user: &UserUpdate) -> Result<Reply, Status> {
-    let mut buf = BytesMut::new();
-    let body = match ctx.format() {
-        FormatId::PROTOBUF => Protobuf.encode_to_bytes(user, &mut buf),
-        _ => Json.encode_to_bytes(user, &mut buf),
-    };
-    body.map(Reply::new)
-        .map_err(|e| Status::internal(e.to_string()))
 }
 
 #[cfg(test)]

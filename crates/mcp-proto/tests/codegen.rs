@@ -3,7 +3,8 @@
 //!
 //! `MCP_CODEGEN_WRITE=1 cargo test -p mcp-proto --test codegen` rewrites the committed files
 //! instead of failing (that is what `cargo xtask codegen` runs). No `protoc` is involved:
-//! `protox` compiles the `.proto` files to descriptors and `prost-build` generates from those.
+//! `mcp-build`, the same generator users run in their build scripts, compiles the `.proto`
+//! files with `protox` and generates the messages and the service stubs with `prost-build`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,37 +36,14 @@ fn generate(proto_root: &Path) -> BTreeMap<String, String> {
         "no .proto files under {}",
         proto_root.display()
     );
-    let descriptors = protox::compile(&files, [proto_root]).unwrap_or_else(|err| panic!("{err}"));
-
-    let requests = descriptors
-        .file
-        .into_iter()
-        .map(|file| {
-            let module = prost_build::Module::from_protobuf_package_name(file.package());
-            (module, file)
-        })
-        .collect::<Vec<_>>();
-    let names = requests
-        .iter()
-        .map(|(module, _)| (module.clone(), module.to_file_name_or("_")))
-        .collect::<Vec<_>>();
-
-    let mut config = prost_build::Config::new();
-    config
-        // The same values travel as JSON and as Protobuf, so every type is also serde-able.
-        .type_attribute(".", "#[derive(::serde::Serialize, ::serde::Deserialize)]")
-        // JSON that leaves out a field means the field's default, as in Protobuf.
-        .message_attribute(".", "#[serde(default)]");
-    let mut modules = config
-        .generate(requests)
-        .expect("prost-build generates code");
-
-    names
-        .into_iter()
-        .filter_map(|(module, name)| Some((name, modules.remove(&module)?)))
-        .collect()
+    mcp_build::configure()
+        // Users of the message types alone (benchmarks, fuzz targets) compile neither the
+        // client nor the server.
+        .client_mod_attribute("#[cfg(feature = \"client\")]")
+        .server_mod_attribute("#[cfg(feature = \"server\")]")
+        .generate(&files, &[proto_root])
+        .unwrap_or_else(|err| panic!("{err}"))
 }
-
 #[test]
 fn generated_code_is_up_to_date() {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -20,3 +20,216 @@ pub struct UserUpdate {
     #[prost(int32, optional, tag = "3")]
     pub age: ::core::option::Option<i32>,
 }
+/// Which user to read.
+#[derive(::serde::Serialize, ::serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetUser {
+    /// The user's unique identifier.
+    #[prost(string, tag = "1")]
+    pub user_id: ::prost::alloc::string::String,
+}
+/// The typed client of `mcp.examples.v1.UserService`.
+#[cfg(feature = "client")]
+pub mod user_service_client {
+    /// The demo's user store (`mcp serve`, `mcp demo`): profiles kept in memory by `user_id`.
+    ///
+    /// The rpcs keep the demo's historical wire names through the `(mcp.method)` option; without
+    /// it they would be `mcp.examples.v1.UserService/Update` and `.../Get`.
+    ///
+    /// A client of `mcp.examples.v1.UserService`: one method per rpc, each a call over the wrapped
+    /// [`mcp_client::Client`] in its format `F` (JSON unless the client was built with another).
+    /// A method compiles only for a format that carries its request and answer. Cheap to
+    /// clone; clones share the client's connections.
+    #[derive(Debug, Clone)]
+    pub struct UserServiceClient<F: ::mcp_client::Format = ::mcp_client::DefaultFormat> {
+        client: ::mcp_client::Client<F>,
+    }
+    impl<F: ::mcp_client::Format> UserServiceClient<F> {
+        /// Calls `mcp.examples.v1.UserService` through `client`, in its format.
+        pub fn new(client: ::mcp_client::Client<F>) -> Self {
+            Self { client }
+        }
+        /// The client underneath, for what the rpcs do not cover (raw calls, pushes, another
+        /// format with `with_format`).
+        pub fn client(&self) -> &::mcp_client::Client<F> {
+            &self.client
+        }
+        /// Stores a profile (replacing the one with the same `user_id`) and answers it back. An
+        /// empty `user_id` is application error 1400.
+        ///
+        /// Calls `user.update`.
+        pub async fn update(
+            &self,
+            request: &super::UserUpdate,
+        ) -> ::core::result::Result<super::UserUpdate, ::mcp_client::Error>
+        where
+            F: ::mcp_client::Encode<super::UserUpdate>
+                + ::mcp_client::Decode<super::UserUpdate>,
+        {
+            self.client.call("user.update", request).await
+        }
+        /// [`Self::update`] with options for this call (deadline, idempotency, metadata).
+        pub async fn update_with(
+            &self,
+            request: &super::UserUpdate,
+            options: ::mcp_client::CallOptions,
+        ) -> ::core::result::Result<super::UserUpdate, ::mcp_client::Error>
+        where
+            F: ::mcp_client::Encode<super::UserUpdate>
+                + ::mcp_client::Decode<super::UserUpdate>,
+        {
+            self.client.call_with("user.update", request, options).await
+        }
+        /// A stored profile; an unknown user is application error 1404.
+        ///
+        /// Calls `user.get`.
+        pub async fn get(
+            &self,
+            request: &super::GetUser,
+        ) -> ::core::result::Result<super::UserUpdate, ::mcp_client::Error>
+        where
+            F: ::mcp_client::Encode<super::GetUser>
+                + ::mcp_client::Decode<super::UserUpdate>,
+        {
+            self.client.call("user.get", request).await
+        }
+        /// [`Self::get`] with options for this call (deadline, idempotency, metadata).
+        pub async fn get_with(
+            &self,
+            request: &super::GetUser,
+            options: ::mcp_client::CallOptions,
+        ) -> ::core::result::Result<super::UserUpdate, ::mcp_client::Error>
+        where
+            F: ::mcp_client::Encode<super::GetUser>
+                + ::mcp_client::Decode<super::UserUpdate>,
+        {
+            self.client.call_with("user.get", request, options).await
+        }
+    }
+}
+/// The server side of `mcp.examples.v1.UserService`: the trait to implement and [`user_service_server::mount`].
+#[cfg(feature = "server")]
+pub mod user_service_server {
+    /// The wire names of the rpcs, in the order of the `.proto`.
+    pub const METHODS: &[&str] = &["user.update", "user.get"];
+    /// The demo's user store (`mcp serve`, `mcp demo`): profiles kept in memory by `user_id`.
+    ///
+    /// The rpcs keep the demo's historical wire names through the `(mcp.method)` option; without
+    /// it they would be `mcp.examples.v1.UserService/Update` and `.../Get`.
+    ///
+    /// What a server of `mcp.examples.v1.UserService` implements, one method per rpc; [`mount`] routes
+    /// them. A method's `Err` is answered ERROR with the [`Status`](::mcp_server::Status)'s code.
+    pub trait UserService: Send + Sync + 'static {
+        /// Stores a profile (replacing the one with the same `user_id`) and answers it back. An
+        /// empty `user_id` is application error 1400.
+        ///
+        /// Answers `user.update`.
+        fn update(
+            &self,
+            ctx: ::mcp_server::RequestContext,
+            request: super::UserUpdate,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<super::UserUpdate, ::mcp_server::Status>,
+        > + Send;
+        /// A stored profile; an unknown user is application error 1404.
+        ///
+        /// Answers `user.get`.
+        fn get(
+            &self,
+            ctx: ::mcp_server::RequestContext,
+            request: super::GetUser,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<super::UserUpdate, ::mcp_server::Status>,
+        > + Send;
+    }
+    /// Routes every rpc of `mcp.examples.v1.UserService` on `router` to `service`.
+    ///
+    /// Each request is answered in its own format, JSON or Protobuf; another format is answered
+    /// ERROR 3 and a body that is not the rpc's request ERROR 1.
+    ///
+    /// # Panics
+    /// As [`Router::route_raw`](::mcp_server::Router::route_raw), when `router` already routes
+    /// one of [`METHODS`].
+    pub fn mount<S: UserService>(
+        router: ::mcp_server::Router,
+        service: S,
+    ) -> ::mcp_server::Router {
+        let service = ::std::sync::Arc::new(service);
+        let router = {
+            let service = ::std::sync::Arc::clone(&service);
+            router
+                .route_raw(
+                    "user.update",
+                    move |ctx, body| {
+                        let service = ::std::sync::Arc::clone(&service);
+                        async move {
+                            let format = ctx.format();
+                            let request: super::UserUpdate = decode(format, &body)?;
+                            let response = service.update(ctx, request).await?;
+                            encode(format, &response)
+                        }
+                    },
+                )
+        };
+        let router = {
+            let service = ::std::sync::Arc::clone(&service);
+            router
+                .route_raw(
+                    "user.get",
+                    move |ctx, body| {
+                        let service = ::std::sync::Arc::clone(&service);
+                        async move {
+                            let format = ctx.format();
+                            let request: super::GetUser = decode(format, &body)?;
+                            let response = service.get(ctx, request).await?;
+                            encode(format, &response)
+                        }
+                    },
+                )
+        };
+        router
+    }
+    /// A request body in the format its frame names.
+    fn decode<T>(
+        format: ::mcp_format::FormatId,
+        body: &[u8],
+    ) -> ::core::result::Result<T, ::mcp_server::Status>
+    where
+        ::mcp_format::Json: ::mcp_format::Decode<T>,
+        ::mcp_format::Protobuf: ::mcp_format::Decode<T>,
+    {
+        use ::mcp_format::Decode as _;
+        match format {
+            ::mcp_format::FormatId::JSON => Ok(::mcp_format::Json.decode(body)?),
+            ::mcp_format::FormatId::PROTOBUF => Ok(::mcp_format::Protobuf.decode(body)?),
+            other => {
+                Err(
+                    ::mcp_server::Status::unsupported_format(
+                        format!(
+                            "this service speaks json (1) and protobuf (2), not {other}"
+                        ),
+                    ),
+                )
+            }
+        }
+    }
+    /// An answer in the request's format (which [`decode`] accepted).
+    fn encode<T>(
+        format: ::mcp_format::FormatId,
+        value: &T,
+    ) -> ::core::result::Result<::mcp_server::Reply, ::mcp_server::Status>
+    where
+        ::mcp_format::Json: ::mcp_format::Encode<T>,
+        ::mcp_format::Protobuf: ::mcp_format::Encode<T>,
+    {
+        use ::mcp_format::Encode as _;
+        let mut buf = ::core::default::Default::default();
+        let body = if format == ::mcp_format::FormatId::PROTOBUF {
+            ::mcp_format::Protobuf.encode_to_bytes(value, &mut buf)?
+        } else {
+            ::mcp_format::Json.encode_to_bytes(value, &mut buf)?
+        };
+        Ok(::mcp_server::Reply::new(body))
+    }
+}
