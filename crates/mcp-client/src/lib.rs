@@ -50,6 +50,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod balance;
 mod breaker;
 mod client;
 mod error;
@@ -66,6 +67,10 @@ pub mod blocking;
 #[cfg(feature = "tower")]
 mod tower;
 
+pub use balance::{
+    BalanceConfig, Change, EjectionConfig, EndpointSnapshot, EndpointState, Fleet, Instance,
+    Picker, SuccessRateConfig,
+};
 pub use breaker::{BreakerConfig, BreakerState};
 pub use client::{
     CallOptions, Client, ClientBuilder, DefaultFormat, RawPush, RawRequest, RawResponse,

@@ -41,7 +41,7 @@ use crate::limit::{LimitConfig, Limiter, Slot};
 use crate::metrics::{MetricsSnapshot, Recorder};
 use crate::retry::{Retry, RetryConfig};
 use crate::trace::{self, TraceContext};
-use crate::transport::{Attempt, RawPushStream, Transport};
+use crate::transport::{Attempt, RawPushStream, Transport, Tried};
 use crate::window::later;
 
 /// The client's timing settings: how a call's budget is split.
@@ -224,6 +224,8 @@ impl<T: Transport> Stack<T> {
         let attempt_timeout = options
             .attempt_timeout
             .unwrap_or(self.timing.attempt_timeout);
+        let tried = Tried::default();
+        let tried = &tried;
         self.retry
             .run(
                 options.idempotent,
@@ -259,6 +261,8 @@ impl<T: Transport> Stack<T> {
                                 body,
                                 deadline: attempt_deadline,
                                 other_connection,
+                                tried,
+                                hash_key: options.hash_key,
                             })
                             .await;
                         let result = result.map_err(|e| {
@@ -362,6 +366,7 @@ impl<T: Transport> Stack<T> {
             breaker_opened: self.breaker.opened(),
             errors: self.metrics.errors(),
             latency: self.metrics.latency(),
+            endpoints: transport.endpoints,
         }
     }
 }

@@ -8,12 +8,13 @@ use mcp_transport::{HeartbeatConfig, Pool, PoolConfig};
 use tokio::time::Instant;
 
 use super::Client;
+use crate::balance::{BalanceConfig, Fleet};
 use crate::breaker::BreakerConfig;
 use crate::error::Error;
 use crate::limit::LimitConfig;
 use crate::retry::RetryConfig;
 use crate::stack::{Policies, Stack};
-use crate::transport::Transport;
+use crate::transport::{Target, Transport};
 use crate::window::later;
 
 /// Builds a [`Client`]. Start from [`Client::builder`].
@@ -28,36 +29,77 @@ use crate::window::later;
 /// | concurrency ([`limit`](Self::limit)) | 1024 outstanding calls, then wait |
 /// | connections | up to 4, opened on demand, reconnect 1 s doubling to 30 s |
 /// | heartbeat | PING after 15 s of silence, dead 5 s later |
-#[derive(Debug, Clone)]
+/// | balancer, for a fleet ([`balance`](Self::balance)) | p2c over peak EWMA; eject after 5 failures in a row for 30 s × n |
+///
+/// `T` is where calls go: [`Pool`] (connections to one endpoint, from
+/// [`Client::builder`]) or [`Fleet`] (a pool per endpoint and a balancer, from
+/// [`Client::fleet`] or [`Client::discover`]). Connection settings apply to each endpoint.
 #[must_use]
-pub struct ClientBuilder<F: Format> {
-    addr: String,
+pub struct ClientBuilder<F: Format, T: Target = Pool> {
+    target: T::Source,
     format: F,
     policies: Policies,
     pool: PoolConfig,
+    balance: BalanceConfig,
     wait_for_ready: bool,
 }
 
-impl ClientBuilder<super::DefaultFormat> {
-    pub(crate) fn new(addr: String) -> Self {
+impl<F: Format, T: Target> std::fmt::Debug for ClientBuilder<F, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("target", &self.target)
+            .field("format", &self.format)
+            .field("policies", &self.policies)
+            .field("pool", &self.pool)
+            .field("balance", &self.balance)
+            .field("wait_for_ready", &self.wait_for_ready)
+            .finish()
+    }
+}
+
+impl<F: Format, T: Target> Clone for ClientBuilder<F, T> {
+    fn clone(&self) -> Self {
         Self {
-            addr,
+            target: self.target.clone(),
+            format: self.format.clone(),
+            policies: self.policies.clone(),
+            pool: self.pool.clone(),
+            balance: self.balance.clone(),
+            wait_for_ready: self.wait_for_ready,
+        }
+    }
+}
+
+impl<T: Target> ClientBuilder<super::DefaultFormat, T> {
+    pub(crate) fn new(target: T::Source) -> Self {
+        Self {
+            target,
             format: super::DefaultFormat::default(),
             policies: Policies::default(),
             pool: PoolConfig::default(),
+            balance: BalanceConfig::default(),
             wait_for_ready: false,
         }
     }
 }
 
-impl<F: Format> ClientBuilder<F> {
+impl<F: Format> ClientBuilder<F, Fleet> {
+    /// The balancer: how calls pick among the endpoints, outlier ejection.
+    pub fn balance(mut self, balance: BalanceConfig) -> Self {
+        self.balance = balance;
+        self
+    }
+}
+
+impl<F: Format, T: Target> ClientBuilder<F, T> {
     /// Speak `format` instead (e.g. `mcp_client::Protobuf`).
-    pub fn format<G: Format>(self, format: G) -> ClientBuilder<G> {
+    pub fn format<G: Format>(self, format: G) -> ClientBuilder<G, T> {
         ClientBuilder {
-            addr: self.addr,
+            target: self.target,
             format,
             policies: self.policies,
             pool: self.pool,
+            balance: self.balance,
             wait_for_ready: self.wait_for_ready,
         }
     }
@@ -150,7 +192,7 @@ impl<F: Format> ClientBuilder<F> {
 
     /// The client, without connecting: the first call opens a connection. Must be called
     /// inside a tokio runtime (the pool's tasks run on it).
-    pub fn build(self) -> Result<Client<F>, Error> {
+    pub fn build(self) -> Result<Client<F, T>, Error> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::invalid(
                 "a client must be built inside a tokio runtime",
@@ -172,12 +214,12 @@ impl<F: Format> ClientBuilder<F> {
         self.pool
             .check()
             .map_err(|e| Error::invalid(format!("invalid configuration: {e}")))?;
-        let pool = Pool::new(self.addr.clone(), self.pool.clone());
-        Ok(self.build_with(pool))
+        let transport = T::make(self.target.clone(), &self.pool, &self.balance)?;
+        Ok(self.build_with(transport))
     }
 
     /// The client over `transport` (the pool, or a scripted transport in unit tests).
-    pub(crate) fn build_with<T: Transport>(self, transport: T) -> Client<F, T> {
+    pub(crate) fn build_with<U: Transport>(self, transport: U) -> Client<F, U> {
         let stack = Stack::new(transport, self.policies);
         Client::from_stack(Arc::new(stack), self.format)
     }
@@ -185,7 +227,7 @@ impl<F: Format> ClientBuilder<F> {
     /// The client, with a first connection open, so that an unreachable server is
     /// reported here rather than by the first call: at the first failed connect try (within
     /// the connect timeout), unless [`ClientBuilder::wait_for_ready`] asks to wait.
-    pub async fn connect(self) -> Result<Client<F>, Error> {
+    pub async fn connect(self) -> Result<Client<F, T>, Error> {
         let fail_fast = !self.wait_for_ready;
         let client = self.build()?;
         let deadline = later(Instant::now(), client.stack.timing().timeout);
