@@ -131,6 +131,13 @@ impl Fleet {
         balance
             .check()
             .map_err(|e| Error::invalid(format!("invalid configuration: {e}")))?;
+        // Every member keeps a connection open: its pool's connector then keeps trying
+        // through its backoff while the endpoint is out (a pool only connects for callers,
+        // and the balancer sends none to an endpoint in backoff, which would leave it out
+        // for good), its health is known before a call needs it, and a new member is warm
+        // when its first call comes.
+        let mut pool = pool;
+        pool.min_connections = pool.min_connections.max(1);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
