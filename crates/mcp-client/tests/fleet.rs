@@ -458,3 +458,53 @@ async fn bad_fleets_are_refused_by_name() {
     assert!(err.to_string().contains("already taken"), "{err}");
     first.close_now();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_moves_when_its_replica_dies() {
+    let all = replicas(2, |_| Duration::ZERO).await;
+    let client = fleet_of(&all, Picker::PeakEwma)
+        .connect()
+        .await
+        .expect("connect");
+    let mut sub = bounded("subscribe", client.subscribe_raw("tick"))
+        .await
+        .expect("subscribe");
+    // Each replica publishes its own name; the subscription hears the one it is on.
+    let publish_all = |all: &[Replica]| {
+        for (i, r) in all.iter().enumerate() {
+            let _ = r
+                .server
+                .publish("tick", FormatId::RAW, Bytes::from(format!("r{}", i + 2)));
+        }
+    };
+    let first = bounded("a first push", async {
+        loop {
+            publish_all(&all);
+            match tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+                Ok(Some(push)) => break push.into_body(),
+                Ok(None) => panic!("the subscription ended: {:?}", sub.error()),
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    let on = usize::from(&first[..] == b"r3");
+    all[on].kill().await;
+    let moved = bounded("a push from the other replica", async {
+        loop {
+            publish_all(&all);
+            match tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+                Ok(Some(push)) if push.body() != &first => break push.into_body(),
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => panic!("the subscription ended: {:?}", sub.error()),
+            }
+        }
+    })
+    .await;
+    assert_ne!(moved, first);
+    drop(sub);
+    bounded("close", client.close_within(Duration::from_millis(200))).await;
+    for r in all {
+        r.stop().await;
+    }
+}
