@@ -45,6 +45,7 @@
 //! - `json` (default): JSON bodies through serde ([`Json`]); the default format.
 //! - `protobuf` (default): Protobuf bodies through prost ([`Protobuf`]).
 //! - `blocking` (default): [`blocking::Client`], for programs without async.
+//! - `dns` (default): [`Client::dns`], a fleet that follows a DNS name (hickory-resolver).
 //! - `tower` (default): `tower_service::Service<RawRequest>` for [`Client`], with `poll_ready`
 //!   driven by the concurrency limit.
 #![warn(missing_docs)]
@@ -67,6 +68,8 @@ pub mod blocking;
 #[cfg(feature = "tower")]
 mod tower;
 
+#[cfg(feature = "dns")]
+pub use balance::DnsConfig;
 pub use balance::{
     BalanceConfig, Change, EjectionConfig, EndpointSnapshot, EndpointState, Fleet, Instance,
     Picker, SuccessRateConfig,

@@ -59,6 +59,9 @@ pub enum FleetSource {
     List(Vec<Instance>),
     /// A discovery stream, taken by the first client built from the builder.
     Stream(Arc<Mutex<Option<ChangeStream>>>),
+    /// A DNS name to follow.
+    #[cfg(feature = "dns")]
+    Dns(super::dns::DnsSource),
 }
 
 impl std::fmt::Debug for FleetSource {
@@ -66,6 +69,8 @@ impl std::fmt::Debug for FleetSource {
         match self {
             Self::List(list) => f.debug_tuple("List").field(list).finish(),
             Self::Stream(_) => f.write_str("Stream(..)"),
+            #[cfg(feature = "dns")]
+            Self::Dns(dns) => f.debug_tuple("Dns").field(dns).finish(),
         }
     }
 }
@@ -80,6 +85,8 @@ impl FleetSource {
                 .collect::<Vec<_>>()
                 .join(","),
             Self::Stream(_) => "discovery".to_owned(),
+            #[cfg(feature = "dns")]
+            Self::Dns(dns) => format!("dns:{}", dns.target),
         }
     }
 }
@@ -102,7 +109,7 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
-struct Shared {
+pub(crate) struct Shared {
     core: Mutex<Balancer<Pool>>,
     pool_config: PoolConfig,
     name: String,
@@ -110,6 +117,9 @@ struct Shared {
     /// Woken at each membership change (for `ready` waiting for a first endpoint).
     changed: Notify,
     discovery: Mutex<Option<JoinHandle<()>>>,
+    /// Told when an endpoint's connects fail or a connection is lost, so that a source
+    /// that can look again (DNS) does so at once.
+    refresh: Arc<Notify>,
 }
 
 impl Drop for Shared {
@@ -148,6 +158,7 @@ impl Fleet {
             closed: AtomicBool::new(false),
             changed: Notify::new(),
             discovery: Mutex::new(None),
+            refresh: Arc::new(Notify::new()),
         });
         match source {
             FleetSource::List(list) => {
@@ -168,6 +179,16 @@ impl Fleet {
                     ));
                 };
                 let task = tokio::spawn(discover(Arc::downgrade(&shared), stream));
+                *lock(&shared.discovery) = Some(task);
+            }
+            #[cfg(feature = "dns")]
+            FleetSource::Dns(dns) => {
+                let follower = dns.follower()?;
+                let task = tokio::spawn(super::dns::follow(
+                    Arc::downgrade(&shared),
+                    follower,
+                    shared.refresh.clone(),
+                ));
                 *lock(&shared.discovery) = Some(task);
             }
         }
@@ -202,7 +223,7 @@ fn no_endpoints() -> Error {
 
 /// Applies one membership change: new endpoints get their pool and watcher, drained ones
 /// are closed.
-fn apply(shared: &Arc<Shared>, change: Change) {
+pub(crate) fn apply(shared: &Arc<Shared>, change: Change) {
     let now = Instant::now();
     let applied = lock(&shared.core).apply(change, now, |instance| {
         Pool::new(instance.addr(), shared.pool_config.clone())
@@ -245,10 +266,20 @@ async fn watch_pool(shared: Weak<Shared>, id: EndpointId, mut states: watch::Rec
     // the count comes from the try numbers rather than from the changes seen.
     let mut counted = 0u32;
     let mut up = true;
+    let mut connections = 0usize;
     loop {
+        let mut lost = false;
         let report = match &*states.borrow_and_update() {
             PoolState::Closed { .. } => return,
-            PoolState::Idle | PoolState::Connected { .. } => {
+            PoolState::Connected { connections: now } => {
+                lost = *now < connections;
+                connections = *now;
+                counted = 0;
+                (!up).then_some((Connectivity::Up, 0))
+            }
+            PoolState::Idle => {
+                lost = connections > 0;
+                connections = 0;
                 counted = 0;
                 (!up).then_some((Connectivity::Up, 0))
             }
@@ -270,12 +301,27 @@ async fn watch_pool(shared: Weak<Shared>, id: EndpointId, mut states: watch::Rec
             }
             _ => None,
         };
-        if let Some((state, failures)) = report {
-            up = state == Connectivity::Up;
+        if !matches!(
+            &*states.borrow(),
+            PoolState::Connected { .. } | PoolState::Idle
+        ) {
+            lost |= connections > 0;
+            connections = 0;
+        }
+        if report.is_some() || lost {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            lock(&shared.core).connectivity(id, state, failures, Instant::now());
+            if let Some((state, failures)) = report {
+                up = state == Connectivity::Up;
+                lock(&shared.core).connectivity(id, state, failures, Instant::now());
+                if !up {
+                    shared.refresh.notify_one();
+                }
+            }
+            if lost {
+                shared.refresh.notify_one();
+            }
         }
         if states.changed().await.is_err() {
             return;

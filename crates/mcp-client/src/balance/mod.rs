@@ -36,6 +36,8 @@
 //! passed in; no I/O), `tests.rs` (the core in virtual time). The fleet transport
 //! (`fleet.rs`) is the shell that owns the pools and tasks.
 
+#[cfg(feature = "dns")]
+mod dns;
 pub(crate) mod fleet;
 pub(crate) mod hash;
 mod state;
@@ -44,6 +46,10 @@ mod tests;
 
 use std::time::Duration;
 
+#[cfg(feature = "dns")]
+pub use dns::DnsConfig;
+#[cfg(feature = "dns")]
+pub(crate) use dns::DnsSource;
 pub use fleet::Fleet;
 pub(crate) use fleet::FleetSource;
 
@@ -303,6 +309,8 @@ pub struct EndpointSnapshot {
     pub weight: u32,
     /// Its tags.
     pub tags: Vec<String>,
+    /// The name it is known by (for DNS discovery, the host name it was resolved from).
+    pub server_name: Option<String>,
     /// What it is doing.
     pub state: EndpointState,
     /// Attempts sent to it and not yet finished.

@@ -778,6 +778,7 @@ impl<E: Clone> Balancer<E> {
                     addr: e.instance.addr().to_owned(),
                     weight: e.instance.weight(),
                     tags: e.instance.tags().to_vec(),
+                    server_name: e.instance.server_name().map(str::to_owned),
                     state: e.state(),
                     in_flight: e.outstanding,
                     ewma: e.ewma.known.then(|| {

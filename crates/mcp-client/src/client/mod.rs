@@ -117,6 +117,27 @@ impl Client {
         ))
     }
 
+    /// A builder for a client of the fleet a DNS name resolves to: `"host:port"`, every
+    /// address of `host` an endpoint on `port`, followed as the name changes (resolved again
+    /// every 30 s, and at once after a failure; a failed or empty answer keeps the last set).
+    /// See [`DnsConfig`](crate::DnsConfig) and [`Client::dns_with`].
+    #[cfg(feature = "dns")]
+    pub fn dns(target: impl Into<String>) -> ClientBuilder<DefaultFormat, Fleet> {
+        Self::dns_with(target, crate::DnsConfig::default())
+    }
+
+    /// [`Client::dns`] with its settings (interval, name servers, ...).
+    #[cfg(feature = "dns")]
+    pub fn dns_with(
+        target: impl Into<String>,
+        config: crate::DnsConfig,
+    ) -> ClientBuilder<DefaultFormat, Fleet> {
+        ClientBuilder::new(FleetSource::Dns(crate::balance::DnsSource {
+            target: target.into(),
+            config,
+        }))
+    }
+
     /// A builder for a client of a fleet whose members come from a discovery source (Consul,
     /// etcd, a file watcher, a Kubernetes watcher...): a stream of [`Change`]s, applied as
     /// they come. Calls made before the first change wait for it within their budget; when
