@@ -203,3 +203,79 @@ mod tests {
         assert!(body_size("100000000000").is_err());
     }
 }
+
+/// Where `call`, `ping` and `bench` go: one server, several replicas, or a DNS name whose
+/// addresses are the replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// One `host:port`.
+    One(String),
+    /// Several `host:port`, given comma-separated.
+    Many(Vec<String>),
+    /// `dns:host:port`: every address of `host`, followed as it changes.
+    Dns(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::One(addr) => f.write_str(addr),
+            Target::Many(addrs) => f.write_str(&addrs.join(",")),
+            Target::Dns(name) => write!(f, "dns:{name}"),
+        }
+    }
+}
+
+/// The most addresses one target may list.
+pub(crate) const MAX_TARGETS: usize = 1024;
+
+/// `host:port`, `host:port,host:port,...` or `dns:host:port`.
+pub(crate) fn target(s: &str) -> Result<Target, String> {
+    fn host_port(s: &str) -> Result<String, String> {
+        let s = s.trim();
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(s.to_owned())
+            }
+            _ => Err(format!("{s:?} is not host:port")),
+        }
+    }
+    if let Some(name) = s.strip_prefix("dns:") {
+        return Ok(Target::Dns(host_port(name)?));
+    }
+    if !s.contains(',') {
+        return Ok(Target::One(host_port(s)?));
+    }
+    let addrs = s.split(',').map(host_port).collect::<Result<Vec<_>, _>>()?;
+    if addrs.len() > MAX_TARGETS {
+        return Err(format!("at most {MAX_TARGETS} addresses"));
+    }
+    Ok(Target::Many(addrs))
+}
+
+/// `bench --replicas`: 1..=64 embedded servers.
+pub(crate) fn replicas(s: &str) -> Result<u8, String> {
+    count(s, 1, 64)
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_refuse_by_name() {
+        assert_eq!(target("a:1"), Ok(Target::One("a:1".into())));
+        assert_eq!(
+            target("a:1, b:2"),
+            Ok(Target::Many(vec!["a:1".into(), "b:2".into()]))
+        );
+        assert_eq!(
+            target("dns:svc.local:7000"),
+            Ok(Target::Dns("svc.local:7000".into()))
+        );
+        assert!(target("a").unwrap_err().contains("not host:port"));
+        assert!(target("a:1,").unwrap_err().contains("not host:port"));
+        assert!(target("dns:svc").unwrap_err().contains("not host:port"));
+        assert!(target("a:99999").is_err());
+    }
+}

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use mcp_client::{BackoffConfig, CallOptions, Client, LimitConfig, PoolConfig, RawRequest};
+use mcp_client::{
+    BackoffConfig, CallOptions, Client, DefaultFormat, EndpointSnapshot, Error as CallError, Fleet,
+    LimitConfig, MetricsSnapshot, PoolConfig, RawRequest, RawResponse,
+};
 use mcp_format::{FormatId, Json, Protobuf};
 use mcp_proto::examples::v1::UserUpdate;
 use serde::{Deserialize, Serialize};
@@ -27,6 +30,8 @@ use mcp_cli::{decode, ping, service};
 use mcp_server::ServerConfig;
 
 mod args;
+
+use args::Target;
 
 /// `println!` for results. `println!` panics when stdout is a closed pipe (`mcp ping ADDR |
 /// head -2`); this ends the program quietly instead, as Unix tools do.
@@ -85,8 +90,10 @@ enum Command {
     },
     /// Call METHOD on the server at ADDR and print the answer.
     Call {
-        /// The server, host:port.
-        addr: String,
+        /// The server, host:port; several replicas comma-separated (a:1,b:2), or dns:host:port
+        /// for every address of a name. A call goes to one of them.
+        #[arg(value_parser = args::target)]
+        addr: Target,
         /// The method, e.g. `echo` or `user.get`.
         method: String,
         /// A JSON body (sent in format 1, JSON).
@@ -124,8 +131,10 @@ enum Command {
         timeout: Duration,
     },
     Ping {
-        /// The server, host:port.
-        addr: String,
+        /// The server, host:port; several comma-separated, or dns:host:port for every
+        /// address of a name: each is pinged in turn.
+        #[arg(value_parser = args::target)]
+        addr: Target,
         /// How many PINGs.
         #[arg(short = 'c', long, default_value = "4", value_parser = args::ping_count)]
         count: u32,
@@ -154,12 +163,17 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
-    /// The server, host:port (omit with --embedded).
-    #[arg(required_unless_present = "embedded")]
-    addr: Option<String>,
+    /// The server, host:port; several replicas comma-separated, or dns:host:port (omit
+    /// with --embedded). With more than one, the report shows each one's share.
+    #[arg(required_unless_present = "embedded", value_parser = args::target)]
+    addr: Option<Target>,
     /// Start the server in this process on a free loopback port.
     #[arg(long)]
     embedded: bool,
+    /// With --embedded: this many servers, on 127.0.0.1, 127.0.0.2, ..., called as one
+    /// fleet (with 1, the plain one-endpoint client).
+    #[arg(long, default_value = "1", value_parser = args::replicas, requires = "embedded")]
+    replicas: u8,
     /// Calls in flight at once (closed loop) or workers (open loop).
     #[arg(short, long, default_value = "64", value_parser = args::concurrency)]
     concurrency: usize,
@@ -355,14 +369,74 @@ impl From<String> for Failure {
 
 type CmdResult = Result<ExitCode, Failure>;
 
-/// A client for one command: connected (or the reason why not, at once), one connect try.
-async fn one_shot_client(addr: &str, timeout: Duration) -> Result<Client, Failure> {
-    Client::builder(addr.to_owned())
-        .timeout(timeout)
-        .pool_config(one_shot_pool())
-        .connect()
-        .await
-        .map_err(|e| Failure::from(format!("{addr}: {e}")))
+/// A client of one endpoint or of a fleet: the two are distinct types (the one-endpoint
+/// client keeps its static path), so the commands that take either hold this.
+#[derive(Clone)]
+enum AnyClient {
+    One(Client),
+    Fleet(Client<DefaultFormat, Fleet>),
+}
+
+impl AnyClient {
+    /// A client of `target`, configured by `tune` (the same settings either way).
+    async fn connect(
+        target: &Target,
+        tune: impl Fn(
+            mcp_client::ClientBuilder<DefaultFormat, Fleet>,
+        ) -> mcp_client::ClientBuilder<DefaultFormat, Fleet>,
+        tune_one: impl FnOnce(
+            mcp_client::ClientBuilder<DefaultFormat>,
+        ) -> mcp_client::ClientBuilder<DefaultFormat>,
+    ) -> Result<AnyClient, Failure> {
+        let connected = match target {
+            Target::One(addr) => tune_one(Client::builder(addr))
+                .connect()
+                .await
+                .map(Self::One),
+            Target::Many(addrs) => tune(Client::fleet(addrs.iter()))
+                .connect()
+                .await
+                .map(Self::Fleet),
+            Target::Dns(name) => tune(Client::dns(name.clone()))
+                .wait_for_ready(true)
+                .connect()
+                .await
+                .map(Self::Fleet),
+        };
+        connected.map_err(|e| Failure::from(format!("{target}: {e}")))
+    }
+
+    async fn call_raw(&self, request: RawRequest) -> Result<RawResponse, CallError> {
+        match self {
+            Self::One(c) => c.call_raw(request).await,
+            Self::Fleet(c) => c.call_raw(request).await,
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Self::One(c) => drop(c.close().await),
+            Self::Fleet(c) => drop(c.close().await),
+        }
+    }
+
+    fn metrics(&self) -> MetricsSnapshot {
+        match self {
+            Self::One(c) => c.metrics(),
+            Self::Fleet(c) => c.metrics(),
+        }
+    }
+}
+
+/// A client for one command: connected (or the reason why not, at once), one connect try
+/// per endpoint.
+async fn one_shot_client(target: &Target, timeout: Duration) -> Result<AnyClient, Failure> {
+    AnyClient::connect(
+        target,
+        |b| b.timeout(timeout).pool_config(one_shot_pool()),
+        |b| b.timeout(timeout).pool_config(one_shot_pool()),
+    )
+    .await
 }
 
 /// The exit code of `mcp health` for a server or service that does not serve.
@@ -374,7 +448,7 @@ async fn health(addr: String, service: String, timeout: Duration) -> CmdResult {
             "health: a service name is at most 255 bytes",
         ));
     }
-    let client = one_shot_client(&addr, timeout).await?;
+    let client = one_shot_client(&Target::One(addr), timeout).await?;
     let request = RawRequest::new("$health", FormatId::RAW, Bytes::from(service.into_bytes()))
         .with_options(CallOptions::new().timeout(timeout));
     let result = client.call_raw(request).await;
@@ -415,7 +489,7 @@ async fn serve(addr: SocketAddr, tick: Duration, max_age: Option<Duration>) -> C
 
 #[allow(clippy::too_many_arguments)]
 async fn call(
-    addr: String,
+    addr: Target,
     method: String,
     json: Option<String>,
     raw: Option<String>,
@@ -470,12 +544,65 @@ async fn call(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run_ping(addr: String, count: u32, interval: Duration, wait: Duration) -> CmdResult {
-    let target = tokio::net::lookup_host(&addr)
+/// PINGs each endpoint of `target` in turn: a list's every address, a DNS name's every
+/// address; fails if any PING was lost.
+async fn run_ping(target: Target, count: u32, interval: Duration, wait: Duration) -> CmdResult {
+    let mut endpoints = Vec::new();
+    match &target {
+        Target::One(addr) => endpoints.push((addr.clone(), resolve_one(addr).await?)),
+        Target::Many(addrs) => {
+            for addr in addrs {
+                endpoints.push((addr.clone(), resolve_one(addr).await?));
+            }
+        }
+        Target::Dns(name) => {
+            let all: Vec<SocketAddr> = tokio::net::lookup_host(name)
+                .await
+                .map_err(|e| format!("cannot resolve {name}: {e}"))?
+                .collect();
+            if all.is_empty() {
+                return Err(format!("{name} resolves to no address").into());
+            }
+            endpoints.extend(all.into_iter().map(|a| (a.to_string(), a)));
+        }
+    }
+    let several = endpoints.len() > 1;
+    let mut lost = 0;
+    for (addr, socket) in endpoints {
+        match ping_one(&addr, socket, count, interval, wait).await {
+            Ok(n) => lost += n,
+            // One endpoint that cannot be reached is that endpoint's answer; the others
+            // are still pinged.
+            Err(e) if several => {
+                eprintln!("mcp: {addr}: {}", e.message);
+                lost += count;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(if lost == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn resolve_one(addr: &str) -> Result<SocketAddr, Failure> {
+    Ok(tokio::net::lookup_host(addr)
         .await
         .map_err(|e| format!("cannot resolve {addr}: {e}"))?
         .next()
-        .ok_or_else(|| format!("{addr} resolves to no address"))?;
+        .ok_or_else(|| format!("{addr} resolves to no address"))?)
+}
+
+/// PINGs one endpoint; returns how many PINGs were lost.
+async fn ping_one(
+    addr: &str,
+    target: SocketAddr,
+    count: u32,
+    interval: Duration,
+    wait: Duration,
+) -> Result<u32, Failure> {
     outln!("PING {addr} ({target}): {count} PINGs");
     let stats = ping::run(target, count, interval, wait, |seq, rtt| match rtt {
         Some(us) => outln!("PONG from {target}: seq={seq} time={:.1} us", us),
@@ -494,11 +621,7 @@ async fn run_ping(addr: String, count: u32, interval: Duration, wait: Duration) 
     if let Some((min, avg, max, mdev)) = stats.summary() {
         outln!("rtt min/avg/max/mdev = {min:.1}/{avg:.1}/{max:.1}/{mdev:.1} us");
     }
-    Ok(if stats.lost() == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(stats.lost())
 }
 
 /// What a load run measured, and the first error in full (the report counts errors by kind
@@ -509,7 +632,7 @@ struct Load {
 }
 
 /// Runs the load generator against `echo` through a client.
-async fn load(client: Client, config: &LoadConfig, size: usize, live: bool) -> Load {
+async fn load(client: AnyClient, config: &LoadConfig, size: usize, live: bool) -> Load {
     let first_error = Arc::new(std::sync::OnceLock::new());
     let first = Arc::clone(&first_error);
     let body = Bytes::from(vec![0x5a; size]);
@@ -620,31 +743,42 @@ fn print_report(load: &Load, with_histogram: bool) {
 }
 
 async fn bench(args: BenchArgs) -> CmdResult {
-    let mut server = None;
-    let addr = match (&args.addr, args.embedded) {
+    let mut servers = Vec::new();
+    let target = match (&args.addr, args.embedded) {
         (_, true) => {
-            let mut config = ServerConfig::default();
-            config.max_connection_age = args.max_connection_age;
-            let handle = service::start_with_config(
-                ([127, 0, 0, 1], 0).into(),
-                Duration::from_secs(1),
-                config,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            let addr = handle.local_addr().to_string();
-            server = Some(handle);
-            addr
+            let mut addrs = Vec::new();
+            for n in 0..args.replicas {
+                let mut config = ServerConfig::default();
+                config.max_connection_age = args.max_connection_age;
+                // Distinct loopback addresses, as distinct hosts: 127.0.0.1, .2, ...
+                let handle = service::start_with_config(
+                    ([127, 0, 0, 1 + n], 0).into(),
+                    Duration::from_secs(1),
+                    config,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                addrs.push(handle.local_addr().to_string());
+                servers.push(handle);
+            }
+            if addrs.len() == 1 {
+                Target::One(addrs.remove(0))
+            } else {
+                Target::Many(addrs)
+            }
         }
-        (Some(addr), false) => addr.clone(),
+        (Some(target), false) => target.clone(),
         (None, false) => return Err(Failure::usage("give ADDR or --embedded")),
     };
-    let client = Client::builder(addr.clone())
-        .max_connections(args.connections)
-        .limit(LimitConfig::new(args.concurrency))
-        .connect()
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
+    let limit = LimitConfig::new(args.concurrency);
+    let connections = args.connections;
+    let client = AnyClient::connect(
+        &target,
+        |b| b.max_connections(connections).limit(limit.clone()),
+        |b| b.max_connections(connections).limit(limit.clone()),
+    )
+    .await?;
+    let addr = target.to_string();
     let config = LoadConfig {
         concurrency: args.concurrency,
         duration: args.duration,
@@ -670,14 +804,19 @@ async fn bench(args: BenchArgs) -> CmdResult {
         std::io::stderr().is_terminal(),
     )
     .await;
+    let endpoints = client.metrics().endpoints;
     client.close().await;
-    let accepted = server
-        .as_ref()
-        .map(|server| server.server().stats().accepted_connections);
-    if let Some(server) = server {
+    let accepted: Option<u64> = (!servers.is_empty()).then(|| {
+        servers
+            .iter()
+            .map(|server| server.server().stats().accepted_connections)
+            .sum()
+    });
+    for server in servers {
         let _ = server.shutdown(Duration::from_secs(1)).await;
     }
     print_report(&load, false);
+    print_endpoints(&endpoints);
     if let Some(accepted) = accepted {
         outln!("server: {accepted} connections accepted");
     }
@@ -690,6 +829,31 @@ async fn bench(args: BenchArgs) -> CmdResult {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A fleet's share per endpoint: attempts sent (warm-up included) and the balancer's
+/// latency estimate (peak EWMA) at the end.
+fn print_endpoints(endpoints: &[EndpointSnapshot]) {
+    let total: u64 = endpoints.iter().map(|e| e.attempts).sum();
+    for e in endpoints {
+        let share = if total == 0 {
+            0.0
+        } else {
+            100.0 * e.attempts as f64 / total as f64
+        };
+        let ewma = e.ewma.map_or_else(
+            || "-".to_string(),
+            |d| format!("{:.1} us", d.as_secs_f64() * 1e6),
+        );
+        outln!(
+            "endpoint {}: {share:.1}% of attempts ({}), ewma {ewma}, {} failed, {}, {} ejection(s)",
+            e.addr,
+            e.attempts,
+            e.failures,
+            e.state.name(),
+            e.ejections
+        );
+    }
 }
 
 fn run_decode(file: Option<PathBuf>) -> CmdResult {
@@ -833,7 +997,7 @@ async fn demo(duration: Duration) -> CmdResult {
         warmup: Duration::from_millis(300),
     };
     let load = load(
-        bench_client.clone(),
+        AnyClient::One(bench_client.clone()),
         &config,
         64,
         std::io::stderr().is_terminal(),

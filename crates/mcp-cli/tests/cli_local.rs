@@ -401,3 +401,31 @@ fn decode_of_empty_input_is_a_usage_error() {
     let _ = std::fs::remove_file(&path);
     assert_refused_run(&out, &["empty.hex is empty"]);
 }
+
+#[test]
+fn bench_embedded_over_replicas_prints_each_ones_share() {
+    let out = run(&[
+        "bench",
+        "--embedded",
+        "--replicas",
+        "3",
+        "--duration",
+        "1s",
+        "--warmup",
+        "100ms",
+    ]);
+    out.assert_stdout_has("errors: none");
+    let shares: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("endpoint 127.0.0."))
+        .collect();
+    assert_eq!(shares.len(), 3, "{out}");
+    for line in shares {
+        assert!(line.contains("% of attempts"), "{line}");
+        assert!(
+            !line.contains(" 0.0% "),
+            "an endpoint served nothing: {line}"
+        );
+    }
+}

@@ -275,3 +275,24 @@ fn health_of_the_server_and_of_an_unknown_service() {
     out.assert_code(3);
     assert_eq!(out.stdout, "SERVICE_UNKNOWN\n", "{out}");
 }
+
+#[test]
+fn call_and_ping_take_several_addresses() {
+    let server = Server::start(&[]);
+    // The second address listens nowhere: the call goes to the one that answers.
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let both = format!("{dead},{}", server.addr);
+    let out = run(&["call", &both, "echo", "--raw", "hi"]);
+    assert!(out.status.success(), "{out}");
+    assert_eq!(out.stdout.trim(), "hi", "{out}");
+    // Ping pings each, reports the dead one, and fails.
+    let out = run(&["ping", &both, "-c", "1", "-W", "500ms"]);
+    assert!(!out.status.success(), "{out}");
+    assert!(
+        out.stdout.contains(&format!("PONG from {}", server.addr)),
+        "{out}"
+    );
+    // A name that is not host:port is refused as a usage error.
+    let out = run(&["call", "dns:nowhere", "echo"]);
+    assert_eq!(out.status.code(), Some(2), "{out}");
+}
