@@ -174,6 +174,10 @@ struct BenchArgs {
     /// fleet (with 1, the plain one-endpoint client).
     #[arg(long, default_value = "1", value_parser = args::replicas, requires = "embedded")]
     replicas: u8,
+    /// With --embedded: call through the fleet transport (the balancer) even with one
+    /// replica, to measure what the balancer itself costs.
+    #[arg(long, requires = "embedded")]
+    fleet: bool,
     /// Calls in flight at once (closed loop) or workers (open loop).
     #[arg(short, long, default_value = "64", value_parser = args::concurrency)]
     concurrency: usize,
@@ -761,7 +765,7 @@ async fn bench(args: BenchArgs) -> CmdResult {
                 addrs.push(handle.local_addr().to_string());
                 servers.push(handle);
             }
-            if addrs.len() == 1 {
+            if addrs.len() == 1 && !args.fleet {
                 Target::One(addrs.remove(0))
             } else {
                 Target::Many(addrs)

@@ -208,6 +208,7 @@ impl Fleet {
         let guard = Outstanding {
             shared: &self.shared,
             id: picked.id,
+            hint: picked.hint,
             start: now,
             done: false,
         };
@@ -334,6 +335,7 @@ async fn watch_pool(shared: Weak<Shared>, id: EndpointId, mut states: watch::Rec
 struct Outstanding<'a> {
     shared: &'a Shared,
     id: EndpointId,
+    hint: usize,
     start: Instant,
     done: bool,
 }
@@ -341,7 +343,7 @@ struct Outstanding<'a> {
 impl Outstanding<'_> {
     fn finish(&mut self, outcome: Outcome, latency: Option<Duration>, now: Instant) {
         self.done = true;
-        let drained = lock(&self.shared.core).finish(self.id, outcome, latency, now);
+        let drained = lock(&self.shared.core).finish(self.id, self.hint, outcome, latency, now);
         if let Some(pool) = drained {
             pool.close();
         }

@@ -49,7 +49,7 @@ fn sequential(
         let picked = b.pick(None, &[], *now).expect("a pick");
         let rtt = latency(&picked.payload);
         *now += rtt;
-        b.finish(picked.id, Outcome::Success, Some(rtt), *now);
+        b.finish_at(picked.id, Outcome::Success, Some(rtt), *now);
         *served.entry(picked.payload).or_default() += 1;
     }
     served
@@ -104,7 +104,7 @@ fn round_robin_honours_weights_interleaved() {
     let mut order = Vec::new();
     for _ in 0..8 {
         let p = b.pick(None, &[], now).unwrap();
-        b.finish(p.id, Outcome::Success, Some(MS), now);
+        b.finish_at(p.id, Outcome::Success, Some(MS), now);
         order.push(p.payload);
     }
     let a = order.iter().filter(|p| *p == "a:1").count();
@@ -123,7 +123,7 @@ fn p2c_weighs_outstanding_calls() {
         let id = id_of(&b, addr);
         loop {
             let p = b.pick(None, &[], now).unwrap();
-            b.finish(p.id, Outcome::Success, Some(MS), now);
+            b.finish_at(p.id, Outcome::Success, Some(MS), now);
             if p.id == id {
                 break;
             }
@@ -143,7 +143,7 @@ fn a_new_endpoint_takes_one_call_at_a_time_until_it_answers() {
     let now = Instant::now();
     let mut b = fleet(BalanceConfig::default(), addrs(1), now);
     let p = b.pick(None, &[], now).unwrap();
-    b.finish(p.id, Outcome::Success, Some(MS), now);
+    b.finish_at(p.id, Outcome::Success, Some(MS), now);
     b.apply(Change::Insert(Instance::new("new:1")), now, |i| {
         i.addr().to_owned()
     });
@@ -156,7 +156,7 @@ fn a_new_endpoint_takes_one_call_at_a_time_until_it_answers() {
         let p = b.pick(None, &[], now).unwrap();
         assert_ne!(p.id, fresh, "a second call before the first answered");
     }
-    b.finish(first.id, Outcome::Success, Some(MS), now);
+    b.finish_at(first.id, Outcome::Success, Some(MS), now);
     let taken = (0..20).any(|_| b.pick(None, &[], now).unwrap().id == fresh);
     assert!(taken, "measured, it takes calls like the others");
 }
@@ -176,7 +176,7 @@ fn peak_ewma_jumps_up_and_decays_down() {
     };
     for rtt in [MS, 100 * MS] {
         let p = b.pick(None, &[], now).unwrap();
-        b.finish(p.id, Outcome::Success, Some(rtt), now);
+        b.finish_at(p.id, Outcome::Success, Some(rtt), now);
     }
     assert_eq!(ewma(&b, now), 100 * MS, "a slower answer is taken at once");
     now += Duration::from_secs(10);
@@ -187,7 +187,7 @@ fn peak_ewma_jumps_up_and_decays_down() {
     );
     // A fast answer is blended in, not taken as is.
     let p = b.pick(None, &[], now).unwrap();
-    b.finish(p.id, Outcome::Success, Some(MS), now);
+    b.finish_at(p.id, Outcome::Success, Some(MS), now);
     let now2 = now + MS;
     assert!(ewma(&b, now2) > 30 * MS);
 }
@@ -199,9 +199,9 @@ fn a_hash_key_sticks_to_its_endpoint_and_moves_only_with_it() {
     let mut home = HashMap::new();
     for key in 0..500u64 {
         let p = b.pick(Some(key), &[], now).unwrap();
-        b.finish(p.id, Outcome::Success, Some(MS), now);
+        b.finish_at(p.id, Outcome::Success, Some(MS), now);
         let again = b.pick(Some(key), &[], now).unwrap();
-        b.finish(again.id, Outcome::Success, Some(MS), now);
+        b.finish_at(again.id, Outcome::Success, Some(MS), now);
         assert_eq!(p.id, again.id);
         home.insert(key, p.payload);
     }
@@ -209,7 +209,7 @@ fn a_hash_key_sticks_to_its_endpoint_and_moves_only_with_it() {
     b.apply(Change::Remove(gone.into()), now, |i| i.addr().to_owned());
     for key in 0..500u64 {
         let p = b.pick(Some(key), &[], now).unwrap();
-        b.finish(p.id, Outcome::Success, Some(MS), now);
+        b.finish_at(p.id, Outcome::Success, Some(MS), now);
         if home[&key] != gone {
             assert_eq!(
                 p.payload, home[&key],
@@ -232,7 +232,7 @@ fn hash_keys_spread_by_weight() {
     let mut heavy = 0;
     for key in 0..4000u64 {
         let p = b.pick(Some(key), &[], now).unwrap();
-        b.finish(p.id, Outcome::Success, Some(MS), now);
+        b.finish_at(p.id, Outcome::Success, Some(MS), now);
         heavy += usize::from(p.payload == "b:1");
     }
     let share = heavy as f64 / 4000.0;
@@ -257,7 +257,7 @@ fn p2c_honours_weights() {
         if out.len() == 4 {
             now += MS;
             for id in out.drain(..) {
-                b.finish(id, Outcome::Success, Some(MS), now);
+                b.finish_at(id, Outcome::Success, Some(MS), now);
             }
         }
     }
@@ -273,6 +273,17 @@ fn fail(b: &mut Balancer<String>, addr: &str, times: usize, now: Instant) {
 }
 
 impl Balancer<String> {
+    /// `finish` without the place hint (the lookup by id is what the hint saves).
+    fn finish_at(
+        &mut self,
+        id: EndpointId,
+        outcome: Outcome,
+        latency: Option<Duration>,
+        now: Instant,
+    ) -> Option<String> {
+        self.finish(id, usize::MAX, outcome, latency, now)
+    }
+
     /// Picks until `id` comes out, avoiding those that did instead (so that a test can aim
     /// outcomes at one endpoint); the others are given back as neutral.
     fn pick_at(&mut self, id: EndpointId, now: Instant) {
@@ -282,7 +293,7 @@ impl Balancer<String> {
             if p.id == id {
                 return;
             }
-            self.finish(p.id, Outcome::Neutral, None, now);
+            self.finish_at(p.id, Outcome::Neutral, None, now);
             tried.push(p.id);
             assert!(tried.len() < 100, "endpoint {id} is never picked");
         }
@@ -291,7 +302,7 @@ impl Balancer<String> {
     /// An attempt to `id` that failed.
     fn finish_failed_at(&mut self, id: EndpointId, now: Instant) {
         self.pick_at(id, now);
-        self.finish(id, Outcome::Failure, None, now);
+        self.finish_at(id, Outcome::Failure, None, now);
     }
 }
 
@@ -312,7 +323,7 @@ fn five_failures_in_a_row_eject_then_one_probe_brings_it_back() {
     for _ in 0..100 {
         let p = b.pick(None, &[], now).unwrap();
         assert_ne!(p.id, bad_id, "an ejected endpoint took a call");
-        b.finish(p.id, Outcome::Success, Some(MS), now);
+        b.finish_at(p.id, Outcome::Success, Some(MS), now);
     }
     now += Duration::from_secs(30);
     assert_eq!(
@@ -326,14 +337,14 @@ fn five_failures_in_a_row_eject_then_one_probe_brings_it_back() {
         if p.id == bad_id {
             break p;
         }
-        b.finish(p.id, Outcome::Success, Some(MS), now);
+        b.finish_at(p.id, Outcome::Success, Some(MS), now);
     };
     for _ in 0..50 {
         let p = b.pick(None, &[], now).unwrap();
         assert_ne!(p.id, bad_id, "a second call during the probe");
-        b.finish(p.id, Outcome::Success, Some(MS), now);
+        b.finish_at(p.id, Outcome::Success, Some(MS), now);
     }
-    b.finish(probe.id, Outcome::Success, Some(MS), now);
+    b.finish_at(probe.id, Outcome::Success, Some(MS), now);
     assert_eq!(state_of(&b, bad, now), EndpointState::Ready);
 }
 
@@ -354,10 +365,10 @@ fn ejections_in_a_row_last_longer_up_to_the_cap() {
             let p = b.pick(None, &[], now).unwrap();
             if p.id == bad_id {
                 // The probe fails: ejected again.
-                b.finish(p.id, Outcome::Failure, None, now);
+                b.finish_at(p.id, Outcome::Failure, None, now);
                 break;
             }
-            b.finish(p.id, Outcome::Success, Some(MS), now);
+            b.finish_at(p.id, Outcome::Success, Some(MS), now);
             assert!(waited <= 400, "never probed");
         }
         lengths.push(waited);
@@ -393,7 +404,7 @@ fn panic_mode_spreads_over_all_when_none_is_ready() {
     let mut seen = HashMap::<String, usize>::new();
     for _ in 0..200 {
         let p = b.pick(None, &[], now).expect("panic mode still picks");
-        b.finish(p.id, Outcome::Neutral, None, now);
+        b.finish_at(p.id, Outcome::Neutral, None, now);
         *seen.entry(p.payload).or_default() += 1;
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
@@ -409,12 +420,12 @@ fn backoff_takes_an_endpoint_out_without_removing_it() {
     for _ in 0..50 {
         let p = b.pick(None, &[], now).unwrap();
         assert_ne!(p.id, down);
-        b.finish(p.id, Outcome::Success, Some(MS), now);
+        b.finish_at(p.id, Outcome::Success, Some(MS), now);
     }
     b.connectivity(down, Connectivity::Up, 0, now);
     let back = (0..50).any(|_| {
         let p = b.pick(None, &[], now).unwrap();
-        b.finish(p.id, Outcome::Success, Some(MS), now);
+        b.finish_at(p.id, Outcome::Success, Some(MS), now);
         p.id == down
     });
     assert!(back);
@@ -451,7 +462,7 @@ fn a_retry_goes_to_an_endpoint_not_yet_tried() {
             // All tried: any endpoint will do.
             let _ = fourth;
             for id in [first.id, second.id, third.id, fourth.id] {
-                b.finish(id, Outcome::Success, Some(MS), now);
+                b.finish_at(id, Outcome::Success, Some(MS), now);
             }
         }
         // With a key too.
@@ -471,7 +482,7 @@ fn a_removed_endpoint_drains_then_closes() {
         if p.id == gone {
             break p;
         }
-        b.finish(p.id, Outcome::Success, Some(MS), now);
+        b.finish_at(p.id, Outcome::Success, Some(MS), now);
     };
     let applied = b.apply(Change::Remove("10.0.0.0:7000".into()), now, |i| {
         i.addr().to_owned()
@@ -481,13 +492,13 @@ fn a_removed_endpoint_drains_then_closes() {
     for _ in 0..50 {
         let p = b.pick(None, &[], now).unwrap();
         assert_ne!(p.id, gone);
-        b.finish(p.id, Outcome::Success, Some(MS), now);
+        b.finish_at(p.id, Outcome::Success, Some(MS), now);
     }
-    let closed = b.finish(out.id, Outcome::Success, Some(MS), now);
+    let closed = b.finish_at(out.id, Outcome::Success, Some(MS), now);
     assert_eq!(closed.as_deref(), Some("10.0.0.0:7000"));
     assert_eq!(b.snapshot(now).len(), 1);
     // A late outcome for it is dropped.
-    assert!(b.finish(out.id, Outcome::Success, None, now).is_none());
+    assert!(b.finish_at(out.id, Outcome::Success, None, now).is_none());
     // An idle endpoint closes at once.
     let applied = b.apply(Change::Reset(vec![]), now, |i| i.addr().to_owned());
     assert_eq!(applied.closed.len(), 1);
@@ -558,7 +569,7 @@ fn a_low_success_rate_ejects() {
             b.finish_failed_at(bad, now);
         } else {
             b.pick_at(bad, now);
-            b.finish(bad, Outcome::Success, Some(MS), now);
+            b.finish_at(bad, Outcome::Success, Some(MS), now);
         }
         now += Duration::from_millis(100);
     }
@@ -582,6 +593,79 @@ fn a_pick_costs_the_same_with_100_endpoints() {
     for _ in 0..1000 {
         let p = b.pick(None, &[], now).unwrap();
         assert!(b.is_eligible(p.id));
-        b.finish(p.id, Outcome::Success, Some(MS), now);
+        b.finish_at(p.id, Outcome::Success, Some(MS), now);
+    }
+}
+
+/// Prints what a pick costs with 3, 100 and 1000 endpoints, per picker, and the core's
+/// memory per endpoint (BENCHMARKS.md section 7). A report, not a check: run it in release,
+/// `cargo test -p mcp-client --release --lib report_pick_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run by hand in release"]
+fn report_pick_cost_and_memory_per_endpoint() {
+    const PICKS: u32 = 2_000_000;
+    for n in [3usize, 100, 1000] {
+        let now = Instant::now();
+        let mut line = format!("{n:>5} endpoints:");
+        for (name, picker, keyed) in [
+            ("p2c", Picker::PeakEwma, false),
+            ("round-robin", Picker::RoundRobin, false),
+            ("hash key", Picker::PeakEwma, true),
+        ] {
+            let config = BalanceConfig {
+                picker,
+                ..BalanceConfig::default()
+            };
+            let mut b = fleet(config, addrs(n), now);
+            // Every endpoint measured once, as in a running fleet.
+            for _ in 0..4 * n {
+                let p = b.pick(None, &[], now).unwrap();
+                b.finish_at(p.id, Outcome::Success, Some(MS), now);
+            }
+            let start = std::time::Instant::now();
+            for i in 0..PICKS {
+                let key = keyed.then_some(u64::from(i));
+                let p = b.pick(key, &[], now).unwrap();
+                b.finish(p.id, p.hint, Outcome::Success, Some(MS), now);
+            }
+            let ns = start.elapsed().as_nanos() as f64 / f64::from(PICKS);
+            line += &format!("  {name} {ns:.0} ns");
+            if keyed {
+                line += &format!(
+                    "  (core memory {} B/endpoint with the ring)",
+                    b.heap_bytes() / n
+                );
+            }
+        }
+        println!("{line}  [pick + finish]");
+    }
+}
+
+#[test]
+fn a_stale_place_hint_still_finds_its_endpoint() {
+    let now = Instant::now();
+    let mut b = fleet(BalanceConfig::default(), addrs(3), now);
+    let (first, _) = b.member("10.0.0.0:7000").unwrap();
+    let (last, _) = b.member("10.0.0.2:7000").unwrap();
+    b.pick_at(last, now);
+    let held = b.snapshot(now);
+    assert_eq!(held.iter().map(|s| s.in_flight).sum::<u32>(), 1);
+    // Removing the first moves the last into its place: the hint the pick gave is stale.
+    b.apply(Change::Remove("10.0.0.0:7000".into()), now, |i| {
+        i.addr().to_owned()
+    });
+    let _ = first;
+    assert!(b.finish(last, 2, Outcome::Success, Some(MS), now).is_none());
+    let after = b.snapshot(now);
+    assert!(after.iter().all(|s| s.in_flight == 0), "{after:?}");
+}
+
+#[test]
+fn the_short_decay_series_matches_exp() {
+    let decay = Duration::from_secs(10);
+    for elapsed in [0.0, 1e-6, 1e-3, 0.05, 0.0999, 0.1, 0.5, 10.0, 100.0] {
+        let exact = (-elapsed / 10.0f64).exp();
+        let got = super::state::kept(elapsed, decay);
+        assert!((got - exact).abs() < 2e-7, "{elapsed}: {got} vs {exact}");
     }
 }
