@@ -636,7 +636,14 @@ struct Load {
 }
 
 /// Runs the load generator against `echo` through a client.
-async fn load(client: AnyClient, config: &LoadConfig, size: usize, live: bool) -> Load {
+/// Runs the load generator against `echo` through `call` (a client's `call_raw`). Generic
+/// rather than over [`AnyClient`], so that each kind of client's call future is measured
+/// at its own size, not at the larger of the two.
+async fn load<C, Fut>(call: C, config: &LoadConfig, size: usize, live: bool) -> Load
+where
+    C: Fn(RawRequest) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<RawResponse, CallError>> + Send + 'static,
+{
     let first_error = Arc::new(std::sync::OnceLock::new());
     let first = Arc::clone(&first_error);
     let body = Bytes::from(vec![0x5a; size]);
@@ -644,11 +651,13 @@ async fn load(client: AnyClient, config: &LoadConfig, size: usize, live: bool) -
     let total = config.warmup + config.duration;
     let printer = tokio::spawn(print_progress(Arc::clone(&progress), total, live));
     let report = loadgen::run(config, Arc::clone(&progress), move || {
-        let client = client.clone();
         let request = RawRequest::new("echo", FormatId::RAW, body.clone());
         let first = Arc::clone(&first);
+        // The call's future is made inside this one, not moved into it: it is large, and
+        // a move is a copy on every call.
+        let call = call.clone();
         async move {
-            match client.call_raw(request).await {
+            match call(request).await {
                 Ok(response) if response.body().len() == size => Ok(()),
                 Ok(response) => {
                     first.get_or_init(|| {
@@ -801,13 +810,23 @@ async fn bench(args: BenchArgs) -> CmdResult {
         args.connections,
         humantime::format_duration(args.duration),
     );
-    let load = load(
-        client.clone(),
-        &config,
-        args.size,
-        std::io::stderr().is_terminal(),
-    )
-    .await;
+    let live = std::io::stderr().is_terminal();
+    let load = match client.clone() {
+        AnyClient::One(c) => {
+            let call = move |r| {
+                let c = c.clone();
+                async move { c.call_raw(r).await }
+            };
+            load(call, &config, args.size, live).await
+        }
+        AnyClient::Fleet(c) => {
+            let call = move |r| {
+                let c = c.clone();
+                async move { c.call_raw(r).await }
+            };
+            load(call, &config, args.size, live).await
+        }
+    };
     let endpoints = client.metrics().endpoints;
     client.close().await;
     let accepted: Option<u64> = (!servers.is_empty()).then(|| {
@@ -1000,8 +1019,12 @@ async fn demo(duration: Duration) -> CmdResult {
         rate: None,
         warmup: Duration::from_millis(300),
     };
+    let caller = bench_client.clone();
     let load = load(
-        AnyClient::One(bench_client.clone()),
+        move |r| {
+            let c = caller.clone();
+            async move { c.call_raw(r).await }
+        },
         &config,
         64,
         std::io::stderr().is_terminal(),
