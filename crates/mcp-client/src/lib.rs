@@ -45,6 +45,7 @@
 //! - `json` (default): JSON bodies through serde ([`Json`]); the default format.
 //! - `protobuf` (default): Protobuf bodies through prost ([`Protobuf`]).
 //! - `blocking` (default): [`blocking::Client`], for programs without async.
+//! - `dns` (default): [`Client::dns`], a fleet that follows a DNS name (hickory-resolver).
 //! - `tower` (default): `tower_service::Service<RawRequest>` for [`Client`], with `poll_ready`
 //!   driven by the concurrency limit.
 //! - `tls` (default): TLS over rustls with ring ([`ClientBuilder::tls`] with a
@@ -63,6 +64,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+pub mod balance;
 mod breaker;
 mod client;
 mod error;
@@ -80,6 +82,12 @@ pub mod blocking;
 mod tower;
 
 pub use auth::AUTHORIZATION;
+#[cfg(feature = "dns")]
+pub use balance::DnsConfig;
+pub use balance::{
+    BalanceConfig, Change, EjectionConfig, EndpointSnapshot, EndpointState, Fleet, Instance,
+    Picker, SuccessRateConfig,
+};
 pub use breaker::{BreakerConfig, BreakerState};
 pub use client::{
     CallOptions, Client, ClientBuilder, DefaultFormat, RawPush, RawRequest, RawResponse,

@@ -42,7 +42,7 @@ use crate::limit::{LimitConfig, Limiter, Slot};
 use crate::metrics::{MetricsSnapshot, Recorder};
 use crate::retry::{Retry, RetryConfig};
 use crate::trace::{self, TraceContext};
-use crate::transport::{Attempt, RawPushStream, Transport};
+use crate::transport::{Attempt, RawPushStream, Transport, Tried};
 use crate::window::later;
 
 /// The client's timing settings: how a call's budget is split.
@@ -229,6 +229,8 @@ impl<T: Transport> Stack<T> {
         let attempt_timeout = options
             .attempt_timeout
             .unwrap_or(self.timing.attempt_timeout);
+        let tried = Tried::default();
+        let tried = &tried;
         self.retry
             .run(
                 options.idempotent,
@@ -272,6 +274,8 @@ impl<T: Transport> Stack<T> {
                                 body,
                                 deadline: attempt_deadline,
                                 other_connection,
+                                tried,
+                                hash_key: options.hash_key,
                             })
                             .await;
                         let result = result.map_err(|e| {
@@ -376,6 +380,7 @@ impl<T: Transport> Stack<T> {
             breaker_opened: self.breaker.opened(),
             errors: self.metrics.errors(),
             latency: self.metrics.latency(),
+            endpoints: transport.endpoints,
         }
     }
 }

@@ -13,13 +13,15 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use futures_core::Stream;
 use mcp_format::FormatId;
-use mcp_transport::{Answer, CallDeadline as TransportOptions, Meta, Pool};
+use mcp_transport::{Answer, CallDeadline as TransportOptions, Meta, Pool, PoolConfig};
 use tokio::time::Instant;
 
+use crate::balance::{BalanceConfig, EndpointSnapshot, Fleet, FleetSource};
 use crate::client::{RawPush, RawResponse};
 use crate::error::{Error, Phase, Processed};
 use crate::metrics::ConnectionCounts;
@@ -39,6 +41,47 @@ pub struct Attempt<'a> {
     /// check that the policy sets it.
     #[cfg_attr(not(all(test, feature = "json")), allow(dead_code))]
     pub(crate) other_connection: bool,
+    /// The endpoints this call's earlier attempts went to, so that a fleet sends a retry
+    /// elsewhere (one endpoint ignores it).
+    pub(crate) tried: &'a Tried,
+    /// The call's affinity key ([`CallOptions::hash_key`](crate::CallOptions::hash_key)).
+    pub(crate) hash_key: Option<u64>,
+}
+
+/// The endpoints one call has tried: the last [`Tried::CAPACITY`], as fleet endpoint ids
+/// (never 0). Atomics rather than a `Vec` behind a lock: it lives in every call's future,
+/// also for a single endpoint, so it must cost nothing to make and stay small; attempts are
+/// sequential, so relaxed ordering is enough.
+#[derive(Debug, Default)]
+pub(crate) struct Tried {
+    ids: [AtomicU64; Tried::CAPACITY],
+    next: AtomicUsize,
+}
+
+impl Tried {
+    /// Enough for the default retry schedule (4 attempts) and a refusal or two.
+    pub(crate) const CAPACITY: usize = 6;
+
+    /// Records an endpoint as tried (the oldest is forgotten past the capacity).
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
+    pub(crate) fn push(&self, id: u64) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.ids[n % Self::CAPACITY].store(id, Ordering::Relaxed);
+    }
+
+    /// The endpoints tried, into `out`; returns how many.
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
+    pub(crate) fn read_into(&self, out: &mut [u64; Tried::CAPACITY]) -> usize {
+        let mut n = 0;
+        for id in &self.ids {
+            let id = id.load(Ordering::Relaxed);
+            if id != 0 {
+                out[n] = id;
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 impl fmt::Debug for Attempt<'_> {
@@ -48,6 +91,7 @@ impl fmt::Debug for Attempt<'_> {
             .field("format", &self.format)
             .field("deadline", &self.deadline)
             .field("other_connection", &self.other_connection)
+            .field("hash_key", &self.hash_key)
             .finish_non_exhaustive()
     }
 }
@@ -58,10 +102,12 @@ impl fmt::Debug for Attempt<'_> {
 pub(crate) type RawPushStream = Pin<Box<dyn Stream<Item = Result<RawPush, Error>> + Send>>;
 
 /// The transport's counters the client's metrics report.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub(crate) connections: ConnectionCounts,
     pub(crate) reconnects: u64,
+    /// Per endpoint, for a fleet (empty for one endpoint).
+    pub(crate) endpoints: Vec<EndpointSnapshot>,
 }
 
 /// Where a client's attempts, notifications and subscriptions go: what the facade uses of
@@ -111,6 +157,76 @@ pub trait Transport: Send + Sync + 'static {
     fn endpoint(&self) -> &str;
 }
 
+/// A transport a [`ClientBuilder`](crate::ClientBuilder) makes: what the builder keeps of
+/// where calls go, and how the transport is built from it and the builder's settings.
+pub trait Target: Transport + Sized {
+    /// Where calls go, as the builder keeps it.
+    type Source: Clone + fmt::Debug + Send + Sync + 'static;
+
+    /// The transport (inside a tokio runtime), or why the settings cannot work.
+    fn make(
+        source: Self::Source,
+        pool: &PoolConfig,
+        balance: &BalanceConfig,
+        dialer: &Dialer,
+    ) -> Result<Self, Error>;
+}
+
+/// How a transport's pools reach an address: TCP, or TLS when the builder was given it.
+#[derive(Clone, Debug, Default)]
+pub struct Dialer {
+    #[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
+    pub(crate) tls: Option<mcp_transport::TlsClientConfig>,
+}
+
+impl Dialer {
+    /// A pool of `addr`. Over TLS the server is verified as the TLS settings' server name,
+    /// else as `name` (the host name discovery found the address under), else as `addr`'s
+    /// host: never plaintext when TLS was asked for.
+    pub(crate) fn pool(
+        &self,
+        addr: String,
+        name: Option<&str>,
+        config: PoolConfig,
+    ) -> Result<Pool, Error> {
+        #[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
+        if let Some(tls) = &self.tls {
+            let connect = mcp_transport::TlsConnect::named(addr, tls, name).map_err(|e| {
+                Error::invalid(format!("invalid TLS configuration: {e}")).with_source(e)
+            })?;
+            return Ok(Pool::with_connector(connect, config));
+        }
+        let _ = name;
+        Ok(Pool::new(addr, config))
+    }
+}
+
+impl Target for Pool {
+    type Source = String;
+
+    fn make(
+        addr: String,
+        pool: &PoolConfig,
+        _: &BalanceConfig,
+        dialer: &Dialer,
+    ) -> Result<Self, Error> {
+        dialer.pool(addr, None, pool.clone())
+    }
+}
+
+impl Target for Fleet {
+    type Source = FleetSource;
+
+    fn make(
+        source: FleetSource,
+        pool: &PoolConfig,
+        balance: &BalanceConfig,
+        dialer: &Dialer,
+    ) -> Result<Self, Error> {
+        Fleet::new(source, pool.clone(), balance.clone(), dialer.clone())
+    }
+}
+
 impl Transport for Pool {
     async fn call(&self, attempt: Attempt<'_>) -> Result<RawResponse, Error> {
         let options = TransportOptions::deadline(attempt.deadline);
@@ -122,16 +238,8 @@ impl Transport for Pool {
             &attempt.body,
             options,
         )
-        .await
-        .map_err(Error::from_transport)?;
-        match reply {
-            Answer::Response(r) => Ok(RawResponse {
-                format: FormatId::new(r.format()),
-                meta: r.meta().clone(),
-                body: r.into_body(),
-            }),
-            Answer::Error(e) => Err(Error::from_remote(e)),
-        }
+        .await;
+        response_of(reply)
     }
 
     async fn notify(
@@ -156,7 +264,7 @@ impl Transport for Pool {
             .await
             .map_err(|_| Error::timeout(Phase::Response, Processed::Maybe))?
             .map_err(Error::from_transport)?;
-        Ok(Box::pin(ToRawPush { sub, ended: false }))
+        Ok(Box::pin(ToRawPush::new(sub)))
     }
 
     async fn ready(&self, deadline: Instant, fail_fast: bool) -> Result<(), Error> {
@@ -191,6 +299,7 @@ impl Transport for Pool {
                 draining: stats.draining,
             },
             reconnects: stats.reconnects,
+            endpoints: Vec::new(),
         }
     }
 
@@ -199,11 +308,31 @@ impl Transport for Pool {
     }
 }
 
+/// The facade's view of a transport's answer.
+pub(crate) fn response_of(
+    reply: Result<Answer, mcp_transport::TransportError>,
+) -> Result<RawResponse, Error> {
+    match reply.map_err(Error::from_transport)? {
+        Answer::Response(r) => Ok(RawResponse {
+            format: FormatId::new(r.format()),
+            meta: r.meta().clone(),
+            body: r.into_body(),
+        }),
+        Answer::Error(e) => Err(Error::from_remote(e)),
+    }
+}
+
 /// Maps the transport's pushes to the facade's; when the transport's stream ends with a
 /// reason ([`mcp_transport::PushStream::error`]), that reason is the last item.
-struct ToRawPush {
+pub(crate) struct ToRawPush {
     sub: mcp_transport::PushStream,
     ended: bool,
+}
+
+impl ToRawPush {
+    pub(crate) fn new(sub: mcp_transport::PushStream) -> Self {
+        Self { sub, ended: false }
+    }
 }
 
 impl Stream for ToRawPush {

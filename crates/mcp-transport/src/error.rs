@@ -266,6 +266,12 @@ struct Inner {
 type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 impl TransportError {
+    /// A connect the connector itself refuses to make, with why (a `Connect` of its own
+    /// that finds the endpoint cannot be reached safely): nothing was sent.
+    pub fn connect_refused(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Connect, Phase::Connect, Processed::No, message)
+    }
+
     pub(crate) fn new(
         kind: ErrorKind,
         phase: Phase,

@@ -358,10 +358,22 @@ impl TlsConnect {
     /// Connects to `addr` (`host:port`), verifying the server as `config`'s server name, or
     /// else as `host`.
     pub fn new(addr: impl Into<String>, config: &TlsClientConfig) -> Result<Self, TlsConfigError> {
+        Self::named(addr, config, None)
+    }
+
+    /// [`TlsConnect::new`] for an address whose name is known apart from it (discovery
+    /// found the address under a host name): verified as `config`'s server name, else as
+    /// `name`, else as `addr`'s host; never as a resolved IP the user did not give.
+    pub fn named(
+        addr: impl Into<String>,
+        config: &TlsClientConfig,
+        name: Option<&str>,
+    ) -> Result<Self, TlsConfigError> {
         let addr = addr.into();
-        let name = match &config.server_name {
-            Some(name) => name.clone(),
-            None => host_of(&addr).to_owned(),
+        let name = match (&config.server_name, name) {
+            (Some(name), _) => name.clone(),
+            (None, Some(name)) => name.to_owned(),
+            (None, None) => host_of(&addr).to_owned(),
         };
         let server_name =
             ServerName::try_from(name.clone()).map_err(|_| TlsConfigError::ServerName { name })?;

@@ -9,12 +9,13 @@ use tokio::time::Instant;
 
 use super::Client;
 use crate::auth::{AUTHORIZATION, Authorization};
+use crate::balance::{BalanceConfig, Fleet};
 use crate::breaker::BreakerConfig;
 use crate::error::Error;
 use crate::limit::LimitConfig;
 use crate::retry::RetryConfig;
 use crate::stack::{Policies, Stack};
-use crate::transport::Transport;
+use crate::transport::{Dialer, Target, Transport};
 use crate::window::later;
 
 /// Builds a [`Client`]. Start from [`Client::builder`].
@@ -29,25 +30,59 @@ use crate::window::later;
 /// | concurrency ([`limit`](Self::limit)) | 1024 outstanding calls, then wait |
 /// | connections | up to 4, opened on demand, reconnect 1 s doubling to 30 s |
 /// | heartbeat | PING after 15 s of silence, dead 5 s later |
-#[derive(Debug, Clone)]
+/// | balancer, for a fleet ([`balance`](Self::balance)) | p2c over peak EWMA; eject after 5 failures in a row for 30 s × n |
+///
+/// `T` is where calls go: [`Pool`] (connections to one endpoint, from
+/// [`Client::builder`]) or [`Fleet`] (a pool per endpoint and a balancer, from
+/// [`Client::fleet`] or [`Client::discover`]). Connection settings apply to each endpoint.
 #[must_use]
-pub struct ClientBuilder<F: Format> {
-    addr: String,
+pub struct ClientBuilder<F: Format, T: Target = Pool> {
+    target: T::Source,
     format: F,
     policies: Policies,
     pool: PoolConfig,
+    balance: BalanceConfig,
     wait_for_ready: bool,
     #[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
     tls: Option<mcp_transport::TlsClientConfig>,
 }
 
-impl ClientBuilder<super::DefaultFormat> {
-    pub(crate) fn new(addr: String) -> Self {
+impl<F: Format, T: Target> std::fmt::Debug for ClientBuilder<F, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("target", &self.target)
+            .field("format", &self.format)
+            .field("policies", &self.policies)
+            .field("pool", &self.pool)
+            .field("balance", &self.balance)
+            .field("wait_for_ready", &self.wait_for_ready)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Format, T: Target> Clone for ClientBuilder<F, T> {
+    fn clone(&self) -> Self {
         Self {
-            addr,
+            target: self.target.clone(),
+            format: self.format.clone(),
+            policies: self.policies.clone(),
+            pool: self.pool.clone(),
+            balance: self.balance.clone(),
+            wait_for_ready: self.wait_for_ready,
+            #[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
+            tls: self.tls.clone(),
+        }
+    }
+}
+
+impl<T: Target> ClientBuilder<super::DefaultFormat, T> {
+    pub(crate) fn new(target: T::Source) -> Self {
+        Self {
+            target,
             format: super::DefaultFormat::default(),
             policies: Policies::default(),
             pool: PoolConfig::default(),
+            balance: BalanceConfig::default(),
             wait_for_ready: false,
             #[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
             tls: None,
@@ -55,14 +90,23 @@ impl ClientBuilder<super::DefaultFormat> {
     }
 }
 
-impl<F: Format> ClientBuilder<F> {
+impl<F: Format> ClientBuilder<F, Fleet> {
+    /// The balancer: how calls pick among the endpoints, outlier ejection.
+    pub fn balance(mut self, balance: BalanceConfig) -> Self {
+        self.balance = balance;
+        self
+    }
+}
+
+impl<F: Format, T: Target> ClientBuilder<F, T> {
     /// Speak `format` instead (e.g. `mcp_client::Protobuf`).
-    pub fn format<G: Format>(self, format: G) -> ClientBuilder<G> {
+    pub fn format<G: Format>(self, format: G) -> ClientBuilder<G, T> {
         ClientBuilder {
-            addr: self.addr,
+            target: self.target,
             format,
             policies: self.policies,
             pool: self.pool,
+            balance: self.balance,
             wait_for_ready: self.wait_for_ready,
             #[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
             tls: self.tls,
@@ -187,7 +231,7 @@ impl<F: Format> ClientBuilder<F> {
 
     /// The client, without connecting: the first call opens a connection. Must be called
     /// inside a tokio runtime (the pool's tasks run on it).
-    pub fn build(self) -> Result<Client<F>, Error> {
+    pub fn build(self) -> Result<Client<F, T>, Error> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::invalid(
                 "a client must be built inside a tokio runtime",
@@ -210,16 +254,12 @@ impl<F: Format> ClientBuilder<F> {
             .check()
             .map_err(|e| Error::invalid(format!("invalid configuration: {e}")))?;
         let pool_config = self.pool_with_credentials();
-        #[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
-        if let Some(tls) = &self.tls {
-            let connect = mcp_transport::TlsConnect::new(self.addr.clone(), tls).map_err(|e| {
-                Error::invalid(format!("invalid TLS configuration: {e}")).with_source(e)
-            })?;
-            let pool = Pool::with_connector(connect, pool_config);
-            return Ok(self.build_with(pool));
-        }
-        let pool = Pool::new(self.addr.clone(), pool_config);
-        Ok(self.build_with(pool))
+        let dialer = Dialer {
+            #[cfg(any(feature = "tls", feature = "tls-aws-lc-rs"))]
+            tls: self.tls.clone(),
+        };
+        let transport = T::make(self.target.clone(), &pool_config, &self.balance, &dialer)?;
+        Ok(self.build_with(transport))
     }
 
     /// The pool's settings, with the client's credentials on the requests the transport
@@ -242,7 +282,7 @@ impl<F: Format> ClientBuilder<F> {
     }
 
     /// The client over `transport` (the pool, or a scripted transport in unit tests).
-    pub(crate) fn build_with<T: Transport>(self, transport: T) -> Client<F, T> {
+    pub(crate) fn build_with<U: Transport>(self, transport: U) -> Client<F, U> {
         let stack = Stack::new(transport, self.policies);
         Client::from_stack(Arc::new(stack), self.format)
     }
@@ -250,7 +290,7 @@ impl<F: Format> ClientBuilder<F> {
     /// The client, with a first connection open, so that an unreachable server is
     /// reported here rather than by the first call: at the first failed connect try (within
     /// the connect timeout), unless [`ClientBuilder::wait_for_ready`] asks to wait.
-    pub async fn connect(self) -> Result<Client<F>, Error> {
+    pub async fn connect(self) -> Result<Client<F, T>, Error> {
         let fail_fast = !self.wait_for_ready;
         let client = self.build()?;
         let deadline = later(Instant::now(), client.stack.timing().timeout);

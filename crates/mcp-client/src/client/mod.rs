@@ -21,10 +21,12 @@ pub use builder::ClientBuilder;
 pub use options::{CallOptions, RawPush, RawRequest, RawResponse};
 pub use subscription::{RawSubscription, Subscription};
 
+use crate::balance::{Change, Fleet, FleetSource, Instance, fleet::ChangeStream};
 use crate::error::Error;
 use crate::metrics::MetricsSnapshot;
 use crate::stack::Stack;
 use crate::transport::Transport;
+use futures_core::Stream;
 
 /// A client of one MCP server: typed calls, pushes, one-way messages.
 ///
@@ -99,6 +101,56 @@ impl Client {
     /// connect) or a `SocketAddr`. JSON unless told otherwise.
     pub fn builder(addr: impl std::fmt::Display) -> ClientBuilder<DefaultFormat> {
         ClientBuilder::new(addr.to_string())
+    }
+
+    /// A builder for a client of a fleet of replicas: `host:port` addresses (or
+    /// [`Instance`]s with weights), one connection pool each, calls spread by the balancer
+    /// ([`BalanceConfig`](crate::BalanceConfig); see [`crate::balance`] for how).
+    /// Addresses are checked when the client is built.
+    pub fn fleet<I>(endpoints: I) -> ClientBuilder<DefaultFormat, Fleet>
+    where
+        I: IntoIterator,
+        I::Item: Into<Instance>,
+    {
+        ClientBuilder::new(FleetSource::List(
+            endpoints.into_iter().map(Into::into).collect(),
+        ))
+    }
+
+    /// A builder for a client of the fleet a DNS name resolves to: `"host:port"`, every
+    /// address of `host` an endpoint on `port`, followed as the name changes (resolved again
+    /// every 30 s, and at once after a failure; a failed or empty answer keeps the last set).
+    /// See [`DnsConfig`](crate::DnsConfig) and [`Client::dns_with`].
+    #[cfg(feature = "dns")]
+    pub fn dns(target: impl Into<String>) -> ClientBuilder<DefaultFormat, Fleet> {
+        Self::dns_with(target, crate::DnsConfig::default())
+    }
+
+    /// [`Client::dns`] with its settings (interval, name servers, ...).
+    #[cfg(feature = "dns")]
+    pub fn dns_with(
+        target: impl Into<String>,
+        config: crate::DnsConfig,
+    ) -> ClientBuilder<DefaultFormat, Fleet> {
+        ClientBuilder::new(FleetSource::Dns(crate::balance::DnsSource {
+            target: target.into(),
+            config,
+        }))
+    }
+
+    /// A builder for a client of a fleet whose members come from a discovery source (Consul,
+    /// etcd, a file watcher, a Kubernetes watcher...): a stream of [`Change`]s, applied as
+    /// they come. Calls made before the first change wait for it within their budget; when
+    /// the stream ends the fleet keeps its last set. One client takes the stream (a second
+    /// built from a clone of this builder is refused).
+    pub fn discover<S>(changes: S) -> ClientBuilder<DefaultFormat, Fleet>
+    where
+        S: Stream<Item = Change> + Send + 'static,
+    {
+        let stream: ChangeStream = Box::pin(changes);
+        ClientBuilder::new(FleetSource::Stream(Arc::new(std::sync::Mutex::new(Some(
+            stream,
+        )))))
     }
 }
 

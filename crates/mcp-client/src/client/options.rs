@@ -32,6 +32,7 @@ pub struct CallOptions {
     pub(crate) no_retry: bool,
     pub(crate) metadata: Vec<(Cow<'static, str>, Bytes)>,
     pub(crate) trace: Option<TraceContext>,
+    pub(crate) hash_key: Option<u64>,
 }
 
 impl CallOptions {
@@ -86,6 +87,17 @@ impl CallOptions {
     #[must_use]
     pub fn meta(mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Bytes>) -> Self {
         self.metadata.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sends the call, in a client of several endpoints ([`Client::fleet`](crate::Client::fleet)),
+    /// to the endpoint that `key` hashes to on the balancer's consistent-hash ring (so calls
+    /// with one key reach one replica while it is there, and move only if it goes): session
+    /// or cache affinity. The hash is the same in every process, so every client of the fleet
+    /// agrees. A client of one endpoint ignores it.
+    #[must_use]
+    pub fn hash_key<K: std::hash::Hash + ?Sized>(mut self, key: &K) -> Self {
+        self.hash_key = Some(crate::balance::hash::stable_hash(key));
         self
     }
 

@@ -122,6 +122,10 @@ pub struct MetricsSnapshot {
     pub errors: ErrorCounts,
     /// Latency of answered calls.
     pub latency: LatencySnapshot,
+    /// Per endpoint, for a client of several ([`Client::fleet`](crate::Client::fleet)):
+    /// state, attempts in flight, latency estimate, ejections. Empty for one endpoint; the
+    /// fields above are the totals either way.
+    pub endpoints: Vec<crate::EndpointSnapshot>,
 }
 
 pub(crate) use state::Recorder;
