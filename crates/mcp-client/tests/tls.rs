@@ -316,3 +316,60 @@ async fn bad_pem_is_a_typed_configuration_error() {
         .expect_err("an invalid server name");
     assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
 }
+
+/// A fleet over TLS: every endpoint is reached through TLS, verified by the name discovery
+/// gave it (`Instance::with_server_name`), not by its address; an endpoint without a name is
+/// verified by its address's host, and refused when the certificate does not name it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_reaches_every_endpoint_over_tls_by_its_server_name() {
+    let ca = TestCa::new("mcp test CA");
+    let id = ca.server(&["mcp.test"]);
+    let config = server_config(&id).build().expect("server config");
+    let a = serve_tls(config.clone(), BOUND).await;
+    let b = serve_tls(config, BOUND).await;
+    let fleet = Client::fleet([
+        mcp_client::Instance::new(a.addr.to_string()).with_server_name("mcp.test"),
+        mcp_client::Instance::new(b.addr.to_string()).with_server_name("mcp.test"),
+    ])
+    .tls(trusting(&ca))
+    .build()
+    .expect("build");
+    for _ in 0..20 {
+        let request = RawRequest::new("echo", mcp_client::FormatId::RAW, Bytes::from("ping"));
+        let answer = bounded("echo", fleet.call_raw(request))
+            .await
+            .expect("echo");
+        assert_eq!(&answer.body()[..], b"ping");
+    }
+    assert!(
+        a.reloader.stats().completed >= 1,
+        "a: {:?}",
+        a.reloader.stats()
+    );
+    assert!(
+        b.reloader.stats().completed >= 1,
+        "b: {:?}",
+        b.reloader.stats()
+    );
+    fleet.close().await;
+
+    // No name: verified as 127.0.0.1, which the certificate does not name.
+    let unnamed = Client::fleet([a.addr.to_string()])
+        .tls(trusting(&ca))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .expect("build");
+    let request = RawRequest::new("echo", mcp_client::FormatId::RAW, Bytes::from("ping"));
+    let err = bounded("refused", unnamed.call_raw(request))
+        .await
+        .expect_err("the name does not match");
+    assert!(!err.maybe_processed(), "{err}");
+    unnamed.close().await;
+    for server in [a, b] {
+        server
+            .handle
+            .shutdown(Duration::from_secs(1))
+            .await
+            .expect("shutdown");
+    }
+}
