@@ -41,7 +41,7 @@ use mcp_transport::proto::{
     ClientCore, ClientSettings, ConnectionStatus, Event, Life, Resubscribe, Transmit,
 };
 use mcp_transport::{
-    ErrorKind, Inbound, McpCodec, Meta, Phase, Processed, Answer, Role, TransportError, WireConfig,
+    Answer, ErrorKind, Inbound, McpCodec, Meta, Phase, Processed, Role, TransportError, WireConfig,
     WireError,
 };
 use tokio_util::codec::{Decoder, Encoder};

@@ -29,8 +29,24 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mcp_codec::ErrorCode;
-use mcp_transport::proto::{Beat, Life, RequestHead, RequestLimits, ServerCore, Verdict};
+use mcp_codec::{Envelope, ErrorCode, GoAwayCode, OwnedEnvelope};
+use mcp_transport::WireError;
+use mcp_transport::proto::{Beat, Life, RequestHead, RequestLimits, ServerCore, Transmit, Verdict};
+
+/// Keeps what the core sends.
+#[derive(Default)]
+struct Sent(Vec<OwnedEnvelope>);
+
+impl Transmit for Sent {
+    fn send(&mut self, envelope: Envelope<'_>) -> Result<u64, WireError> {
+        self.0.push(OwnedEnvelope::from_envelope(&envelope));
+        Ok(self.0.len() as u64)
+    }
+
+    fn is_full(&self) -> bool {
+        false
+    }
+}
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -375,9 +391,21 @@ impl Harness {
                 }
             }
             Op::SendGoaway => {
-                let sent = self.core.send_goaway();
-                let expect = (!self.goaway_sent).then_some(self.last_id);
-                assert_eq!(sent, expect, "GOAWAY's last_id");
+                let mut out = Sent::default();
+                let sent = self
+                    .core
+                    .go_away(&mut out, GoAwayCode::SHUTTING_DOWN, "fuzz");
+                assert_eq!(sent, !self.goaway_sent, "GOAWAY sent once");
+                let expect: Vec<OwnedEnvelope> = if sent {
+                    vec![OwnedEnvelope::GoAway {
+                        last_id: self.last_id,
+                        code: GoAwayCode::SHUTTING_DOWN,
+                        reason: "fuzz".into(),
+                    }]
+                } else {
+                    Vec::new()
+                };
+                assert_eq!(out.0, expect, "GOAWAY's last_id");
                 self.goaway_sent = true;
             }
             Op::PeerGoaway => {
