@@ -99,9 +99,20 @@ impl RequestHandler for Answers {
 
 /// A DNS server on 127.0.0.1 (UDP and TCP on one free port).
 async fn dns_server(zone: Arc<Mutex<Zone>>) -> (SocketAddr, ServerFuture<Answers>) {
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
+    // A free UDP port may be taken for TCP by another test running at the same time: try
+    // other ports (bounded) until both bind.
+    let mut tries = 0;
+    let (udp, tcp, addr) = loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => break (udp, tcp, addr),
+            Err(err) => {
+                tries += 1;
+                assert!(tries < 50, "no port free for both UDP and TCP: {err}");
+            }
+        }
+    };
     let mut server = ServerFuture::new(Answers(zone));
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(2));
