@@ -27,7 +27,10 @@ pub struct ServerConfig {
     /// docs/protocol.md section 6), never a queue. With the per-connection limits a client
     /// cannot take everything; with this, many clients together cannot either. The default
     /// is far above what the default connection count normally runs (each running request
-    /// costs a task and its body), and low enough to bound that memory.
+    /// costs a task and its body), and low enough to bound that memory. A request takes its
+    /// place once its handler is still running after the poll that started it (one answered
+    /// in that poll never held one); on a multi-thread runtime the count can pass the limit by
+    /// one request per other worker thread, admitted at the same moment.
     pub max_in_flight_total: usize,
     /// Request body bytes held by running handlers in the whole server (1 GiB); past it,
     /// ERROR 5 at once. As per connection, a request arriving when no body bytes are held

@@ -16,7 +16,7 @@ use mcp_codec::{
     Envelope, ErrorCode, ErrorFrame, Flags, GoAwayCode, Metadata, Notify, Ping, Response,
 };
 use mcp_format::FormatId;
-use mcp_transport::proto::{Beat, Held, RequestLimits, ServerCore, ServerEvent};
+use mcp_transport::proto::{Beat, RequestLimits, ServerCore, ServerEvent};
 use mcp_transport::{
     FrameReader, Inbound, InboundRequest, PeerIdentity, Push, Stream, WireError, WireWriter,
 };
@@ -124,14 +124,11 @@ async fn next_completion(done: &mut Option<Completions>) -> Option<Completion> {
     }
 }
 
-/// What stops a running handler: its task's abort handle and its cancellation token; and
-/// its place in the server's budget, given back when the core forgets the request
-/// (answered, cancelled, or the connection closing).
+/// What stops a running handler: its task's abort handle and its cancellation token.
 #[derive(Debug)]
 pub(crate) struct Running {
     abort: tokio::task::AbortHandle,
     cancel: CancelCell,
-    _held: Held,
 }
 
 impl Running {
@@ -395,13 +392,7 @@ impl Conn {
                 request,
                 route: Route::Handler(method, handler),
                 deadline,
-                held,
-            } => self.start(
-                request,
-                (method, handler),
-                deadline.map(Instant::from_std),
-                held,
-            ),
+            } => self.start(request, (method, handler), deadline.map(Instant::from_std)),
             ServerEvent::Run {
                 request,
                 route: Route::Refused(status),
@@ -411,9 +402,8 @@ impl Conn {
                     .stats
                     .auth_refused
                     .fetch_add(1, Ordering::Relaxed);
-                // Answered now: never recorded as in flight (its place in the server's
-                // budget is given back as the event is dropped), like a handler done in
-                // its first poll.
+                // Answered now: never recorded as in flight (so it takes no place in the
+                // server's budget), like a handler done in its first poll.
                 self.answer(request.id(), request.format(), Err(status));
             }
             ServerEvent::Subscribe(request) => self.subscribe(&request, true),
@@ -434,7 +424,6 @@ impl Conn {
         request: InboundRequest,
         (method, handler): (Arc<str>, Arc<dyn Invoke>),
         deadline: Option<Instant>,
-        held: Held,
     ) {
         self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
         let id = request.id();
@@ -517,7 +506,6 @@ impl Conn {
         let running = Running {
             abort: task.abort_handle(),
             cancel,
-            _held: held,
         };
         self.state.start(id, body_len, generation, running);
     }

@@ -78,9 +78,6 @@ pub enum ServerEvent<H, R> {
         route: R,
         /// When the caller's budget ends, if it sent one.
         deadline: Option<Instant>,
-        /// Its place in the server's [`SharedBudget`] (if the core has one): keep it for
-        /// as long as the handler runs; dropping it gives the place back.
-        held: Held,
     },
     /// The built-in `$subscribe`.
     Subscribe(InboundRequest),
@@ -104,6 +101,8 @@ struct InFlight<H> {
     generation: u64,
     body_len: usize,
     handle: H,
+    /// Its place in the server's shared budget, given back as the entry is dropped.
+    _held: Held,
 }
 
 /// The server side of one connection; `H` is whatever the driver needs to stop a running
@@ -146,8 +145,8 @@ impl<H> ServerCore<H> {
 
     /// Admits requests only within `budget` too, which the server's other connections
     /// share: past it they are answered ERROR 5 (after the connection's own in-flight
-    /// limits), and each admitted request holds its place for as long as its handler runs
-    /// ([`ServerEvent::Run`]'s `held`).
+    /// limits). A request holds its place while it is in flight ([`ServerCore::start`]
+    /// to the core forgetting it); one the driver answers at once never takes one.
     pub fn with_budget(mut self, budget: SharedBudget) -> Self {
         self.budget = Some(budget);
         self
@@ -262,25 +261,10 @@ impl<H> ServerCore<H> {
                 };
                 match (self.admit(&head, now), route) {
                     (Verdict::Run { deadline }, Some(route)) => {
-                        // The admission checked the budget; another connection may have
-                        // taken the last place since. Every other check passed, so
-                        // ERROR 5 is still the first reason to refuse.
-                        let held = match &self.budget {
-                            None => Held::none(),
-                            Some(budget) => match budget.take(head.body_len) {
-                                Ok(held) => held,
-                                Err(exhausted) => {
-                                    let id = request.id();
-                                    answer(out, id, ErrorCode::OVERLOADED, exhausted.message());
-                                    return None;
-                                }
-                            },
-                        };
                         return Some(ServerEvent::Run {
                             request,
                             route,
                             deadline,
-                            held,
                         });
                     }
                     (Verdict::Subscribe, _) => return Some(ServerEvent::Subscribe(request)),
@@ -361,12 +345,24 @@ impl<H> ServerCore<H> {
     /// Records the handler started for an admitted request.
     pub fn start(&mut self, id: u32, body_len: usize, generation: u64, handle: H) {
         self.in_flight_bytes += body_len;
+        // The place is taken only now, not at admission: most handlers finish in the
+        // poll that starts them and are answered without ever being in flight, and then
+        // cost the budget two loads instead of four atomic writes. Admission checked
+        // that the request fits; between that check and this, no other request of this
+        // connection is admitted, so only connections running at the same moment on
+        // other threads can take the same last places: the budget is passed by at most
+        // one request per other runtime thread (see `SharedBudget::hold`).
+        let held = match &self.budget {
+            Some(budget) => budget.hold(body_len),
+            None => Held::none(),
+        };
         self.in_flight.insert(
             id,
             InFlight {
                 generation,
                 body_len,
                 handle,
+                _held: held,
             },
         );
     }
@@ -621,7 +617,7 @@ mod tests {
             a.admit(&head(1, "echo", now), now),
             Verdict::Run { deadline: None }
         );
-        let held = budget.take(10).unwrap();
+        let held = budget.hold(10);
         for core in [&mut a, &mut b] {
             let mut h = head(2, "echo", now);
             h.format = 3;
@@ -636,7 +632,8 @@ mod tests {
         }
         // The connection's own limit comes first.
         let mut full = state(1, 100).with_budget(budget.clone());
-        run(&mut full, 7, 1);
+        drop(held);
+        let g = run(&mut full, 7, 1);
         assert_eq!(
             full.admit(&head(8, "echo", now), now),
             Verdict::Answer(
@@ -644,11 +641,24 @@ mod tests {
                 "too many requests in flight on this connection"
             )
         );
-        drop(held);
+        // A request in flight holds its place in the shared budget, until the core
+        // forgets it.
+        assert_eq!((budget.requests(), budget.bytes()), (1, 1));
+        assert!(matches!(
+            b.admit(&head(4, "echo", now), now),
+            Verdict::Answer(ErrorCode::OVERLOADED, _)
+        ));
+        assert!(full.finish(7, g));
+        assert_eq!((budget.requests(), budget.bytes()), (0, 0));
         assert_eq!(
             b.admit(&head(4, "echo", now), now),
             Verdict::Run { deadline: None }
         );
+        // A core that goes away gives back the places of what it still had in flight.
+        run(&mut b, 5, 3);
+        assert_eq!(budget.requests(), 1);
+        drop(b);
+        assert_eq!((budget.requests(), budget.bytes()), (0, 0));
     }
 
     #[test]
