@@ -88,7 +88,7 @@ mod handler;
 mod health;
 mod pattern;
 mod router;
-mod run;
+
 mod server;
 mod subscribe;
 

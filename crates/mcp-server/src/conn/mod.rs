@@ -4,56 +4,28 @@
 //! Reading and writing are `mcp-transport`'s wire I/O ([`FrameReader`], [`WireWriter`]),
 //! shared with the client; the decisions are the transport's sans-I/O [`ServerCore`] (with
 //! the one heartbeat both roles share). This file is the glue: one `select!` loop per
-//! connection, generic over the byte stream, and the handlers' tasks.
+//! connection, generic over the byte stream, its timers and its close. What each message
+//! asks of the server is `dispatch.rs`; the handlers' tasks are `run.rs`.
+
+mod dispatch;
+mod run;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
-
-use mcp_codec::{
-    Envelope, ErrorCode, ErrorFrame, Flags, GoAwayCode, Metadata, Notify, Ping, Response,
-};
-use mcp_format::FormatId;
-use mcp_transport::proto::{Beat, RequestLimits, ServerCore, ServerEvent};
-use mcp_transport::{
-    FrameReader, Inbound, InboundRequest, PeerIdentity, Push, Stream, WireError, WireWriter,
-};
+use mcp_codec::{Envelope, ErrorCode, ErrorFrame, Flags, GoAwayCode, Metadata, Ping, Response};
+use mcp_transport::proto::{Beat, RequestLimits, ServerCore};
+use mcp_transport::{FrameReader, Inbound, PeerIdentity, Stream, WireError, WireWriter};
 use tokio::io::AsyncRead;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tracing::Instrument;
 
-use crate::auth::AuthRequest;
-use crate::error::Status;
-use crate::handler::{CancelCell, Invoke, NotifyContext, ReceivedMeta, Reply, RequestContext};
-use crate::pattern::Pattern;
-use crate::run::{Completion, CompletionGuard, First, poll_first};
+use crate::handler::{CancelCell, Reply};
 use crate::server::Shared;
-use crate::subscribe::{ConnId, Notification, Offer, SubscribeError, Subscriber};
-
-/// The connection's writer takes a published NOTIFY unless its queue is full: a publisher
-/// never waits for one slow subscriber (the NOTIFY is dropped for it and counted).
-impl Subscriber for WireWriter {
-    fn offer(&self, n: &Notification) -> Offer {
-        if self.is_full() {
-            return Offer::Full;
-        }
-        let notify = Notify {
-            flags: Flags::NONE,
-            format: n.format,
-            topic: &n.topic,
-            meta: Metadata::from_owned(&n.meta),
-            body: &n.body,
-        };
-        match self.send(Envelope::Notify(notify)) {
-            Ok(()) => Offer::Queued,
-            // The publisher validated the message, so the only failure is a closing writer.
-            Err(_) => Offer::Closed,
-        }
-    }
-}
+use crate::subscribe::ConnId;
+use dispatch::notify_byte_budget;
+use run::{Completions, Running, next_completion};
 
 /// Messages already read that are handled in a row, before the loop looks at completions
 /// and timers again.
@@ -102,41 +74,6 @@ pub(crate) struct Conn {
     grace: Option<Instant>,
     /// False once the client's end of stream was read.
     reading: bool,
-}
-
-/// What the router gave for a request, or the authentication hook's refusal in its place.
-enum Route {
-    Handler(Arc<str>, Arc<dyn Invoke>),
-    Refused(Status),
-}
-
-/// The completion channel of the handlers in flight.
-struct Completions {
-    tx: mpsc::UnboundedSender<Completion>,
-    rx: mpsc::UnboundedReceiver<Completion>,
-}
-
-/// The next completion, or never when no channel exists (no handler waits).
-async fn next_completion(done: &mut Option<Completions>) -> Option<Completion> {
-    match done {
-        Some(done) => done.rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// What stops a running handler: its task's abort handle and its cancellation token.
-#[derive(Debug)]
-pub(crate) struct Running {
-    abort: tokio::task::AbortHandle,
-    cancel: CancelCell,
-}
-
-impl Running {
-    /// Stops the handler: its future is dropped at its next poll, its token cancelled.
-    fn stop(&self) {
-        self.cancel.cancel();
-        self.abort.abort();
-    }
 }
 
 /// Serves one accepted connection until it closes.
@@ -355,278 +292,6 @@ impl Conn {
         }
     }
 
-    /// One message read: the core answers what the protocol answers by itself and says
-    /// what needs this server (a handler, the subscription registry, the health table).
-    fn inbound(&mut self, message: Inbound, arrived: Instant, now: Instant) -> Option<End> {
-        // The hook decides before routing: a refused request takes the place of a routed
-        // one, so the core still applies every rule before it (a duplicate id, GOAWAY, the
-        // in-flight limits, the deadline) and the refusal is answered by its id.
-        let refusal = match (&message, &self.shared.authenticator) {
-            (Inbound::Request(request), Some(hook)) => hook
-                .check(&AuthRequest {
-                    name: request.method(),
-                    notify: false,
-                    meta: request.meta(),
-                    peer_addr: self.peer,
-                    peer_identity: self.identity.as_ref(),
-                })
-                .err(),
-            _ => None,
-        };
-        let router = &self.shared.router;
-        let mut out = &self.writer;
-        let event = self.state.handle_inbound(
-            &mut out,
-            message,
-            arrived.into_std(),
-            now.into_std(),
-            |method| match refusal {
-                Some(status) => Some(Route::Refused(status)),
-                None => router
-                    .handler(method)
-                    .map(|(m, h)| Route::Handler(m.clone(), h.clone())),
-            },
-        )?;
-        match event {
-            ServerEvent::Run {
-                request,
-                route: Route::Handler(method, handler),
-                deadline,
-            } => self.start(request, (method, handler), deadline.map(Instant::from_std)),
-            ServerEvent::Run {
-                request,
-                route: Route::Refused(status),
-                ..
-            } => {
-                self.shared
-                    .stats
-                    .auth_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                // Answered now: never recorded as in flight (so it takes no place in the
-                // server's budget), like a handler done in its first poll.
-                self.answer(request.id(), request.format(), Err(status));
-            }
-            ServerEvent::Subscribe(request) => self.subscribe(&request, true),
-            ServerEvent::Unsubscribe(request) => self.subscribe(&request, false),
-            ServerEvent::Health(request) => self.health(&request),
-            ServerEvent::Notify(push) => self.notify(push),
-            ServerEvent::Stop(request) => request.stop(),
-            ServerEvent::Protocol(code, message) => return Some(End::Protocol(code, message)),
-            ServerEvent::PeerClosed => return Some(End::PeerClosed),
-            // A kind of event a later core adds: nothing this server knows to do.
-            _ => {}
-        }
-        None
-    }
-
-    fn start(
-        &mut self,
-        request: InboundRequest,
-        (method, handler): (Arc<str>, Arc<dyn Invoke>),
-        deadline: Option<Instant>,
-    ) {
-        self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let id = request.id();
-        let format = request.format();
-        let body_len = request.body().len();
-        let span = tracing::debug_span!("request", conn = self.id, id, method = &*method);
-        let cancel = self.spare_cancel.take().unwrap_or_default();
-        let ctx = RequestContext {
-            id,
-            method,
-            format: FormatId::new(format),
-            meta: ReceivedMeta::new(request.meta().clone()),
-            deadline,
-            peer: self.peer,
-            identity: self.identity.clone(),
-            cancel: cancel.clone(),
-        };
-        let body = request.into_body();
-        // The handler's first poll runs here, in the connection's task: most handlers
-        // finish without waiting, and are then answered without a task, a timer and a
-        // round trip through the completion channel. Only one that waits is spawned.
-        let first = if self.shared.config.run_handlers_inline {
-            span.in_scope(|| poll_first(handler, ctx, body))
-        } else {
-            // The handler itself (a closure, say) runs in its task too.
-            First::Pending(Box::pin(async move { handler.invoke(ctx, body).await }))
-        };
-        let call = match first {
-            First::Pending(call) => call,
-            First::Ready(result) => {
-                if !self.writer.is_full() {
-                    // Nothing ran it but this poll: the request is done, and was never
-                    // recorded as in flight (a CANCEL for it is one of an unknown id).
-                    self.answer(id, format, result);
-                    self.spare_cancel = cancel.into_unused();
-                    return;
-                }
-                // Answers wait while the client's queue is full: through the task, as for
-                // a handler that waited.
-                Box::pin(std::future::ready(result))
-            }
-        };
-        let generation = self.state.next_generation();
-        let done = self.done.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            Completions { tx, rx }
-        });
-        let mut guard = CompletionGuard {
-            tx: done.tx.clone(),
-            id,
-            generation,
-            format,
-            sent: false,
-        };
-        let writer = self.writer.clone();
-        let task_cancel = cancel.clone();
-        let task = tokio::spawn(
-            async move {
-                let result = match deadline {
-                    None => call.await,
-                    Some(deadline) => match tokio::time::timeout_at(deadline, call).await {
-                        Ok(result) => result,
-                        Err(_) => {
-                            task_cancel.cancel();
-                            Err(Status::new(
-                                ErrorCode::DEADLINE_EXCEEDED,
-                                "the deadline passed while the request was handled",
-                            ))
-                        }
-                    },
-                };
-                // Answers wait while the client's queue is full, so that a client that does
-                // not read cannot make the server buffer without bound.
-                let _ = writer.ready().await;
-                guard.send(result);
-            }
-            .instrument(span),
-        );
-        // The completion is only read by this task's loop, after `start` has recorded it.
-        let running = Running {
-            abort: task.abort_handle(),
-            cancel,
-        };
-        self.state.start(id, body_len, generation, running);
-    }
-
-    /// `$health`: the body is a service name, 0..=255 bytes of UTF-8 whatever the format
-    /// byte; the answer one word in format 0 (docs/protocol.md section 7).
-    fn health(&mut self, request: &InboundRequest) {
-        let id = request.id();
-        let service = match std::str::from_utf8(request.body()) {
-            Ok(service) if service.len() <= 255 => service,
-            _ => {
-                let message = "a $health body is a service name: at most 255 bytes of UTF-8";
-                self.send_error(id, ErrorCode::MALFORMED, message);
-                return;
-            }
-        };
-        let status = self.shared.health.status(service);
-        let word = Bytes::from_static(status.as_str().as_bytes());
-        self.send_reply(id, mcp_codec::format::RAW, &Reply::new(word));
-    }
-
-    fn subscribe(&mut self, request: &InboundRequest, subscribe: bool) {
-        let id = request.id();
-        let pattern = match Pattern::parse(request.body()) {
-            Ok(pattern) => pattern,
-            Err(err) => {
-                self.send_error(id, ErrorCode::MALFORMED, err.as_str());
-                return;
-            }
-        };
-        let format = request.format();
-        let registry = &self.shared.registry;
-        if !subscribe {
-            registry.unsubscribe(self.id, &pattern);
-            self.send_reply(id, format, &Reply::empty());
-            return;
-        }
-        let writer = &self.writer;
-        let result = registry.subscribe(
-            self.id,
-            writer,
-            pattern,
-            self.shared.config.max_subscriptions,
-            || send_reply(writer, id, format, &Reply::empty()),
-        );
-        if let Err(SubscribeError::TooMany) = result {
-            self.send_error(
-                id,
-                ErrorCode::OVERLOADED,
-                "too many subscriptions on this connection",
-            );
-        }
-    }
-
-    fn notify(&mut self, push: Push) {
-        let stats = &self.shared.stats;
-        if let Some(hook) = &self.shared.authenticator {
-            let request = AuthRequest {
-                name: push.topic(),
-                notify: true,
-                meta: push.meta(),
-                peer_addr: self.peer,
-                peer_identity: self.identity.as_ref(),
-            };
-            if hook.check(&request).is_err() {
-                stats.auth_refused.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-        let Some(handler) = self.shared.router.notify_handler(push.topic()).cloned() else {
-            stats.notifies_unrouted.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let Ok(permit) = self.notify_permits.clone().try_acquire_owned() else {
-            stats.notifies_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        // A body larger than the whole budget takes all of it, so that it can still be
-        // handled when nothing else is.
-        let budget = notify_byte_budget(self.shared.config.max_in_flight_bytes);
-        let bytes = u32::try_from(push.body().len().min(budget)).unwrap_or(u32::MAX);
-        let Ok(bytes) = self.notify_bytes.clone().try_acquire_many_owned(bytes) else {
-            stats.notifies_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let ctx = NotifyContext {
-            topic: push.topic().into(),
-            format: FormatId::new(push.format()),
-            meta: ReceivedMeta::new(push.meta().clone()),
-            peer: self.peer,
-            identity: self.identity.clone(),
-            conn: self.writer.clone(),
-            max_message_len: self.shared.config.max_message_len,
-        };
-        let body = push.into_body();
-        tokio::spawn(async move {
-            let _permits = (permit, bytes);
-            handler.notify(ctx, body).await;
-        });
-    }
-
-    fn complete(&mut self, done: Completion) {
-        if self.state.finish(done.id, done.generation) {
-            self.answer(done.id, done.format, done.result);
-        }
-        // Otherwise cancelled (or stopped): docs/protocol.md section 7 says nothing is sent
-        // for it.
-        if self.state.in_flight() == 0 {
-            // Nothing recorded is left to complete: what may still come is a stopped
-            // handler's, which nobody wants. The next handler that waits makes a new one.
-            self.done = None;
-        }
-    }
-
-    fn answer(&self, id: u32, format: u8, result: Result<Reply, Status>) {
-        match result {
-            Ok(reply) => self.send_reply(id, format, &reply),
-            Err(status) => self.send_error(id, status.code(), status.message()),
-        }
-    }
-
     fn begin_shutdown(&mut self, grace: Instant, reason: &str) {
         self.grace = Some(grace);
         self.state
@@ -705,12 +370,6 @@ fn jittered(age: std::time::Duration, id: ConnId) -> std::time::Duration {
     let spread = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 201;
     let per_mille = 900 + spread;
     age.mul_f64(per_mille as f64 / 1000.0)
-}
-
-/// The byte budget of client NOTIFY bodies: `max_in_flight_bytes`, within what one
-/// semaphore acquisition can take.
-fn notify_byte_budget(max_in_flight_bytes: usize) -> usize {
-    max_in_flight_bytes.clamp(1, u32::MAX as usize)
 }
 
 fn send_reply(writer: &WireWriter, id: u32, format: u8, reply: &Reply) {
