@@ -112,6 +112,37 @@ impl Assembler {
         matches!(self.state, State::Collecting { .. } | State::Skipping)
     }
 
+    /// Body bytes held for the message in progress (0 when none is being collected).
+    pub fn partial_len(&self) -> usize {
+        match &self.state {
+            State::Collecting { head, body, .. } => head.len() + body.len(),
+            _ => 0,
+        }
+    }
+
+    /// Drops the message being collected, and skips its remaining frames: what a receiver
+    /// does when it cannot hold the message (its memory budget, say). Returns the message's
+    /// type and, for a REQUEST, its id (the receiver answers it); `None` if no message was
+    /// being collected.
+    pub fn abandon(&mut self) -> Option<(FrameType, Option<u32>)> {
+        if !matches!(self.state, State::Collecting { .. }) {
+            return None;
+        }
+        let State::Collecting {
+            frame_type, head, ..
+        } = core::mem::take(&mut self.state)
+        else {
+            return None;
+        };
+        // Collecting means the last frame seen had MORE set: continuations follow.
+        self.state = State::Skipping;
+        let id = match frame_type {
+            FrameType::Request => Request::peek_id(&head),
+            _ => None,
+        };
+        Some((frame_type, id))
+    }
+
     /// Whether a REQUEST, RESPONSE or NOTIFY that a receiver parsed itself from the next
     /// frame, with these `flags` and a body of `body_len` bytes, is a whole message by
     /// itself: no message is in progress, MORE is clear and the body is within the maximum.

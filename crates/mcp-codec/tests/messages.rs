@@ -551,6 +551,37 @@ fn a_request_over_the_limit_is_refused_by_id_and_its_frames_skipped() {
     assert!(push(&mut assembler, &raw_frame(0x42, b"")).is_err());
 }
 
+/// A receiver that cannot hold a message any longer abandons it: the REQUEST's id comes
+/// back to be answered, its remaining frames are skipped, and the next message is whole.
+#[test]
+fn an_abandoned_request_gives_its_id_and_its_remaining_frames_are_skipped() {
+    let frames = split_request_of(1_000, 5);
+    assert!(frames.len() > 3);
+    let mut assembler = Assembler::new(10_000);
+    assert_eq!(assembler.abandon(), None, "nothing to abandon");
+    assert_eq!(assembler.partial_len(), 0);
+    assert_eq!(push(&mut assembler, &frames[0]), Ok(Got::Absorbed));
+    assert_eq!(push(&mut assembler, &frames[1]), Ok(Got::Absorbed));
+    let held = assembler.partial_len();
+    assert!(held > 100, "head and body so far are held: {held}");
+    assert_eq!(
+        assembler.abandon(),
+        Some((mcp_codec::FrameType::Request, Some(5)))
+    );
+    assert_eq!(assembler.partial_len(), 0);
+    assert!(assembler.in_message(), "skipping the rest");
+    assert_eq!(assembler.abandon(), None, "already skipping");
+    for wire in &frames[2..] {
+        assert_eq!(push(&mut assembler, wire), Ok(Got::Absorbed));
+    }
+    assert!(!assembler.in_message());
+    let again = split_request_of(1_000, 6);
+    assert!(matches!(
+        reassemble(&mut assembler, &again),
+        Got::Message { body, .. } if body == body_of(1_000)
+    ));
+}
+
 #[test]
 fn a_request_head_over_the_limit_is_refused_at_once() {
     let limit = 50;

@@ -35,6 +35,10 @@ impl Latencies {
         self.0.push(took);
     }
 
+    fn record_all(&mut self, other: Latencies) {
+        self.0.extend(other.0);
+    }
+
     /// Prints the figures and asserts the bound.
     fn check(mut self, what: &str) {
         assert!(!self.0.is_empty(), "{what}: nothing measured");
@@ -374,6 +378,121 @@ async fn request_bytes_past_the_server_wide_budget_are_shed_at_once() {
         after.record(took);
     }
     after.check("server-wide byte budget, after");
+    drop(good);
+    handle.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+/// The head and one continuation of a REQUEST that never ends (MORE on both), `chunk`
+/// bytes of body each.
+async fn start_endless_request(attacker: &mut RawClient, id: u32, chunk: &[u8]) {
+    send_frame(
+        attacker,
+        mcp_codec::Envelope::Request(mcp_codec::Request {
+            id,
+            flags: mcp_codec::Flags::MORE,
+            format: format::RAW,
+            method: "echo",
+            meta: mcp_codec::Metadata::EMPTY,
+            body: chunk,
+        }),
+    )
+    .await;
+}
+
+/// One frame, its flags as given (`RawClient::send` splits bodies and sets MORE itself).
+async fn send_frame(attacker: &mut RawClient, envelope: mcp_codec::Envelope<'_>) {
+    let mut out = Vec::new();
+    envelope.encode_to_vec(&mut out).expect("one frame");
+    attacker.send_raw(&out).await;
+}
+
+async fn continue_request(attacker: &mut RawClient, chunk: &[u8], more: bool) {
+    let flags = if more {
+        mcp_codec::Flags::MORE
+    } else {
+        mcp_codec::Flags::NONE
+    };
+    let continuation = mcp_codec::Continuation { flags, chunk };
+    send_frame(attacker, mcp_codec::Envelope::Continuation(continuation)).await;
+}
+
+/// 8 connections each send a large request slowly and never finish it, against
+/// `max_in_flight_bytes_total` 1 MB: what the server buffers for them counts in that
+/// budget and stays within it (give or take one read per connection), instead of 8 x the
+/// maximum message size; a request that no longer fits is answered ERROR 5 with its id and
+/// its remaining frames skipped, the connection kept; a well-behaved client is answered
+/// all along; once the attackers leave, every byte is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_still_arriving_are_held_in_the_server_wide_byte_budget() {
+    const CONNS: usize = 8;
+    const CHUNK: usize = 50_000;
+    const BUDGET: usize = 1_000_000;
+    let gate = Arc::new(Semaphore::new(0));
+    let handle = server(&gate, |b| b.max_in_flight_bytes_total(BUDGET)).await;
+    let addr = handle.local_addr();
+    let mut good = RawClient::connect(addr).await;
+    let chunk = vec![7u8; CHUNK];
+    let mut attackers = Vec::new();
+    for _ in 0..CONNS {
+        let mut attacker = RawClient::connect(addr).await;
+        start_endless_request(&mut attacker, 1, &chunk).await;
+        attackers.push((attacker, true));
+    }
+    // Each sends 10 more chunks (550 kB each, 4.4 MB in all); the shed ones are told so.
+    let mut during = Latencies::default();
+    let mut nonce = 0;
+    let mut peak = 0;
+    for _ in 0..10 {
+        for (attacker, alive) in &mut attackers {
+            continue_request(attacker, &chunk, true).await;
+            if *alive {
+                if let Ok(answer) = attacker.recv_within(Duration::from_millis(20)).await {
+                    let (id, code, message) = error(answer);
+                    assert_eq!((id, code), (1, ErrorCode::OVERLOADED), "{message}");
+                    *alive = false;
+                }
+            }
+        }
+        peak = peak.max(handle.stats().in_flight_bytes);
+        during.record_all(ping_for(&mut good, Duration::from_millis(30), &mut nonce).await);
+    }
+    // The last chunks may still be on their way through the server: collect late refusals.
+    for (attacker, alive) in &mut attackers {
+        if *alive {
+            if let Ok(answer) = attacker.recv_within(Duration::from_millis(300)).await {
+                assert_eq!(error(answer).1, ErrorCode::OVERLOADED);
+                *alive = false;
+            }
+        }
+    }
+    peak = peak.max(handle.stats().in_flight_bytes);
+    let shed = attackers.iter().filter(|(_, alive)| !alive).count();
+    println!("partial messages: {shed} of {CONNS} shed, peak {peak} bytes held");
+    // 550 kB each: at most one fits in 1 MB at the end (two while the slack of one read
+    // lets the second pass).
+    assert!(shed >= CONNS - 2, "only {shed} shed");
+    // One read per connection may pass the budget (a read is at most 64 KiB here).
+    assert!(peak <= BUDGET + CONNS * 70_000, "held {peak} bytes");
+    assert!(handle.stats().in_flight_bytes <= BUDGET + CONNS * 70_000);
+    during.check("bytes of messages still arriving, during");
+    // A shed request's last frame is skipped with the rest, and its connection serves on.
+    let (attacker, _) = attackers
+        .iter_mut()
+        .find(|(_, alive)| !alive)
+        .expect("one was shed");
+    continue_request(attacker, &chunk, false).await;
+    let (answer, _) = ask(attacker, 2, "echo", b"still here").await;
+    assert_eq!(response(answer), (2, format::RAW, b"still here".to_vec()));
+    drop(attackers);
+    eventually(|| handle.stats().in_flight_bytes == 0).await;
+    let mut after = Latencies::default();
+    let large = vec![3u8; 600_000];
+    for id in 10..13 {
+        let (answer, took) = ask(&mut good, id, "echo", &large).await;
+        assert_eq!(response(answer).2.len(), large.len());
+        after.record(took);
+    }
+    after.check("bytes of messages still arriving, after");
     drop(good);
     handle.shutdown(Duration::from_secs(1)).await.unwrap();
 }

@@ -78,6 +78,18 @@ impl McpCodec {
         self.assembler.in_message()
     }
 
+    /// Bytes held for the message being reassembled (0 when none is).
+    pub fn partial_len(&self) -> usize {
+        self.assembler.partial_len()
+    }
+
+    /// Drops the message being reassembled and skips its remaining frames; for a REQUEST,
+    /// its id, to be answered. `None` if no message was being reassembled, or it was not a
+    /// REQUEST.
+    pub fn abandon(&mut self) -> Option<u32> {
+        self.assembler.abandon().and_then(|(_, id)| id)
+    }
+
     fn refused(&self, frame_type: FrameType) -> bool {
         match self.role {
             Role::Client => matches!(frame_type, FrameType::Request | FrameType::Cancel),

@@ -628,6 +628,14 @@ pub enum Inbound {
         /// The request's id.
         id: u32,
     },
+    /// A REQUEST dropped while its frames were arriving, because the bytes it would hold
+    /// did not fit in the budget its reader shares with others (server role,
+    /// [`crate::FrameReader::with_partial_budget`]): answer ERROR 5 with this id; its
+    /// remaining frames are skipped.
+    RequestShed {
+        /// The request's id.
+        id: u32,
+    },
     /// A malformed REQUEST whose id could be read (server role): answer ERROR 1 with this
     /// id and keep the connection.
     MalformedRequest {

@@ -31,6 +31,7 @@ use crate::codec::{McpCodec, encode_envelope};
 use crate::config::WireConfig;
 use crate::error::WireError;
 use crate::message::Inbound;
+use crate::proto::{PartialHold, SharedBudget};
 
 /// Free space below which the reader grows its buffer before reading, so that reads are
 /// never tiny; also the size of the stack buffer an idle reader waits in, and of the heap
@@ -59,6 +60,10 @@ pub struct FrameReader<R> {
     started: Option<tokio::time::Instant>,
     /// `started` of the message last returned.
     last_started: Option<tokio::time::Instant>,
+    /// The bytes of a message still arriving, held in a budget shared with other readers.
+    partial: Option<PartialHold>,
+    /// Messages dropped because `partial` could not hold them.
+    shed: u64,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -73,7 +78,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             eof: false,
             started: None,
             last_started: None,
+            partial: None,
+            shed: 0,
         }
+    }
+
+    /// Holds the bytes of a message still arriving in `budget`'s byte count (a server's
+    /// budget shared by every connection). A message that no longer fits is dropped and its
+    /// remaining frames skipped: a REQUEST comes out as [`Inbound::RequestShed`] with its id,
+    /// to be answered ERROR 5; a NOTIFY is dropped and counted in [`FrameReader::shed`].
+    /// Checked after each read, so a message may pass the budget by one read's bytes.
+    pub fn with_partial_budget(mut self, budget: &SharedBudget) -> Self {
+        self.partial = Some(PartialHold::new(budget));
+        self
+    }
+
+    /// Messages dropped because the partial budget could not hold them.
+    pub fn shed(&self) -> u64 {
+        self.shed
     }
 
     /// Decodes what is buffered, noting when a message that continues past it began.
@@ -81,16 +103,40 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     fn decode(&mut self) -> Result<Option<Inbound>, WireError> {
         match self.codec.decode(&mut self.buf)? {
             Some(message) => {
+                if let Some(hold) = &mut self.partial {
+                    if hold.held() != 0 && !self.codec.in_message() {
+                        hold.resize(0);
+                    }
+                }
                 self.last_started = self.started.take();
                 Ok(Some(message))
             }
             None => {
-                if self.started.is_none() && self.codec.in_message() {
+                if !self.codec.in_message() {
+                    return Ok(None);
+                }
+                if self.started.is_none() {
                     self.started = Some(tokio::time::Instant::now());
                 }
-                Ok(None)
+                let len = self.codec.partial_len();
+                match self.partial.as_mut().map(|hold| hold.resize(len)) {
+                    Some(false) => self.shed_partial(),
+                    _ => Ok(None),
+                }
             }
         }
+    }
+
+    /// Drops the message arriving, which its hold could not keep; its next frames are
+    /// skipped.
+    #[cold]
+    fn shed_partial(&mut self) -> Result<Option<Inbound>, WireError> {
+        if let Some(hold) = &mut self.partial {
+            hold.resize(0);
+        }
+        self.started = None;
+        self.shed += 1;
+        Ok(self.codec.abandon().map(|id| Inbound::RequestShed { id }))
     }
 
     /// For the message last returned, when its head frame was seen, if its frames spanned

@@ -81,7 +81,7 @@ pub(crate) async fn serve<S: Stream>(shared: Arc<Shared>, stream: S, peer: Socke
     let identity = stream.peer_identity();
     let (read_half, write_half) = stream.into_halves();
     let wire = shared.wire_config();
-    let reader = FrameReader::new(read_half, &wire);
+    let reader = FrameReader::new(read_half, &wire).with_partial_budget(&shared.budget);
     let writer = WireWriter::spawn(write_half, &wire);
     let config = &shared.config;
     let mut conn = Conn {

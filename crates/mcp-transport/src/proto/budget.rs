@@ -107,6 +107,66 @@ impl SharedBudget {
     }
 }
 
+/// The bytes a connection's reader holds for a message still arriving, in a
+/// [`SharedBudget`]'s byte count (requests whose handlers run hold the rest of it), so that
+/// many connections each sending a large message slowly cannot make the server buffer
+/// more than the budget. Given back when the message is complete, dropped, or this is.
+#[derive(Debug)]
+pub struct PartialHold {
+    counts: Arc<Counts>,
+    held: usize,
+}
+
+impl PartialHold {
+    /// Holds nothing yet, in `budget`.
+    pub fn new(budget: &SharedBudget) -> Self {
+        PartialHold {
+            counts: budget.inner.clone(),
+            held: 0,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Holds `to` bytes: more is taken if it fits (as a request's body is admitted: within
+    /// the budget, or anything when nothing at all is held, so that one message can always
+    /// arrive), less gives the difference back at once. False if more did not fit; then
+    /// the hold is as it was.
+    pub fn resize(&mut self, to: usize) -> bool {
+        if to <= self.held {
+            self.counts
+                .bytes
+                .fetch_sub(self.held - to, Ordering::AcqRel);
+            self.held = to;
+            return true;
+        }
+        let more = to - self.held;
+        let max = self.counts.max_bytes;
+        let taken = self
+            .counts
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
+                // What this hold has is part of the total: the others hold the rest, and a
+                // message alone fits whatever its size.
+                fits(total.saturating_sub(self.held), to, max).then_some(total + more)
+            });
+        if taken.is_err() {
+            return false;
+        }
+        self.held = to;
+        true
+    }
+}
+
+impl Drop for PartialHold {
+    fn drop(&mut self) {
+        self.resize(0);
+    }
+}
+
 /// `bytes` more fit next to `held`: within `max`, or nothing is held at all.
 fn fits(held: usize, bytes: usize, max: usize) -> bool {
     held == 0 || held.saturating_add(bytes) <= max
@@ -163,6 +223,38 @@ mod tests {
         assert_eq!(budget.check(1), Err(Exhausted::Bytes));
         drop(big);
         drop(Held::none());
+        assert_eq!((budget.requests(), budget.bytes()), (0, 0));
+    }
+
+    /// A message arriving holds its bytes in the same count as running requests: it grows
+    /// while it fits, is refused past the budget (keeping what it had), always fits alone,
+    /// and gives everything back when done or dropped.
+    #[test]
+    fn a_partial_message_holds_its_bytes_in_the_shared_count() {
+        let budget = SharedBudget::new(10, 100);
+        let mut a = PartialHold::new(&budget);
+        assert!(a.resize(5_000), "alone, any size fits");
+        assert_eq!(budget.bytes(), 5_000);
+        assert!(a.resize(0));
+        assert!(a.resize(40));
+        let running = budget.hold(50);
+        assert!(a.resize(50), "40 + 50 + 10 more within 100");
+        assert!(!a.resize(51), "past the budget");
+        assert_eq!((a.held(), budget.bytes()), (50, 100));
+        assert_eq!(
+            budget.check(1),
+            Err(Exhausted::Bytes),
+            "requests are refused too"
+        );
+        let mut b = PartialHold::new(&budget);
+        assert!(!b.resize(1));
+        assert_eq!(b.held(), 0);
+        drop(running);
+        assert!(b.resize(50));
+        assert!(a.resize(10), "shrinking always works");
+        assert_eq!(budget.bytes(), 60);
+        drop(a);
+        drop(b);
         assert_eq!((budget.requests(), budget.bytes()), (0, 0));
     }
 

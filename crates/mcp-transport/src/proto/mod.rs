@@ -27,7 +27,7 @@ use mcp_codec::Envelope;
 
 use crate::error::WireError;
 
-pub use budget::{Exhausted, Held, SharedBudget};
+pub use budget::{Exhausted, Held, PartialHold, SharedBudget};
 pub use client::{
     ClientCore, ClientCounters, ClientSettings, ConnectionStatus, Event, Resubscribe,
 };

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mcp_codec::{Envelope, ErrorCode, ErrorFrame, GoAway, GoAwayCode, Pong};
 
-use super::budget::{Held, SharedBudget};
+use super::budget::{Exhausted, Held, SharedBudget};
 use super::heartbeat::{Beat, Heartbeat};
 use super::{Life, Transmit};
 use crate::message::{Inbound, InboundRequest, Push};
@@ -294,6 +294,12 @@ impl<H> ServerCore<H> {
                 let verdict = self.refuse(id, ErrorCode::TOO_LARGE, message);
                 return apply(out, id, verdict, None);
             }
+            // Dropped while arriving: the server's bytes budget could not hold it.
+            Inbound::RequestShed { id } => {
+                let message = Exhausted::Bytes.message();
+                let verdict = self.refuse(id, ErrorCode::OVERLOADED, message);
+                return apply(out, id, verdict, None);
+            }
             Inbound::MalformedRequest { id, error } => {
                 let verdict = self.refuse(id, ErrorCode::MALFORMED, "malformed request");
                 return apply(out, id, verdict, Some(&error.to_string()));
@@ -508,7 +514,6 @@ fn is_reserved_format(format: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::budget::Exhausted;
     use super::*;
     use mcp_codec::OwnedEnvelope;
 
