@@ -32,9 +32,11 @@ pub struct ServerConfig {
     /// in that poll never held one); on a multi-thread runtime the count can pass the limit by
     /// one request per other worker thread, admitted at the same moment.
     pub max_in_flight_total: usize,
-    /// Request body bytes held by running handlers in the whole server (1 GiB); past it,
-    /// ERROR 5 at once. As per connection, a request arriving when no body bytes are held
-    /// is always admitted. On by default so that the server's memory for request bodies is
+    /// Request body bytes held by running handlers in the whole server, and by the
+    /// connections for the messages they are still receiving (1 GiB); past it, ERROR 5 at
+    /// once: to a complete request at admission, and to one still arriving as soon as its
+    /// bytes no longer fit (its remaining frames are then skipped). As per connection, a
+    /// request arriving when no body bytes are held is always admitted. On by default so that the server's memory for request bodies is
     /// bounded out of the box (the per-connection limit alone allows 64 MiB times
     /// `max_connections`); lower it to what the machine can spare.
     pub max_in_flight_bytes_total: usize,

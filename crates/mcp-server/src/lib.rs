@@ -36,7 +36,7 @@
 //!   stopped.
 //! - Limits: requests in flight per connection (ERROR 5), request bytes in flight per
 //!   connection (ERROR 5), both also for the whole server (ERROR 5 at once, never a
-//!   queue), message size (ERROR 7 with the id, the connection stays), subscriptions per
+//!   queue; the bytes of messages still arriving count too), message size (ERROR 7 with the id, the connection stays), subscriptions per
 //!   connection (ERROR 5), client NOTIFY handled at once (dropped and counted), bytes
 //!   queued per connection (the server stops reading from a client that does not read,
 //!   and answers wait), connections at once (in all and per IP address: GOAWAY 2), the
