@@ -268,6 +268,98 @@ async fn a_client_that_never_says_hello_is_closed_by_the_handshake_timeout() {
     assert_eq!((stats.completed, stats.timed_out), (1, 1), "{stats:?}");
 }
 
+/// One host that opens many connections and never says hello takes at most
+/// `max_handshakes_per_ip` handshake places: the rest of its connections are closed at once,
+/// and a client from another host is served at once, though the silent ones outnumber
+/// `max_handshakes` (which, reached, would stop the server taking connections at all).
+#[tokio::test]
+async fn one_silent_host_cannot_take_every_handshake_place() {
+    const SILENT: usize = 24;
+    let ca = TestCa::new("mcp test CA");
+    let config = server_config(&ca.server(&["127.0.0.1"]))
+        .build()
+        .expect("config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let accept = TlsAccept::tcp(listener, config)
+        .handshake_timeout(Duration::from_secs(30))
+        .max_handshakes(16)
+        .max_handshakes_per_ip(4);
+    let reloader = accept.reloader();
+    let handle = service().serve_with(accept).expect("serve");
+    let addr = handle.local_addr();
+    let mut silent = Vec::new();
+    for _ in 0..SILENT {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().unwrap())
+            .expect("bind 127.0.0.2");
+        silent.push(
+            bounded("connect", socket.connect(addr))
+                .await
+                .expect("connect"),
+        );
+    }
+    // Every connection past the host's 4 is closed without waiting for the handshake's time.
+    let mut closed = 0;
+    for stream in &mut silent {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_millis(250), stream.read(&mut buf)).await;
+        if matches!(read, Ok(Ok(0) | Err(_))) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, SILENT - 4);
+    assert_eq!(reloader.stats().refused_per_ip, (SILENT - 4) as u64);
+    // A client from 127.0.0.1 is served while the 4 still wait.
+    let client = bounded("connect", client(addr, trusting(&ca)).connect())
+        .await
+        .expect("connect while one host's handshakes wait");
+    assert_eq!(&echo(&client).await.expect("echo")[..], b"ping");
+    let stats = reloader.stats();
+    assert_eq!((stats.completed, stats.timed_out), (1, 0), "{stats:?}");
+    // The host's places come back as its connections go (each handshake ends as failed).
+    drop(silent);
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while reloader.stats().failed < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            reloader.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut again = Vec::new();
+    for _ in 0..5 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().unwrap())
+            .expect("bind 127.0.0.2");
+        again.push(
+            bounded("connect", socket.connect(addr))
+                .await
+                .expect("connect"),
+        );
+    }
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while reloader.stats().refused_per_ip < (SILENT - 3) as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            reloader.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        reloader.stats().refused_per_ip,
+        (SILENT - 3) as u64,
+        "4 of 5 taken"
+    );
+    handle
+        .shutdown(Duration::from_secs(1))
+        .await
+        .expect("shutdown");
+}
+
 #[tokio::test]
 async fn certificates_rotate_without_dropping_open_connections() {
     let old_ca = TestCa::new("old CA");

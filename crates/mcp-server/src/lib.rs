@@ -65,8 +65,10 @@
 //! - `protobuf` (default): typed routes in Protobuf through `mcp-format`.
 //! - `tls` (default): TLS over rustls with ring: serve with
 //!   `serve_with(TlsAccept::tcp(listener, TlsServerConfig::from_pem(..)?.build()?))`; the
-//!   client's certificate, if any, is [`RequestContext::peer_identity`]. `tls-aws-lc-rs`
-//!   uses aws-lc-rs instead of ring.
+//!   client's certificate, if any, is [`RequestContext::peer_identity`]. Handshakes run off
+//!   the accept loop under a timeout, at most 1,024 at once and 32 per client address
+//!   (`TlsAccept::max_handshakes`, `max_handshakes_per_ip`). `tls-aws-lc-rs` uses aws-lc-rs
+//!   instead of ring.
 //!
 //! # Authentication
 //! [`ServerBuilder::authenticate`] sets a hook asked about every request and client NOTIFY

@@ -25,14 +25,15 @@
 //! certificates asked for.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -722,6 +723,9 @@ pub struct TlsAcceptStats {
     pub failed: u64,
     /// Handshakes not done within the handshake timeout.
     pub timed_out: u64,
+    /// Connections closed at once because their host already had `max_handshakes_per_ip`
+    /// handshakes running.
+    pub refused_per_ip: u64,
 }
 
 #[derive(Debug, Default)]
@@ -729,6 +733,46 @@ struct Counters {
     completed: AtomicU64,
     failed: AtomicU64,
     timed_out: AtomicU64,
+    refused_per_ip: AtomicU64,
+}
+
+/// Handshakes running per host, shared with the handshake tasks.
+type PerHost = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// A running handshake's place in its host's count, given back when its task ends, however
+/// it ends (done, failed, timed out, or aborted with the acceptor).
+struct HostPlace {
+    per_host: PerHost,
+    ip: IpAddr,
+}
+
+impl HostPlace {
+    /// A place for `ip` if it has fewer than `max` handshakes running.
+    fn take(per_host: &PerHost, ip: IpAddr, max: usize) -> Option<HostPlace> {
+        let mut hosts = per_host.lock().unwrap_or_else(PoisonError::into_inner);
+        let running = hosts.entry(ip).or_insert(0);
+        if *running >= max {
+            return None;
+        }
+        *running += 1;
+        Some(HostPlace {
+            per_host: per_host.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HostPlace {
+    fn drop(&mut self) {
+        let mut hosts = self.per_host.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(running) = hosts.get_mut(&self.ip) {
+            *running -= 1;
+            if *running == 0 {
+                // The map holds only hosts with handshakes running: bounded by them.
+                hosts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -763,6 +807,7 @@ impl TlsReloader {
             completed: counters.completed.load(Ordering::Relaxed),
             failed: counters.failed.load(Ordering::Relaxed),
             timed_out: counters.timed_out.load(Ordering::Relaxed),
+            refused_per_ip: counters.refused_per_ip.load(Ordering::Relaxed),
         }
     }
 }
@@ -783,12 +828,17 @@ type Handshaken<S> = (tokio_rustls::server::TlsStream<S>, SocketAddr);
 ///
 /// Each handshake runs in a task of its own under the handshake timeout (default 10 s),
 /// at most `max_handshakes` (default 1,024) at once; while that many are running, no new
-/// connection is taken. A client that does not agree on ALPN `mcp/1` is refused.
+/// connection is taken. One host may have at most `max_handshakes_per_ip` (default 32)
+/// running: a connection past that is closed at once, so that one host that connects and
+/// never sends a ClientHello cannot take every handshake place and keep other clients out.
+/// A client that does not agree on ALPN `mcp/1` is refused.
 pub struct TlsAccept<A: Accept = TcpAccept> {
     inner: A,
     current: Arc<Current>,
     handshake_timeout: Duration,
     max_handshakes: usize,
+    max_handshakes_per_ip: usize,
+    per_host: PerHost,
     pending: JoinSet<Option<Handshaken<A::Io>>>,
 }
 
@@ -797,6 +847,7 @@ impl<A: Accept> fmt::Debug for TlsAccept<A> {
         f.debug_struct("TlsAccept")
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_handshakes", &self.max_handshakes)
+            .field("max_handshakes_per_ip", &self.max_handshakes_per_ip)
             .field("handshaking", &self.pending.len())
             .finish_non_exhaustive()
     }
@@ -820,6 +871,8 @@ impl<A: Accept> TlsAccept<A> {
             }),
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 1024,
+            max_handshakes_per_ip: 32,
+            per_host: PerHost::default(),
             pending: JoinSet::new(),
         }
     }
@@ -836,6 +889,13 @@ impl<A: Accept> TlsAccept<A> {
         self
     }
 
+    /// Handshakes running at once from one IP address, at most (default 32; at least 1).
+    /// Clients behind one NAT share an address: raise it where many connect through one.
+    pub fn max_handshakes_per_ip(mut self, handshakes: usize) -> Self {
+        self.max_handshakes_per_ip = handshakes.max(1);
+        self
+    }
+
     /// A handle that replaces the configuration and reads the counters.
     pub fn reloader(&self) -> TlsReloader {
         TlsReloader {
@@ -844,6 +904,16 @@ impl<A: Accept> TlsAccept<A> {
     }
 
     fn start(&mut self, io: A::Io, peer: SocketAddr) {
+        let Some(place) = HostPlace::take(&self.per_host, peer.ip(), self.max_handshakes_per_ip)
+        else {
+            self.current
+                .counters
+                .refused_per_ip
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "TLS handshakes from this host at their limit: closed");
+            // Dropping `io` closes the connection.
+            return;
+        };
         let config = self
             .current
             .config
@@ -853,6 +923,7 @@ impl<A: Accept> TlsAccept<A> {
         let current = self.current.clone();
         let timeout = self.handshake_timeout;
         self.pending.spawn(async move {
+            let _place = place;
             let counters = &current.counters;
             let handshake = tokio_rustls::TlsAcceptor::from(config).accept(io);
             let failure = match tokio::time::timeout(timeout, handshake).await {
