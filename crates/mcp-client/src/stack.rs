@@ -341,6 +341,16 @@ impl<T: Transport> Stack<T> {
             .map_err(|e| self.local_failure(e))
     }
 
+    /// A subscription on every endpoint, within the client's total budget.
+    pub(crate) async fn subscribe_all(&self, topic: &str) -> Result<RawPushStream, Error> {
+        self.refuse_if_closing()?;
+        let deadline = later(Instant::now(), self.timing.timeout);
+        self.transport
+            .subscribe_all(topic, deadline)
+            .await
+            .map_err(|e| self.local_failure(e))
+    }
+
     /// Refuses new calls, lets those in flight finish for up to `grace`, then closes the
     /// transport. Returns how many calls were still in flight when the grace ran out.
     pub(crate) async fn close_within(&self, grace: Duration) -> usize {

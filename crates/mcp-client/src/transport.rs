@@ -136,6 +136,16 @@ pub trait Transport: Send + Sync + 'static {
         deadline: Instant,
     ) -> impl Future<Output = Result<RawPushStream, Error>> + Send + 'a;
 
+    /// Subscribes to `pattern` on every endpoint, their pushes merged, giving up at
+    /// `deadline` (a transport of one endpoint: [`Transport::subscribe`]).
+    fn subscribe_all<'a>(
+        &'a self,
+        pattern: &'a str,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<RawPushStream, Error>> + Send + 'a {
+        self.subscribe(pattern, deadline)
+    }
+
     /// Waits until a call could be sent (a connection is open), at most until `deadline`;
     /// with `fail_fast`, fails at the first failed connect try instead.
     fn ready(

@@ -508,3 +508,104 @@ async fn a_subscription_moves_when_its_replica_dies() {
         r.stop().await;
     }
 }
+
+/// `subscribe_all` hears every replica, a replica that joins through discovery once it is
+/// a member, and no longer one that was removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_all_merges_every_replica_and_follows_the_members() {
+    let all = replicas(3, |_| Duration::ZERO).await;
+    let (changes, rx) = mpsc::unbounded_channel();
+    changes
+        .send(Change::Reset(vec![
+            Instance::new(all[0].addr()),
+            Instance::new(all[1].addr()),
+        ]))
+        .unwrap();
+    let client = Client::discover(Changes(rx))
+        .pool_config(pool())
+        .balance(balance(Picker::PeakEwma))
+        .breaker(BreakerConfig::disabled())
+        .wait_for_ready(true)
+        .connect()
+        .await
+        .expect("connect");
+    let mut sub = bounded("subscribe_all", client.subscribe_all_raw("tick"))
+        .await
+        .expect("subscribe_all");
+    // Each replica publishes its name until the subscription has heard every one wanted;
+    // a name not wanted fails the test.
+    async fn hear(
+        sub: &mut mcp_client::RawSubscription,
+        all: &[Replica],
+        wanted: &[&str],
+        not: &[&str],
+    ) {
+        let mut heard = std::collections::HashSet::new();
+        bounded("pushes from every member", async {
+            while heard.len() < wanted.len() {
+                for (i, r) in all.iter().enumerate() {
+                    let name = format!("r{}", i + 2);
+                    let _ = r.server.publish("tick", FormatId::RAW, Bytes::from(name));
+                }
+                while let Ok(Some(push)) =
+                    tokio::time::timeout(Duration::from_millis(30), sub.next()).await
+                {
+                    let name = String::from_utf8(push.body().to_vec()).unwrap();
+                    assert!(!not.contains(&name.as_str()), "heard {name}, not a member");
+                    assert!(wanted.contains(&name.as_str()), "heard {name}");
+                    heard.insert(name);
+                }
+            }
+        })
+        .await;
+    }
+    hear(&mut sub, &all, &["r2", "r3"], &["r4"]).await;
+    changes
+        .send(Change::Insert(Instance::new(all[2].addr())))
+        .unwrap();
+    hear(&mut sub, &all, &["r2", "r3", "r4"], &[]).await;
+    changes.send(Change::Remove(all[0].addr())).unwrap();
+    // Pushes of r2 already on their way may still come: wait for a round without it, then
+    // it must never be heard again.
+    bounded("r2 dropped", async {
+        loop {
+            let mut round = std::collections::HashSet::new();
+            for (i, r) in all.iter().enumerate() {
+                let name = format!("r{}", i + 2);
+                let _ = r.server.publish("tick", FormatId::RAW, Bytes::from(name));
+            }
+            while let Ok(Some(push)) =
+                tokio::time::timeout(Duration::from_millis(50), sub.next()).await
+            {
+                round.insert(push.into_body());
+            }
+            if round.len() == 2 && !round.contains(&Bytes::from_static(b"r2")) {
+                break;
+            }
+        }
+    })
+    .await;
+    hear(&mut sub, &all, &["r3", "r4"], &["r2"]).await;
+    // A plain subscription on the same fleet hears one replica only.
+    let mut one = bounded("subscribe", client.subscribe_raw("tick"))
+        .await
+        .expect("subscribe");
+    let mut names = std::collections::HashSet::new();
+    for _ in 0..20 {
+        for (i, r) in all.iter().enumerate() {
+            let _ = r
+                .server
+                .publish("tick", FormatId::RAW, Bytes::from(format!("r{}", i + 2)));
+        }
+        while let Ok(Some(push)) = tokio::time::timeout(Duration::from_millis(20), one.next()).await
+        {
+            names.insert(push.into_body());
+        }
+    }
+    assert_eq!(names.len(), 1, "{names:?}");
+    drop((sub, one));
+    bounded("close", client.close_within(Duration::from_millis(200))).await;
+    for r in all {
+        r.stop().await;
+    }
+}

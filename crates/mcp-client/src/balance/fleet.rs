@@ -6,7 +6,6 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,14 +17,13 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::follow;
 use super::state::{Balancer, Connectivity, EndpointId, Outcome};
 use super::{BalanceConfig, Change, Instance};
-use crate::client::{RawPush, RawResponse};
+use crate::client::RawResponse;
 use crate::error::{Error, ErrorKind, Phase, Processed};
 use crate::metrics::ConnectionCounts;
-use crate::transport::{
-    Attempt, Dialer, RawPushStream, Stats, ToRawPush, Transport, Tried, response_of,
-};
+use crate::transport::{Attempt, Dialer, RawPushStream, Stats, Transport, Tried, response_of};
 
 /// How long `close` waits for each pool's tasks to end once told to.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -35,14 +33,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// attempt's result.
 const MAX_MOVES: usize = 3;
 
-/// How long a subscription waits before it tries again to find an endpoint to move to.
-const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(100);
-
-/// The bound of a resubscription, which has no caller's deadline (the pool bounds
-/// `$subscribe` with its own default timeout as well).
-const RESUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves the state consistent, so a poisoned lock is used as is.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -99,7 +90,7 @@ impl FleetSource {
 /// [`Client::discover`](crate::Client::discover); a client over it is a
 /// `Client<F, Fleet>`.
 pub struct Fleet {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -112,13 +103,13 @@ impl std::fmt::Debug for Fleet {
 }
 
 pub(crate) struct Shared {
-    core: Mutex<Balancer<Pool>>,
-    pool_config: PoolConfig,
+    pub(super) core: Mutex<Balancer<Pool>>,
+    pub(super) pool_config: PoolConfig,
     dialer: Dialer,
     name: String,
-    closed: AtomicBool,
+    pub(super) closed: AtomicBool,
     /// Woken at each membership change (for `ready` waiting for a first endpoint).
-    changed: Notify,
+    pub(super) changed: Arc<Notify>,
     discovery: Mutex<Option<JoinHandle<()>>>,
     /// Told when an endpoint's connects fail or a connection is lost, so that a source
     /// that can look again (DNS) does so at once.
@@ -161,7 +152,7 @@ impl Fleet {
             dialer,
             name: source.name(),
             closed: AtomicBool::new(false),
-            changed: Notify::new(),
+            changed: Arc::new(Notify::new()),
             discovery: Mutex::new(None),
             refresh: Arc::new(Notify::new()),
         });
@@ -201,7 +192,11 @@ impl Fleet {
     }
 
     /// Picks an endpoint for an attempt, avoiding `tried`.
-    fn pick(&self, key: Option<u64>, tried: &Tried) -> Result<(Outstanding<'_>, Pool), Error> {
+    pub(super) fn pick(
+        &self,
+        key: Option<u64>,
+        tried: &Tried,
+    ) -> Result<(Outstanding<'_>, Pool), Error> {
         let mut ids = [0u64; Tried::CAPACITY];
         let n = tried.read_into(&mut ids);
         let now = Instant::now();
@@ -350,16 +345,16 @@ async fn watch_pool(shared: Weak<Shared>, id: EndpointId, mut states: watch::Rec
 
 /// An attempt outstanding at an endpoint: its outcome reaches the core exactly once, as
 /// neutral if the call future is dropped before it ends.
-struct Outstanding<'a> {
+pub(super) struct Outstanding<'a> {
     shared: &'a Shared,
-    id: EndpointId,
+    pub(super) id: EndpointId,
     hint: usize,
     start: Instant,
     done: bool,
 }
 
 impl Outstanding<'_> {
-    fn finish(&mut self, outcome: Outcome, latency: Option<Duration>, now: Instant) {
+    pub(super) fn finish(&mut self, outcome: Outcome, latency: Option<Duration>, now: Instant) {
         self.done = true;
         let drained = lock(&self.shared.core).finish(self.id, self.hint, outcome, latency, now);
         if let Some(pool) = drained {
@@ -482,19 +477,31 @@ impl Transport for Fleet {
         let (first_tx, first_rx) = oneshot::channel();
         let queue = self.shared.pool_config.connection.push_queue.max(1);
         let (tx, rx) = mpsc::channel(queue);
-        tokio::spawn(follow(
+        tokio::spawn(follow::follow(
             Arc::downgrade(&self.shared),
             pattern.to_owned(),
             deadline,
             first_tx,
             tx,
         ));
-        match tokio::time::timeout_at(deadline, first_rx).await {
-            Ok(Ok(Ok(()))) => Ok(Box::pin(Received(rx))),
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) => Err(Error::closed()),
-            Err(_) => Err(Error::timeout(Phase::Response, Processed::Maybe)),
-        }
+        follow::first_outcome(deadline, first_rx, rx).await
+    }
+
+    async fn subscribe_all(
+        &self,
+        pattern: &str,
+        deadline: Instant,
+    ) -> Result<RawPushStream, Error> {
+        let (first_tx, first_rx) = oneshot::channel();
+        let queue = self.shared.pool_config.connection.push_queue.max(1);
+        let (tx, rx) = mpsc::channel(queue);
+        tokio::spawn(follow::follow_all(
+            Arc::downgrade(&self.shared),
+            pattern.to_owned(),
+            first_tx,
+            tx,
+        ));
+        follow::first_outcome(deadline, first_rx, rx).await
     }
 
     async fn ready(&self, deadline: Instant, fail_fast: bool) -> Result<(), Error> {
@@ -584,125 +591,6 @@ impl Transport for Fleet {
 
     fn endpoint(&self) -> &str {
         &self.shared.name
-    }
-}
-
-/// A subscription that follows the fleet: subscribed on one live endpoint, and moved
-/// (subscribed again elsewhere) when that endpoint's connects fail, when it leaves the
-/// fleet, or when its stream ends without a refusal. Pushes published while it moves are
-/// missed, as across any reconnect. Ends when the receiver is dropped or the fleet closes.
-async fn follow(
-    shared: Weak<Shared>,
-    pattern: String,
-    deadline: Instant,
-    first: oneshot::Sender<Result<(), Error>>,
-    tx: mpsc::Sender<Result<RawPush, Error>>,
-) {
-    let mut first = Some(first);
-    let mut avoid: Option<EndpointId> = None;
-    loop {
-        // Find an endpoint: a pick that is given back at once (a subscription is not an
-        // outstanding call).
-        let found = match shared.upgrade() {
-            Some(shared) if !shared.closed.load(Ordering::Acquire) => {
-                let tried = Tried::default();
-                if let Some(id) = avoid {
-                    tried.push(id);
-                }
-                let fleet = Fleet { shared };
-                fleet.pick(None, &tried).map(|(mut outstanding, pool)| {
-                    outstanding.finish(Outcome::Neutral, None, Instant::now());
-                    (outstanding.id, pool)
-                })
-            }
-            _ => Err(Error::closed()),
-        };
-        let subscribed = match found {
-            Ok((id, pool)) => match tokio::time::timeout_at(
-                if first.is_some() {
-                    deadline
-                } else {
-                    Instant::now() + RESUBSCRIBE_TIMEOUT
-                },
-                pool.subscribe(&pattern),
-            )
-            .await
-            {
-                Ok(Ok(sub)) => Ok((id, pool.watch_state(), ToRawPush::new(sub))),
-                Ok(Err(e)) => Err(Error::from_transport(e)),
-                Err(_) => Err(Error::timeout(Phase::Response, Processed::Maybe)),
-            },
-            Err(e) => Err(e),
-        };
-        let (id, mut states, mut sub) = match subscribed {
-            Ok(found) => found,
-            Err(e) => {
-                if let Some(first) = first.take() {
-                    let _ = first.send(Err(e));
-                    return;
-                }
-                if e.is_closed() || tx.is_closed() {
-                    let _ = tx.try_send(Err(e));
-                    return;
-                }
-                // Refused by the server: the same on every replica, so say so and end.
-                if e.kind() == ErrorKind::Remote && e.code() != Some(ErrorCode::UNAVAILABLE) {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-                tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
-                continue;
-            }
-        };
-        if let Some(first) = first.take() {
-            if first.send(Ok(())).is_err() {
-                return;
-            }
-        }
-        loop {
-            tokio::select! {
-                push = std::future::poll_fn(|cx| Pin::new(&mut sub).poll_next(cx)) => match push {
-                    Some(Ok(push)) => {
-                        if tx.send(Ok(push)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        // The endpoint refused to subscribe again after a reconnect: the
-                        // server's own answer ends it; anything else moves it.
-                        if e.kind() == ErrorKind::Remote && e.code() != Some(ErrorCode::UNAVAILABLE) {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                        break;
-                    }
-                    None => break,
-                },
-                changed = states.changed() => {
-                    let gone = changed.is_err() || matches!(
-                        &*states.borrow(),
-                        PoolState::Reconnecting { .. } | PoolState::Down { .. } | PoolState::Closed { .. }
-                    );
-                    if gone {
-                        break;
-                    }
-                }
-                () = tx.closed() => return,
-            }
-        }
-        tracing::debug!(pattern, "subscription moves to another endpoint");
-        avoid = Some(id);
-    }
-}
-
-/// The pushes a [`follow`] task forwards.
-struct Received(mpsc::Receiver<Result<RawPush, Error>>);
-
-impl Stream for Received {
-    type Item = Result<RawPush, Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
     }
 }
 

@@ -39,6 +39,7 @@
 #[cfg(feature = "dns")]
 mod dns;
 pub(crate) mod fleet;
+mod follow;
 pub(crate) mod hash;
 mod state;
 #[cfg(test)]

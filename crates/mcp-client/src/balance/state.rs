@@ -816,6 +816,16 @@ impl<E: Clone> Balancer<E> {
         all
     }
 
+    /// The id and payload of every member (draining endpoints left out): what a
+    /// subscription on every endpoint follows.
+    pub(crate) fn member_payloads(&self) -> Vec<(EndpointId, E)> {
+        self.endpoints
+            .iter()
+            .filter(|e| !e.draining)
+            .map(|e| (e.id, e.payload.clone()))
+            .collect()
+    }
+
     /// Every payload, draining ones included (to close them all).
     pub(crate) fn payloads(&self) -> Vec<E> {
         self.endpoints.iter().map(|e| e.payload.clone()).collect()

@@ -275,6 +275,25 @@ impl<F: Format, T: Transport> Client<F, T> {
         Ok(RawSubscription::new(pushes))
     }
 
+    /// Subscribes to `topic` on every endpoint of a fleet and merges what they publish:
+    /// for events each replica publishes about itself (its own cache invalidations, say),
+    /// where [`Client::subscribe`] would hear only the one replica it is on. Follows the
+    /// fleet: a replica that joins is subscribed to, one that leaves is dropped. Succeeds
+    /// once one endpoint is subscribed. With one endpoint it is [`Client::subscribe`].
+    pub async fn subscribe_all<M>(&self, topic: &str) -> Result<Subscription<M, F>, Error>
+    where
+        F: Decode<M>,
+    {
+        let pushes = self.stack.subscribe_all(topic).await?;
+        Ok(Subscription::new(pushes, self.format.clone()))
+    }
+
+    /// [`Client::subscribe_all`] without decoding.
+    pub async fn subscribe_all_raw(&self, topic: &str) -> Result<RawSubscription, Error> {
+        let pushes = self.stack.subscribe_all(topic).await?;
+        Ok(RawSubscription::new(pushes))
+    }
+
     /// Closes the client: new calls fail with [`Error::is_closed`] at once, calls in flight
     /// get up to the close timeout (builder, default 5 s) to finish, then the connections
     /// are closed (a GOAWAY with last id 0 tells the server no more requests come, then
