@@ -14,7 +14,9 @@
 //! - (d) `Client -> Server`: the full stack, `mcp_client::Client` against the
 //!   `mcp_server::Server` raw echo route;
 //! - (e) `Connection -> Server`: `Connection` against `mcp_server::Server` — the server
-//!   over the lean echo, with a lean client.
+//!   over the lean echo, with a lean client;
+//! - (f) `Fleet of one -> Server`: (d) with the client made by `Client::fleet` over the one
+//!   server, so that (f) over (d) is what the balancer costs a call (issue 10: at most 5%).
 //!
 //! It prints one line per pair per round, then the best of each with its ratio to (a) and
 //! its cost per request (one thread runs both ends, so ns/req are client plus server CPU
@@ -25,7 +27,7 @@
 //! `MCP_BENCH_SECS` (default 5), `MCP_BENCH_CONCURRENCY` (64), `MCP_BENCH_SIZE` (64),
 //! `MCP_BENCH_ROUNDS` (3, pairs measured in turn, best of each reported),
 //! `MCP_BENCH_PAIRS` (the letters of the pairs to measure, e.g. `ad`; all by default: the
-//! summary needs all five)). Under `cargo test --benches` it runs one quick round (300 ms
+//! summary needs all six)). Under `cargo test --benches` it runs one quick round (300 ms
 //! per pair).
 
 use std::sync::Arc;
@@ -55,15 +57,17 @@ enum Pair {
     ClientLean,
     ClientServer,
     ConnectionServer,
+    FleetServer,
 }
 
 impl Pair {
-    const ALL: [Pair; 5] = [
+    const ALL: [Pair; 6] = [
         Pair::RawEcho,
         Pair::ConnectionLean,
         Pair::ClientLean,
         Pair::ClientServer,
         Pair::ConnectionServer,
+        Pair::FleetServer,
     ];
 
     fn letter(self) -> char {
@@ -77,6 +81,7 @@ impl Pair {
             Pair::ClientLean => "(c) Client -> lean echo",
             Pair::ClientServer => "(d) Client -> Server",
             Pair::ConnectionServer => "(e) Connection -> Server",
+            Pair::FleetServer => "(f) Fleet of one -> Server",
         }
     }
 
@@ -104,6 +109,12 @@ impl Pair {
             Pair::ConnectionServer => {
                 let server = echo_server().await;
                 let report = connection(config, server.local_addr(), body).await;
+                let _ = server.shutdown(Duration::from_secs(1)).await;
+                report
+            }
+            Pair::FleetServer => {
+                let server = echo_server().await;
+                let report = fleet_client(config, server.local_addr(), body).await;
                 let _ = server.shutdown(Duration::from_secs(1)).await;
                 report
             }
@@ -194,6 +205,32 @@ async fn client(config: &LoadConfig, addr: std::net::SocketAddr, body: Bytes) ->
     report
 }
 
+/// (d)'s client, made as a fleet of the one server: the same calls through the balancer.
+async fn fleet_client(config: &LoadConfig, addr: std::net::SocketAddr, body: Bytes) -> LoadReport {
+    let size = body.len();
+    let client = Client::fleet([addr.to_string()])
+        .max_connections(1)
+        .limit(LimitConfig::new(config.concurrency))
+        .connect()
+        .await
+        .expect("connect mcp fleet client");
+    let caller = client.clone();
+    let report = loadgen::run(config, Arc::default(), move || {
+        let client = caller.clone();
+        let request = RawRequest::new("echo", FormatId::RAW, body.clone());
+        async move {
+            match client.call_raw(request).await {
+                Ok(back) if back.body().len() == size => Ok(()),
+                Ok(_) => Err("wrong echo".to_string()),
+                Err(e) => Err(e.kind().to_string()),
+            }
+        }
+    })
+    .await;
+    client.close().await;
+    report
+}
+
 /// Client plus server CPU per request: one thread runs both ends.
 fn ns_per_request(r: &LoadReport) -> f64 {
     1e9 / r.requests_per_second()
@@ -239,7 +276,7 @@ fn main() {
     );
     let only = std::env::var("MCP_BENCH_PAIRS").unwrap_or_default();
     let wanted = |pair: Pair| only.is_empty() || only.contains(pair.letter());
-    let mut best: [Option<LoadReport>; 5] = Default::default();
+    let mut best: [Option<LoadReport>; 6] = Default::default();
     for round in 1..=rounds {
         for (pair, best) in Pair::ALL.into_iter().zip(best.iter_mut()) {
             if !wanted(pair) {
@@ -289,5 +326,9 @@ fn main() {
     println!(
         "ratio mcp / raw echo: {:.3} (target >= 0.8)",
         best[3].requests_per_second() / raw
+    );
+    println!(
+        "the balancer: (f) / (d) ns per request {:.3} (issue 10: at most 1.05)",
+        ns(5) / ns(3)
     );
 }
