@@ -273,6 +273,7 @@ impl<T: Transport> Stack<T> {
                                 meta,
                                 body,
                                 deadline: attempt_deadline,
+                                started: now,
                                 other_connection,
                                 tried,
                                 hash_key: options.hash_key,

@@ -36,6 +36,9 @@ pub struct Attempt<'a> {
     pub(crate) meta: Meta,
     pub(crate) body: Bytes,
     pub(crate) deadline: Instant,
+    /// When the attempt started (the stack's own clock read, which a fleet's pick and its
+    /// latency measure use rather than reading the clock again).
+    pub(crate) started: Instant,
     /// The previous attempt failed in a way tied to its connection (ERROR 6, GOAWAY). The
     /// pool never hands out a draining connection, so it needs no hint; scripted transports
     /// check that the policy sets it.

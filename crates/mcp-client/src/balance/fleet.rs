@@ -196,10 +196,10 @@ impl Fleet {
         &self,
         key: Option<u64>,
         tried: &Tried,
+        now: Instant,
     ) -> Result<(Outstanding<'_>, Pool), Error> {
         let mut ids = [0u64; Tried::CAPACITY];
         let n = tried.read_into(&mut ids);
-        let now = Instant::now();
         let picked = lock(&self.shared.core).pick(key, &ids[..n], now);
         let Some(picked) = picked else {
             return Err(no_endpoints());
@@ -420,8 +420,9 @@ impl Transport for Fleet {
     async fn call(&self, attempt: Attempt<'_>) -> Result<RawResponse, Error> {
         let options = CallDeadline::deadline(attempt.deadline);
         let mut moves = 0;
+        let mut now = attempt.started;
         loop {
-            let (mut outstanding, pool) = self.pick(attempt.hash_key, attempt.tried)?;
+            let (mut outstanding, pool) = self.pick(attempt.hash_key, attempt.tried, now)?;
             let reply = pool
                 .call(
                     attempt.method,
@@ -441,6 +442,7 @@ impl Transport for Fleet {
                 {
                     tracing::debug!(error = %e, "refused unprocessed; trying another endpoint");
                     moves += 1;
+                    now = Instant::now();
                 }
                 result => return result,
             }
@@ -456,7 +458,7 @@ impl Transport for Fleet {
         deadline: Instant,
     ) -> Result<(), Error> {
         let tried = Tried::default();
-        let (mut outstanding, pool) = self.pick(None, &tried)?;
+        let (mut outstanding, pool) = self.pick(None, &tried, Instant::now())?;
         let sent = pool.notify(topic, format.get(), &meta, &body);
         let result = match tokio::time::timeout_at(deadline, sent).await {
             Ok(result) => result.map_err(Error::from_transport),

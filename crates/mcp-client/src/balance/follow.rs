@@ -77,10 +77,12 @@ pub(super) async fn follow(
                     tried.push(id);
                 }
                 let fleet = Fleet { shared };
-                fleet.pick(None, &tried).map(|(mut outstanding, pool)| {
-                    outstanding.finish(Outcome::Neutral, None, Instant::now());
-                    (outstanding.id, pool)
-                })
+                fleet
+                    .pick(None, &tried, Instant::now())
+                    .map(|(mut outstanding, pool)| {
+                        outstanding.finish(Outcome::Neutral, None, Instant::now());
+                        (outstanding.id, pool)
+                    })
             }
             _ => Err(Error::closed()),
         };
