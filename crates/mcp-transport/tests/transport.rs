@@ -23,7 +23,8 @@ use tokio::time::Instant;
 mod common;
 
 use common::{
-    DuplexListener, DuplexPeer, conn_config, duplex_connection, pool_config_with, until, within,
+    DuplexListener, DuplexPeer, conn_config, duplex_connection, pool_config_with, rebind, until,
+    within,
 };
 
 /// Connects a bare connection, bounded (on top of the connect timeout of `config`).
@@ -322,20 +323,6 @@ async fn t06_server_restart_reconnects_and_resubscribes() {
     assert_eq!(push.body(), &b"2"[..]);
     assert!(pool.stats().reconnects >= 1);
     assert!(matches!(pool.state(), EndpointState::Connected { .. }));
-}
-
-/// Starts an echo server on `addr` if the port can be bound now.
-fn rebind(addr: SocketAddr) -> Option<EchoServer> {
-    // `start_on` binds at once, so one poll is all it needs.
-    let mut start = std::pin::pin!(EchoServer::start_on(addr));
-    let waker = std::task::Waker::noop();
-    match start
-        .as_mut()
-        .poll(&mut std::task::Context::from_waker(waker))
-    {
-        std::task::Poll::Ready(Ok(server)) => Some(server),
-        _ => None,
-    }
 }
 
 /// 7. A connect to a blackholed address fails at the connect timeout. The address is a
@@ -1341,7 +1328,8 @@ async fn write_stall_kills_connection() {
             async move { call(&conn, "echo", &big).await }
         }));
         end += request_len;
-        // Until the socket took this request whole, or the stall ended the connection.
+        // Until the writer took this request into a write (it then waits for the next one
+        // only if that write finished), or the stall ended the connection.
         until("the request is written or the connection ends", || {
             conn.stats().writer.bytes >= end || conn.is_closed()
         })

@@ -8,7 +8,7 @@ use bytes::{Buf, BytesMut};
 use mcp_codec::{
     Assembled, Assembler, Decoded, Envelope, FrameDecoder, OwnedEnvelope, OwnedRequest, Pong,
 };
-use mcp_test_support::{Received, STEP, encode, response};
+use mcp_test_support::{EchoServer, Received, STEP, encode, response};
 use mcp_transport::{
     BackoffConfig, Connect, Connection, ConnectionConfig, PoolConfig, TransportError,
 };
@@ -160,7 +160,7 @@ impl DuplexPeer {
         loop {
             match self.recv().await {
                 Received::Envelope(OwnedEnvelope::Ping(p)) => {
-                    self.note(&OwnedEnvelope::Ping(p.clone())).await;
+                    self.note(&OwnedEnvelope::Ping(p)).await;
                     return p.nonce;
                 }
                 Received::Envelope(_) => {}
@@ -277,5 +277,19 @@ impl DuplexListener {
             .expect("a client connects in time")
             .expect("the connector is alive");
         DuplexPeer::new(stream)
+    }
+}
+
+/// Starts an echo server on `addr` if the port can be bound now.
+pub(crate) fn rebind(addr: std::net::SocketAddr) -> Option<EchoServer> {
+    // `start_on` binds at once, so one poll is all it needs.
+    let mut start = std::pin::pin!(EchoServer::start_on(addr));
+    let waker = std::task::Waker::noop();
+    match start
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(waker))
+    {
+        std::task::Poll::Ready(Ok(server)) => Some(server),
+        _ => None,
     }
 }
