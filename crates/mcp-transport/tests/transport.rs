@@ -1,6 +1,10 @@
-//! The named tests of issue 4, section 6 (`tNN_...` = test NN), over real loopback sockets
-//! against the scriptable peers of `mcp-test-support`, plus virtual-time tests
-//! (`tokio::time::pause`) for backoff and heartbeat.
+//! The named tests of issue 4, section 6 (`tNN_...` = test NN), as tests of the tokio
+//! shell: over real loopback sockets where the test is about a real I/O fault (a reset, a
+//! half frame then close, one-byte reads, a peer that stops reading, a refused or
+//! blackholed connect, a restart) or the sockets themselves; over `tokio::io::duplex`, in
+//! virtual time where it waits, for the rest. The protocol's own rules (stale and late
+//! answers, CANCEL, deadlines, GOAWAY, ERROR 6, the heartbeat, id wrap) are the two-peer
+//! harness's, `src/proto/tests.rs`. No test here waits a fixed time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
