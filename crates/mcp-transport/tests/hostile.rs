@@ -1,9 +1,11 @@
 //! Hostile and misbehaving servers against the client's memory bounds and subscription
-//! bookkeeping, over loopback sockets (127.0.0.1 only). Every wait is bounded ([`STEP`]).
+//! bookkeeping, over loopback sockets (127.0.0.1 only) or in-memory streams. Every wait is
+//! bounded ([`STEP`]).
 //!
-//! - A server that floods PINGs and reads nothing, or only a trickle: the client leaves
-//!   PINGs unanswered while its write queue is at the limit, so the PONGs it queues stay
-//!   bounded; one that reads nothing is ended by the write-stall timeout.
+//! - A server that floods PINGs and reads nothing, or only a trickle (both in memory, in
+//!   virtual time, so that the window is the test's and not the kernel's): the client leaves PINGs unanswered while its write queue is at the
+//!   limit, so the PONGs it queues stay bounded; one that reads nothing is ended by the
+//!   write-stall timeout.
 //! - Large pushes to a slow subscriber: the queue is bounded by bytes as well as count.
 //! - A `$subscribe` sent again after a reconnect that the server refuses or never answers:
 //!   the subscribers end with the error; the unanswered request does not stay pending nor
@@ -17,12 +19,11 @@ use mcp_transport::{
     CallDeadline, Connection, ConnectionConfig, ErrorKind, Pool, PushOverflow, PushStream,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
 
 mod common;
 
-use common::{conn_config, pool_config_with as pool_config, within};
+use common::{conn_config, duplex_connection, pool_config_with as pool_config, within};
 
 /// `count` PING frames back to back.
 fn pings(count: u64) -> Vec<u8> {
@@ -43,35 +44,44 @@ const ONE_PONG: usize = 16;
 /// A server that floods PINGs and reads nothing: the client answers no more PINGs once its
 /// queue of PONGs is at the limit, and the write-stall timeout ends the connection. Before
 /// the fix the client queued a PONG for every PING (megabytes in this test, without bound
-/// in general) until the stall timeout fired.
-#[tokio::test]
+/// in general) until the stall timeout fired. In memory and in virtual time: the stream
+/// holds 16 KiB each way, the test's choice, where a socket would leave it to the kernel
+/// (whose buffers may take tens of megabytes of PONGs before the writer stalls). The
+/// write-stall timeout over a real socket is `write_stall_kills_connection` in
+/// transport.rs.
+#[tokio::test(start_paused = true)]
 async fn ping_flood_never_read_stays_bounded_and_stall_closes() {
-    let listener = TestListener::bind().await;
     let mut config = conn_config();
     config.wire.write_queue_limit = QUEUE_LIMIT;
     config.wire.write_stall_timeout = Duration::from_millis(500);
-    let conn = within(Connection::connect(listener.addr(), config))
-        .await
-        .unwrap();
-    let mut peer = listener.accept().await;
-    // A small window on the peer's side, so that the client's writes stall sooner.
-    let _ = socket2::SockRef::from(&*peer.stream()).set_recv_buffer_size(16 * 1024);
-    let chunk = pings(64 * 1024); // 1 MiB
+    let (client, mut server) = tokio::io::duplex(16 * 1024);
+    let conn = Connection::over(client, config).unwrap();
+    let chunk = pings(4 * 1024); // 64 KiB
     let flood = tokio::spawn(async move {
         let mut sent = 0usize;
         // Bounded: 256 MiB at most; it ends sooner, when the client closes.
         while sent < 256 * 1024 * 1024 {
-            if peer.try_send_raw(&chunk).await.is_err() {
-                break;
+            match tokio::time::timeout(STEP, server.write_all(&chunk)).await {
+                Ok(Ok(())) => {}
+                _ => break,
             }
             sent += chunk.len();
+            // The fault's pace: 64 KiB of PINGs every 10 ms (virtual time). The peer never
+            // reads.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         sent
     });
 
+    let start = Instant::now();
     let reason = within(conn.closed()).await;
     assert_eq!(reason.kind(), &ErrorKind::ConnectionClosed, "{reason}");
     assert!(reason.to_string().contains("stalled"), "{reason}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "stalled after {:?}",
+        start.elapsed()
+    );
     let writer = conn.stats().writer;
     assert!(
         writer.peak_queued <= QUEUE_LIMIT + ONE_PONG,
@@ -87,27 +97,19 @@ async fn ping_flood_never_read_stays_bounded_and_stall_closes() {
 
 /// A server that floods PINGs and reads a trickle: every write makes some progress, so the
 /// write-stall timeout never fires; the client's queue must stay bounded all the same
-/// (before the fix it grew with everything the server sent).
-#[tokio::test]
+/// (before the fix it grew with everything the server sent). In memory and in virtual time:
+/// the stream holds 32 KiB each way, so the client's writes make progress in small steps as
+/// the peer reads, whatever the kernel would do with a socket.
+#[tokio::test(start_paused = true)]
 async fn ping_flood_read_in_a_trickle_stays_bounded() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut config = conn_config();
     config.wire.write_queue_limit = QUEUE_LIMIT;
     config.wire.write_stall_timeout = Duration::from_secs(1);
-    // A small send buffer on the client's socket, so that its writes make progress in
-    // small steps as the peer reads (a large one frees space, and so makes progress, only
-    // in large steps).
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_send_buffer_size(32 * 1024).unwrap();
-    let (client, server) = tokio::join!(
-        within(socket.connect(listener.local_addr().unwrap())),
-        within(listener.accept())
-    );
-    let conn = Connection::from_stream(client.unwrap(), config).unwrap();
-    let (mut read, mut write) = server.unwrap().0.into_split();
+    let (client, server) = tokio::io::duplex(32 * 1024);
+    let conn = Connection::over(client, config).unwrap();
+    let (mut read, mut write) = tokio::io::split(server);
     // 2 MiB/s of PINGs asks for 2 MiB/s of PONGs, over twice what the peer reads: without
-    // a bound the client's queue would grow by over a megabyte a second. (Paced, so that
-    // decoding the flood leaves the single-threaded test runtime time for the rest.)
+    // a bound the client's queue would grow by over a megabyte a second.
     let chunk = pings(4 * 1024); // 64 KiB
     let flood = tokio::spawn(async move {
         for _ in 0..200 {
@@ -115,12 +117,14 @@ async fn ping_flood_read_in_a_trickle_stays_bounded() {
                 Ok(Ok(())) => {}
                 _ => break,
             }
+            // The fault's pace: 64 KiB of PINGs every 32 ms (virtual time).
             tokio::time::sleep(Duration::from_millis(32)).await;
         }
     });
     let trickle = tokio::spawn(async move {
         let mut buf = [0u8; 4096];
-        // 4 KiB every 5 ms: under 1 MB/s, far below what the flood asks for.
+        // The fault: a peer that reads 4 KiB every 5 ms (virtual time), under 1 MB/s, far
+        // below what the flood asks for.
         for _ in 0..2000 {
             tokio::time::sleep(Duration::from_millis(5)).await;
             match tokio::time::timeout(STEP, read.read(&mut buf)).await {
@@ -130,11 +134,12 @@ async fn ping_flood_read_in_a_trickle_stays_bounded() {
         }
     });
 
-    // Several write-stall timeouts long: the connection stays up (the peer reads), and the
-    // queue stays bounded throughout.
+    // Two write-stall timeouts long (virtual time): the connection stays up (the peer
+    // reads), and the queue stays bounded throughout.
     let start = Instant::now();
+    let mut look = tokio::time::interval(Duration::from_millis(50));
     while start.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        look.tick().await;
         let writer = conn.stats().writer;
         assert!(
             writer.peak_queued <= QUEUE_LIMIT + ONE_PONG,
@@ -314,16 +319,13 @@ async fn unanswered_resubscribe_times_out() {
 }
 
 /// A detached `$unsubscribe` the server never answers does not keep a draining connection
-/// open: it is given up after the subscribe timeout and the connection closes.
-#[tokio::test]
+/// open: it is given up after the subscribe timeout and the connection closes (in memory,
+/// virtual time).
+#[tokio::test(start_paused = true)]
 async fn unanswered_unsubscribe_does_not_keep_draining_connection_open() {
-    let listener = TestListener::bind().await;
     let mut config = conn_config();
     config.subscribe_timeout = Duration::from_secs(1);
-    let conn = within(Connection::connect(listener.addr(), config))
-        .await
-        .unwrap();
-    let mut peer = listener.accept().await;
+    let (conn, mut peer) = duplex_connection(64 * 1024, config);
     let sub = tokio::spawn({
         let conn = conn.clone();
         async move { conn.subscribe("t", CallDeadline::default()).await }
@@ -339,7 +341,11 @@ async fn unanswered_unsubscribe_does_not_keep_draining_connection_open() {
 
     conn.drain();
     let reason = within(conn.closed()).await;
-    assert!(start.elapsed() >= Duration::from_secs(1), "{reason}");
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(1) && elapsed <= Duration::from_millis(1005),
+        "closed after {elapsed:?}: {reason}"
+    );
     assert!(reason.to_string().contains("drained"), "{reason}");
     assert_eq!(within(peer.recv_cancel()).await, unsub.id);
     assert!(peer.expect_closed(STEP).await);

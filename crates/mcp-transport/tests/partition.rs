@@ -20,6 +20,13 @@ use tokio::time::Instant;
 /// Every wait here is bounded by this.
 const BOUND: Duration = Duration::from_secs(20);
 
+mod common;
+
+/// Waits for `done`, failing the test after [`BOUND`].
+async fn until(what: &str, done: impl FnMut() -> bool) {
+    common::until_within(BOUND, what, done).await;
+}
+
 /// A TCP connect that counts the connects in flight at once, and notes when each started.
 struct CountingConnect {
     tcp: TcpConnect,
@@ -38,7 +45,8 @@ impl Connect for CountingConnect {
             .push(Instant::now());
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most.fetch_max(now, Ordering::SeqCst);
-        // Long enough that two connects made at once would overlap.
+        // The fault: a slow connect, long enough that two connects made at once would
+        // overlap.
         tokio::time::sleep(Duration::from_millis(5)).await;
         let result = self.tcp.connect(timeout).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -47,14 +55,6 @@ impl Connect for CountingConnect {
 
     fn endpoint(&self) -> &str {
         self.tcp.endpoint()
-    }
-}
-
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let end = Instant::now() + BOUND;
-    while !done() {
-        assert!(Instant::now() < end, "{what}: not within {BOUND:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -127,8 +127,11 @@ async fn a_partitioned_pool_of_twenty_reconnects_one_at_a_time_spread_by_jitter(
         found_dead < Duration::from_secs(3),
         "the heartbeat (200 + 200 ms) finds the partition: {found_dead:?}"
     );
-    // Let the pool try through the partition for a while.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Let the pool try through the partition past one backoff series (3 tries).
+    until("the connector keeps trying through the partition", || {
+        pool.stats().connect_failures > 3
+    })
+    .await;
     let tries_during = {
         let starts = starts.lock().unwrap_or_else(|p| p.into_inner());
         starts.iter().filter(|t| **t > cut).count()
@@ -143,11 +146,10 @@ async fn a_partitioned_pool_of_twenty_reconnects_one_at_a_time_spread_by_jitter(
     proxy.clear();
     proxy.accept_new().await;
     let healed = Instant::now();
-    let whole = tokio::time::timeout(BOUND, async {
-        while pool.stats().open < 20 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
+    let whole = tokio::time::timeout(
+        BOUND,
+        common::until_within(BOUND, "the pool whole again", || pool.stats().open >= 20),
+    )
     .await;
     let after_heal = starts
         .lock()
@@ -169,9 +171,8 @@ async fn a_partitioned_pool_of_twenty_reconnects_one_at_a_time_spread_by_jitter(
         1,
         "one connect in flight at a time for the endpoint"
     );
-    // A storm would be 20 connections each retrying on its own schedule: with the backoff
-    // capped at 400 ms, 1.5 s of partition allows a handful of tries from one connector,
-    // not dozens.
+    // A storm would be 20 connections each retrying on its own schedule: from one
+    // connector, a series and a little more is a handful of tries, not dozens.
     assert!(
         (1..=20).contains(&tries_during),
         "{tries_during} connect attempts during the partition"
@@ -234,32 +235,23 @@ async fn a_subscription_comes_back_after_an_outage_longer_than_a_backoff_series(
         .await
         .expect("shut down");
     until("the series ran out", || pool.stats().connect_failures >= 4).await;
-    let server = {
-        let end = Instant::now() + BOUND;
-        loop {
-            match EchoServer::start_on(addr).await {
-                Ok(server) => break server,
-                Err(err) => {
-                    assert!(Instant::now() < end, "restart on {addr}: {err}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
-    };
-    // No call is made: only the pool's own connector can bring the subscription back.
-    let mut delivered = false;
-    let end = Instant::now() + BOUND;
-    while !delivered && Instant::now() < end {
-        if server.push("orders.shipped", b"2") == 1 {
-            let push = tokio::time::timeout(BOUND, sub.recv())
-                .await
-                .expect("a push");
-            assert_eq!(push.expect("still open").body(), &b"2"[..]);
-            delivered = true;
-        } else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    assert!(delivered, "the subscription came back: {:?}", pool.stats());
+    // The old sockets may hold the port a moment: try again until the bind succeeds.
+    let mut restarted = None;
+    until("the server restarts on its address", || {
+        restarted = restarted.take().or_else(|| common::rebind(addr));
+        restarted.is_some()
+    })
+    .await;
+    let server = restarted.expect("restarted");
+    // No call is made: only the pool's own connector can bring the subscription back. A
+    // push goes out once a connection has subscribed again.
+    until("the subscription came back", || {
+        server.push("orders.shipped", b"2") == 1
+    })
+    .await;
+    let push = tokio::time::timeout(BOUND, sub.recv())
+        .await
+        .expect("a push");
+    assert_eq!(push.expect("still open").body(), &b"2"[..]);
     pool.close();
 }

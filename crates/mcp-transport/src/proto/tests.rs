@@ -86,6 +86,8 @@ struct Pair {
     server_closed: bool,
     /// Frames the server decoded, by kind, for assertions.
     server_saw: Vec<&'static str>,
+    /// The ids of the CANCEL frames the server decoded, in order.
+    server_cancels: Vec<u32>,
 }
 
 fn settings() -> ClientSettings {
@@ -123,6 +125,7 @@ impl Pair {
             client_dead: None,
             server_closed: false,
             server_saw: Vec::new(),
+            server_cancels: Vec::new(),
         }
     }
 
@@ -192,6 +195,9 @@ impl Pair {
             _ => "OTHER",
         };
         self.server_saw.push(name);
+        if let Inbound::Cancel(id) = &message {
+            self.server_cancels.push(*id);
+        }
         let event =
             self.server
                 .handle_inbound(&mut self.down, message, self.now, self.now, |method| {
@@ -370,11 +376,26 @@ fn a_deadline_cancels_the_request_and_its_late_answer_is_dropped_and_counted() {
     pair.advance(Duration::from_millis(100));
     let err = pair.outcome(call).as_ref().unwrap_err();
     assert!(err.is_timeout(), "{err}");
+    assert_eq!(err.phase(), crate::Phase::Response);
+    assert_eq!(err.processed(), crate::Processed::Maybe);
+    assert_eq!(pair.client.abandoned(), 1);
+    let (cancelled, _, _) = pair.held[0];
+    // While its late answer may come, the id is not handed out again, even when the id
+    // search comes round to it.
+    pair.client.set_next_id(cancelled);
+    let next = pair.call(b"next", None);
     pair.finish_held();
     pair.drive();
-    assert_eq!(pair.server_saw.last(), Some(&"CANCEL"));
+    assert_eq!(pair.server_saw, ["REQUEST", "CANCEL", "REQUEST"]);
+    let (next_id, _, _) = pair.held[0];
+    assert_ne!(next_id, cancelled, "an abandoned id is skipped");
+    pair.finish_held();
+    pair.drive();
     let counters = pair.client.counters();
     assert_eq!((counters.cancels_sent, counters.late_answers), (1, 1));
+    assert_eq!(counters.unknown_answers, 0);
+    // The late answer went nowhere: the next call got its own.
+    assert_eq!(pair.body(next), b"next");
     // The id given up on was kept out of use until its late answer came; now it is free.
     assert_eq!(pair.client.abandoned(), 0);
     pair.all_answered();
@@ -406,11 +427,35 @@ fn an_earlier_deadline_started_later_fires_first() {
         pair.client.poll_timeout(),
         pair.now + Duration::from_millis(50)
     );
+    let forever = pair.call(b"forever", None);
+    pair.drive();
+    let ids: Vec<u32> = pair.held.iter().map(|(id, _, _)| *id).collect();
     pair.advance(Duration::from_millis(50));
     assert!(pair.outcome(short).as_ref().unwrap_err().is_timeout());
     assert!(!pair.outcomes.contains_key(&long));
+    pair.drive();
+    assert_eq!(
+        pair.server.in_flight(),
+        2,
+        "only the short one was cancelled"
+    );
     pair.advance(Duration::from_millis(1950));
     assert!(pair.outcome(long).as_ref().unwrap_err().is_timeout());
+    pair.drive();
+    // CANCEL in deadline order; the call without a deadline is still waiting, and is
+    // answered normally.
+    assert_eq!(pair.client.counters().cancels_sent, 2);
+    assert_eq!(pair.server.in_flight(), 1);
+    assert!(!pair.outcomes.contains_key(&forever));
+    assert_eq!(
+        pair.server_cancels,
+        [ids[1], ids[0]],
+        "the earlier deadline first"
+    );
+    pair.finish_held();
+    pair.drive();
+    assert_eq!(pair.body(forever), b"forever");
+    assert_eq!(pair.client.counters().late_answers, 0);
     pair.all_answered();
 }
 
@@ -425,11 +470,82 @@ fn an_answer_for_an_id_never_sent_is_dropped_and_counted() {
     pair.all_answered();
 }
 
+/// Ids restart on every connection, so an answer left over from an old connection (or
+/// sent by a confused server) may name an id this connection has not handed out yet. It
+/// is dropped and counted when it comes, and the call that later gets that id waits for
+/// its own answer.
+#[test]
+fn a_stale_answer_for_an_id_not_yet_handed_out_never_completes_the_call_that_gets_it() {
+    let mut pair = Pair::new(Handlers::Hold);
+    let first = pair.call(b"first", None);
+    pair.drive();
+    let (first_id, _, _) = pair.held[0];
+    let stale_id = first_id + 1;
+    // The stale answer comes before any request with its id exists.
+    pair.respond(stale_id, b"stale");
+    pair.drive();
+    assert_eq!(pair.client.counters().unknown_answers, 1);
+    assert!(
+        pair.outcomes.is_empty(),
+        "no call completed by the stale answer"
+    );
+    // The next call is handed that very id; it must wait for its own answer.
+    let later = pair.call(b"later", None);
+    pair.drive();
+    assert_eq!(pair.held[1].0, stale_id, "the stale id is handed out again");
+    assert!(
+        !pair.outcomes.contains_key(&later),
+        "completed by the stale answer"
+    );
+    pair.finish_held();
+    pair.drive();
+    assert_eq!(pair.body(first), b"first");
+    assert_eq!(pair.body(later), b"later");
+    let counters = pair.client.counters();
+    assert_eq!((counters.unknown_answers, counters.late_answers), (1, 0));
+    assert_eq!(pair.client.in_flight(), 0);
+    pair.all_answered();
+}
+
+/// Answers for an id never sent, a second RESPONSE for an id already answered, and a late
+/// ERROR for it: each is dropped and counted, and none completes another caller.
+#[test]
+fn unknown_and_duplicate_answers_never_complete_another_caller() {
+    let mut pair = Pair::new(Handlers::Hold);
+    let a = pair.call(b"a", None);
+    let b = pair.call(b"b", None);
+    pair.drive();
+    let (ra, _, _) = pair.held[0];
+    let (rb, _, _) = pair.held[1];
+    pair.respond(rb.wrapping_add(1000), b"unknown");
+    pair.respond(ra, b"a");
+    pair.respond(ra, b"duplicate");
+    pair.server_error(ra, ErrorCode(9), "late duplicate");
+    pair.drive();
+    assert_eq!(pair.body(a), b"a");
+    assert!(
+        !pair.outcomes.contains_key(&b),
+        "b must not be completed by another id's answer"
+    );
+    pair.respond(rb, b"b");
+    pair.drive();
+    assert_eq!(pair.body(b), b"b");
+    let counters = pair.client.counters();
+    assert_eq!((counters.unknown_answers, counters.late_answers), (3, 0));
+    assert_eq!(pair.client.in_flight(), 0);
+    pair.all_answered();
+}
+
 #[test]
 fn goaway_mid_load_fails_only_what_the_server_did_not_accept() {
     let mut pair = Pair::new(Handlers::Hold);
     let accepted: Vec<u64> = (0..3u8).map(|i| pair.call(&[i], None)).collect();
     pair.drive();
+    let ids: Vec<u32> = pair.held.iter().map(|(id, _, _)| *id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids increase in send order"
+    );
     // The server starts shutting down; its GOAWAY crosses a request on the wire.
     assert!(
         pair.server
@@ -476,6 +592,7 @@ fn error_6_fails_the_call_as_not_processed_and_drains() {
     pair.drive();
     let err = pair.outcome(first).as_ref().unwrap_err();
     assert_eq!(err.processed(), crate::Processed::No);
+    assert!(err.is_retryable_elsewhere(), "{err}");
     assert!(matches!(
         pair.statuses.last(),
         Some(ConnectionStatus::Draining { .. })
@@ -518,10 +635,18 @@ fn the_heartbeat_pings_a_silent_server_and_declares_it_dead() {
     assert_eq!(pair.client.counters().pings_sent, 1);
     assert!(pair.client_dead.is_none());
     pair.up.bytes.clear(); // the server never reads it
-    pair.advance(Duration::from_secs(5));
+    // Not a moment before interval + timeout.
+    pair.advance(Duration::from_secs(5) - Duration::from_millis(1));
+    assert!(pair.client_dead.is_none(), "declared dead too early");
+    pair.advance(Duration::from_millis(1));
     let dead = pair.client_dead.as_ref().expect("declared dead");
     assert!(dead.to_string().contains("heartbeat"), "{dead}");
-    assert!(pair.outcome(call).is_err());
+    assert_eq!(dead.kind(), &ErrorKind::ConnectionClosed, "{dead}");
+    assert_eq!(pair.client.counters().pings_sent, 1);
+    // The pending call fails at once, and may have been processed.
+    let err = pair.outcome(call).as_ref().unwrap_err();
+    assert_eq!(err.kind(), &ErrorKind::ConnectionClosed, "{err}");
+    assert_eq!(err.processed(), crate::Processed::Maybe);
     pair.all_answered();
 }
 
