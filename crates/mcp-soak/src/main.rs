@@ -37,6 +37,11 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// How long a server gets to start, or to stop.
 const CHILD_STEP: Duration = Duration::from_secs(15);
 
+/// How far above its start a process's resident memory may end, once every connection is
+/// gone and the allocator has given its free pages back (the client's own outcome ledger
+/// aside): more says memory held for a peer did not come back.
+const RSS_SLACK_KIB: u64 = 16 * 1024;
+
 #[derive(Parser)]
 #[command(name = "mcp-soak", about = "The soak run of mcp-rs")]
 struct Cli {
@@ -196,9 +201,12 @@ async fn serve(addr: &str, log_path: &Path) -> Result {
         .flush()
         .map_err(|e| format!("log: {e}"))?;
     let (rss, hwm) = rss_kib().unwrap_or_default();
+    // What is left once the allocator gives back the pages the connections freed.
+    mcp_cli::memory::release_free_memory();
+    let (trimmed, _) = rss_kib().unwrap_or_default();
     let _ = writeln!(
         std::io::stdout(),
-        "done requests={} connections={} open={} rss_kib={rss} hwm_kib={hwm} shutdown={}",
+        "done requests={} connections={} open={} rss_kib={rss} hwm_kib={hwm} trimmed_kib={trimmed} shutdown={}",
         stats.requests,
         stats.accepted_connections,
         stats.open_connections,
@@ -304,6 +312,32 @@ impl ServerChild {
             return Err(format!("the server exited with {status}"));
         }
         Ok((self.log, format!("{} at start, {report}", self.start_rss)))
+    }
+}
+
+/// The `name=` figure of a report line.
+fn figure(report: &str, name: &str) -> Option<u64> {
+    report
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+/// A server's resident memory at start and after its last connection, trimmed, from its
+/// report; a problem if it did not come back within [`RSS_SLACK_KIB`].
+fn server_memory_back(report: &str) -> std::result::Result<(), String> {
+    // The line starts with the figure the server gave when it began listening.
+    let start = report
+        .split_whitespace()
+        .next()
+        .and_then(|w| figure(w, "rss_kib"));
+    match (start, figure(report, "trimmed_kib")) {
+        (Some(start), Some(end)) if end <= start + RSS_SLACK_KIB => Ok(()),
+        (Some(start), Some(end)) => Err(format!(
+            "the server's memory did not come back: {start} KiB at start, {end} KiB once idle and trimmed"
+        )),
+        _ => Err(format!(
+            "the server's report has no memory figures: {report}"
+        )),
     }
 }
 
@@ -438,6 +472,8 @@ async fn run(plan: Plan) -> Result {
     }
     proxy.shutdown().await;
     let (end_rss, peak_rss) = rss_kib().unwrap_or_default();
+    mcp_cli::memory::release_free_memory();
+    let (trimmed_rss, _) = rss_kib().unwrap_or_default();
 
     let mut ledger = Arc::try_unwrap(ledger)
         .map_err(|_| "a call task outlived the run")?
@@ -471,11 +507,20 @@ async fn run(plan: Plan) -> Result {
         metrics.reconnects, metrics.retries, metrics.retries_denied, metrics.breaker_opened
     );
     println!(
-        "client process RSS: {base_rss} KiB at start, {end_rss} KiB at the end \
-         (of which the ledger ~{ledger_kib} KiB), peak {peak_rss} KiB"
+        "client process RSS: {base_rss} KiB at start, {end_rss} KiB at the end, {trimmed_rss} KiB \
+         trimmed (of which the ledger ~{ledger_kib} KiB), peak {peak_rss} KiB"
     );
+    if trimmed_rss.saturating_sub(ledger_kib as u64) > base_rss + RSS_SLACK_KIB {
+        problems.push(format!(
+            "the client's memory did not come back: {base_rss} KiB at start, {trimmed_rss} KiB \
+             at the end, trimmed, of which the ledger ~{ledger_kib} KiB"
+        ));
+    }
     for (i, (_, report)) in stopped.iter().enumerate() {
         println!("server {} RSS (KiB): {report}", i + 1);
+        if let Err(problem) = server_memory_back(report) {
+            problems.push(problem);
+        }
     }
     for violation in &verdict.violations {
         problems.push(violation.clone());
@@ -544,5 +589,29 @@ fn kind_name(err: &mcp_client::Error) -> &'static str {
         ErrorKind::ConnectionLost => "ConnectionLost",
         ErrorKind::Protocol => "Protocol",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_report_is_read_for_its_memory() {
+        let back = "rss_kib=4332 at start, done requests=5 connections=4 open=0 rss_kib=18292 \
+                    hwm_kib=18292 trimmed_kib=5528 shutdown=clean";
+        assert_eq!(server_memory_back(back), Ok(()));
+        let kept = back.replace("trimmed_kib=5528", "trimmed_kib=40000");
+        assert!(
+            server_memory_back(&kept)
+                .unwrap_err()
+                .contains("did not come back")
+        );
+        let silent = "exited without a report";
+        assert!(
+            server_memory_back(silent)
+                .unwrap_err()
+                .contains("no memory figures")
+        );
     }
 }
