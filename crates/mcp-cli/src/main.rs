@@ -128,14 +128,12 @@ enum Command {
         #[command(flatten)]
         tls: TlsFlags,
     },
-    /// Send PINGs to ADDR and print round-trip times.
     /// Ask a server's health (`$health`, docs/protocol.md section 7): prints SERVING,
     /// NOT_SERVING or SERVICE_UNKNOWN. Exit code 0 when serving, 3 when not (or unknown),
-    /// 1 when the server could not be asked.
+    /// 1 when the server could not be asked; for several, 0 only when all serve.
     Health {
         /// The server, host:port; or several, comma-separated, or dns:host:port for every
         /// address of a name: each is asked, and each answer printed after its address.
-        /// Exit code 0 when all serve.
         #[arg(value_parser = Target::parse)]
         addr: Target,
         /// The service (the server as a whole when left out).
@@ -147,6 +145,7 @@ enum Command {
         #[command(flatten)]
         tls: TlsFlags,
     },
+    /// Send PINGs to ADDR and print round-trip times.
     Ping {
         /// The server, host:port; or several, comma-separated, or dns:host:port for every
         /// address of a name: each is pinged in turn. Exit code 0 when no PING was lost.
@@ -164,7 +163,9 @@ enum Command {
         #[command(flatten)]
         tls: TlsFlags,
     },
-    /// Load-test the `echo` method of ADDR (or of an embedded server with --embedded).
+    /// Load-test the `echo` method of ADDR (or of embedded servers with --embedded). With
+    /// several addresses, the report shows each endpoint's share of the attempts and its
+    /// latency estimate; with --embedded --tls, the run is made in the clear then over TLS.
     Bench(BenchArgs),
     /// Print the frames of a capture (binary or hex; a file, or stdin when omitted).
     Decode {
@@ -231,7 +232,7 @@ struct BenchArgs {
     /// as one fleet: the report then shows each one's share (omit with --embedded).
     #[arg(required_unless_present = "embedded", value_parser = Target::parse)]
     addr: Option<Target>,
-    /// Start the server in this process on a free loopback port.
+    /// Start the server in this process on a free loopback port (several with --replicas).
     #[arg(long)]
     embedded: bool,
     /// With --embedded: this many servers, on 127.0.0.1, 127.0.0.2, ... (1 to 64), called
@@ -251,7 +252,7 @@ struct BenchArgs {
     /// Body size in bytes (at most the maximum message size, 16 MiB).
     #[arg(short, long, default_value = "64", value_parser = args::body_size)]
     size: usize,
-    /// Connections the client may open.
+    /// Connections the client may open (to each endpoint, for several).
     #[arg(long, default_value = "1", value_parser = args::connections)]
     connections: usize,
     /// Warm-up before measuring.

@@ -266,6 +266,27 @@ fn help_lists_every_command() {
     out.assert_stdout_has("not the Model Context Protocol");
 }
 
+/// Each command's help says what that command does (a doc comment in the wrong place
+/// once gave `health` the text of `ping`, and `ping` that of the TLS flags), and the
+/// commands that take ADDR say it may be a list or a DNS name.
+#[test]
+fn each_command_help_describes_itself() {
+    for (command, says, not) in [
+        ("ping", "Send PINGs", "health"),
+        ("health", "Ask a server's health", "PINGs"),
+        ("call", "Call METHOD", "PINGs"),
+        ("bench", "Load-test", "PINGs"),
+    ] {
+        let out = run(&[command, "--help"]);
+        out.assert_code(0);
+        let about = out.stdout.lines().next().unwrap_or("");
+        assert!(about.starts_with(says), "{command}: {about:?}\n{out}");
+        assert!(!about.contains(not), "{command}: {about:?}\n{out}");
+        out.assert_stdout_has("comma-separated");
+        out.assert_stdout_has("dns:host:port");
+    }
+}
+
 /// Panics unless `mcp ARGS` was refused as a usage error: exit code 2, one line on stderr
 /// holding every one of `needles` (the flag and why), nothing on stdout, no panic.
 #[track_caller]
