@@ -64,6 +64,15 @@ where
     Ok(n)
 }
 
+/// The most embedded servers `bench --replicas` starts, on 127.0.0.1 to 127.0.0.64: each
+/// is a listener and its tasks in the benchmark's own process.
+pub(crate) const MAX_REPLICAS: u8 = 64;
+
+/// `bench --replicas`: 1..=[`MAX_REPLICAS`] embedded servers.
+pub(crate) fn replicas(s: &str) -> Result<u8, String> {
+    count(s, 1, MAX_REPLICAS)
+}
+
 /// `bench --concurrency`: 1..=[`MAX_CONCURRENCY`].
 pub(crate) fn concurrency(s: &str) -> Result<usize, String> {
     count(s, 1, MAX_CONCURRENCY)
@@ -196,6 +205,10 @@ mod tests {
         assert!(concurrency("100001").is_err());
         assert_eq!(concurrency("8").unwrap(), 8);
         assert!(connections("0").is_err());
+        assert!(replicas("0").is_err());
+        assert!(replicas("65").is_err());
+        assert!(replicas("-1").is_err());
+        assert_eq!(replicas("64").unwrap(), 64);
         assert!(ping_count("0").is_err());
         assert_eq!(body_size("0").unwrap(), 0);
         assert_eq!(body_size(&MAX_BODY.to_string()).unwrap(), MAX_BODY);

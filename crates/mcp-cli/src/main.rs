@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use mcp_client::{BackoffConfig, CallOptions, Client, LimitConfig, PoolConfig, RawRequest};
+use mcp_client::{CallOptions, Client, EndpointSnapshot, LimitConfig, RawRequest};
 use mcp_format::{FormatId, Json, Protobuf};
 use mcp_proto::examples::v1::user_service_client::UserServiceClient;
 use mcp_proto::examples::v1::{GetUser, UserUpdate};
 use serde::{Deserialize, Serialize};
 
 use mcp_cli::loadgen::{self, LoadConfig, LoadReport, Progress};
+use mcp_cli::target::{self, AnyClient, Settings, Target};
 use mcp_cli::text;
 use mcp_cli::tls::{ClientTls, ClientTlsArgs, ServerTls};
 use mcp_cli::{decode, ping, service};
@@ -97,8 +98,12 @@ enum Command {
     },
     /// Call METHOD on the server at ADDR and print the answer.
     Call {
-        /// The server, host:port.
-        addr: String,
+        /// The server, host:port; or several replicas, comma-separated
+        /// (127.0.0.1:7001,127.0.0.2:7001), or dns:host:port for every address of a name:
+        /// the call goes to one of them (p2c over peak EWMA), and to another if that one
+        /// cannot be reached.
+        #[arg(value_parser = Target::parse)]
+        addr: Target,
         /// The method, e.g. `echo` or `user.get`.
         method: String,
         /// A JSON body (sent in format 1, JSON).
@@ -123,13 +128,14 @@ enum Command {
         #[command(flatten)]
         tls: TlsFlags,
     },
-    /// Send PINGs to ADDR and print round-trip times.
     /// Ask a server's health (`$health`, docs/protocol.md section 7): prints SERVING,
     /// NOT_SERVING or SERVICE_UNKNOWN. Exit code 0 when serving, 3 when not (or unknown),
-    /// 1 when the server could not be asked.
+    /// 1 when the server could not be asked; for several, 0 only when all serve.
     Health {
-        /// The server, host:port.
-        addr: String,
+        /// The server, host:port; or several, comma-separated, or dns:host:port for every
+        /// address of a name: each is asked, and each answer printed after its address.
+        #[arg(value_parser = Target::parse)]
+        addr: Target,
         /// The service (the server as a whole when left out).
         #[arg(default_value = "")]
         service: String,
@@ -139,9 +145,12 @@ enum Command {
         #[command(flatten)]
         tls: TlsFlags,
     },
+    /// Send PINGs to ADDR and print round-trip times.
     Ping {
-        /// The server, host:port.
-        addr: String,
+        /// The server, host:port; or several, comma-separated, or dns:host:port for every
+        /// address of a name: each is pinged in turn. Exit code 0 when no PING was lost.
+        #[arg(value_parser = Target::parse)]
+        addr: Target,
         /// How many PINGs.
         #[arg(short = 'c', long, default_value = "4", value_parser = args::ping_count)]
         count: u32,
@@ -154,7 +163,9 @@ enum Command {
         #[command(flatten)]
         tls: TlsFlags,
     },
-    /// Load-test the `echo` method of ADDR (or of an embedded server with --embedded).
+    /// Load-test the `echo` method of ADDR (or of embedded servers with --embedded). With
+    /// several addresses, the report shows each endpoint's share of the attempts and its
+    /// latency estimate; with --embedded --tls, the run is made in the clear then over TLS.
     Bench(BenchArgs),
     /// Print the frames of a capture (binary or hex; a file, or stdin when omitted).
     Decode {
@@ -188,7 +199,8 @@ struct TlsFlags {
     /// The private key of --cert (PEM).
     #[arg(long, requires_all = ["tls", "cert"], value_name = "FILE")]
     key: Option<PathBuf>,
-    /// Verify the server's certificate for this name (default: the host of ADDR).
+    /// Verify every server's certificate for this name (default: each address's own host;
+    /// for dns:host:port, host).
     #[arg(long, requires = "tls", value_name = "NAME")]
     server_name: Option<String>,
 }
@@ -216,12 +228,18 @@ impl TlsFlags {
 
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
-    /// The server, host:port (omit with --embedded).
-    #[arg(required_unless_present = "embedded")]
-    addr: Option<String>,
-    /// Start the server in this process on a free loopback port.
+    /// The server, host:port; or several replicas, comma-separated, or dns:host:port, called
+    /// as one fleet: the report then shows each one's share (omit with --embedded).
+    #[arg(required_unless_present = "embedded", value_parser = Target::parse)]
+    addr: Option<Target>,
+    /// Start the server in this process on a free loopback port (several with --replicas).
     #[arg(long)]
     embedded: bool,
+    /// With --embedded: this many servers, on 127.0.0.1, 127.0.0.2, ... (1 to 64), called
+    /// as one fleet; the report shows each one's share of the attempts and the balancer's
+    /// latency estimate (with 1, the one-endpoint client).
+    #[arg(long, default_value = "1", value_parser = args::replicas, requires = "embedded")]
+    replicas: u8,
     /// Calls in flight at once (closed loop) or workers (open loop).
     #[arg(short, long, default_value = "64", value_parser = args::concurrency)]
     concurrency: usize,
@@ -234,7 +252,7 @@ struct BenchArgs {
     /// Body size in bytes (at most the maximum message size, 16 MiB).
     #[arg(short, long, default_value = "64", value_parser = args::body_size)]
     size: usize,
-    /// Connections the client may open.
+    /// Connections the client may open (to each endpoint, for several).
     #[arg(long, default_value = "1", value_parser = args::connections)]
     connections: usize,
     /// Warm-up before measuring.
@@ -261,18 +279,6 @@ struct BenchArgs {
 enum RuntimeKind {
     CurrentThread,
     MultiThread,
-}
-
-/// Connections for a one-shot command: a refused connect is the answer, not something to
-/// retry with backoff until the budget runs out (a long-lived client waits for the server).
-fn one_shot_pool() -> PoolConfig {
-    PoolConfig {
-        backoff: BackoffConfig {
-            max_tries: 1,
-            ..BackoffConfig::default()
-        },
-        ..PoolConfig::default()
-    }
 }
 
 fn parse_format(s: &str) -> Result<FormatId, String> {
@@ -436,30 +442,29 @@ impl From<String> for Failure {
 
 type CmdResult = Result<ExitCode, Failure>;
 
-/// A client for one command: connected (or the reason why not, at once), one connect try.
+/// A client for one command: connected (or the reason why not, at once), one connect try
+/// per endpoint. One address is the one-endpoint client; several, or a DNS name, a fleet.
 async fn one_shot_client(
-    addr: &str,
+    target: &Target,
     timeout: Duration,
     tls: Option<&ClientTls>,
-) -> Result<Client, Failure> {
-    let builder = Client::builder(addr.to_owned())
-        .timeout(timeout)
-        .pool_config(one_shot_pool());
-    let builder = match tls {
-        Some(tls) => tls.apply(builder),
-        None => builder,
+) -> Result<AnyClient, Failure> {
+    let settings = Settings {
+        timeout: Some(timeout),
+        one_shot: true,
+        ..Settings::default()
     };
-    builder
-        .connect()
-        .await
-        .map_err(|e| Failure::from(format!("{addr}: {e}")))
+    Ok(AnyClient::connect(target, &settings, tls).await?)
 }
 
 /// The exit code of `mcp health` for a server or service that does not serve.
 const NOT_SERVING: u8 = 3;
 
+/// Asks each endpoint of `target` for its health, all at once. One address prints the
+/// answer alone (as ever); several print `ADDR ANSWER` lines in the order given. Exit code
+/// 0 when every one serves, 1 when one could not be asked, else 3.
 async fn health(
-    addr: String,
+    target: Target,
     service: String,
     timeout: Duration,
     tls: Option<ClientTls>,
@@ -469,19 +474,73 @@ async fn health(
             "health: a service name is at most 255 bytes",
         ));
     }
-    let client = one_shot_client(&addr, timeout, tls.as_ref()).await?;
-    let request = RawRequest::new("$health", FormatId::RAW, Bytes::from(service.into_bytes()))
-        .with_options(CallOptions::new().timeout(timeout));
+    if let Target::One(_) = target {
+        let word = health_of(&target, &service, timeout, tls.as_ref()).await?;
+        outln!("{}", text::one_line(&word));
+        return Ok(if word == "SERVING" {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(NOT_SERVING)
+        });
+    }
+    let endpoints = target.endpoints().await?;
+    let mut asks = tokio::task::JoinSet::new();
+    for (i, endpoint) in endpoints.into_iter().enumerate() {
+        let service = service.clone();
+        let tls = tls
+            .as_ref()
+            .map(|tls| tls.for_name(endpoint.name.as_deref()));
+        asks.spawn(async move {
+            let one = Target::One(endpoint.addr.clone());
+            let answer = health_of(&one, &service, timeout, tls.as_ref()).await;
+            (i, endpoint.addr, answer)
+        });
+    }
+    let mut answers = asks.join_all().await;
+    answers.sort_by_key(|(i, ..)| *i);
+    let (mut serving, mut unasked) = (true, false);
+    for (_, addr, answer) in answers {
+        match answer {
+            Ok(word) => {
+                serving &= word == "SERVING";
+                outln!("{addr} {}", text::one_line(&word));
+            }
+            Err(failure) => {
+                unasked = true;
+                let message = if failure.message.starts_with(&addr) {
+                    failure.message
+                } else {
+                    format!("{addr}: {}", failure.message)
+                };
+                eprintln!("mcp: {}", text::one_line(&message));
+            }
+        }
+    }
+    Ok(match (unasked, serving) {
+        (true, _) => ExitCode::FAILURE,
+        (false, true) => ExitCode::SUCCESS,
+        (false, false) => ExitCode::from(NOT_SERVING),
+    })
+}
+
+/// One endpoint's answer to `$health`: SERVING, NOT_SERVING or SERVICE_UNKNOWN.
+async fn health_of(
+    target: &Target,
+    service: &str,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Result<String, Failure> {
+    let client = one_shot_client(target, timeout, tls).await?;
+    let request = RawRequest::new(
+        "$health",
+        FormatId::RAW,
+        Bytes::from(service.as_bytes().to_vec()),
+    )
+    .with_options(CallOptions::new().timeout(timeout));
     let result = client.call_raw(request).await;
     client.close().await;
     let response = result.map_err(|e| e.to_string())?;
-    let word = String::from_utf8_lossy(response.body());
-    outln!("{}", text::one_line(&word));
-    Ok(if word == "SERVING" {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(NOT_SERVING)
-    })
+    Ok(String::from_utf8_lossy(response.body()).into_owned())
 }
 
 async fn serve(
@@ -545,7 +604,7 @@ fn reload_on_sighup(reloader: mcp_cli::tls::Reloader) {
 
 #[allow(clippy::too_many_arguments)]
 async fn call(
-    addr: String,
+    addr: Target,
     method: String,
     json: Option<String>,
     raw: Option<String>,
@@ -601,14 +660,53 @@ async fn call(
     Ok(ExitCode::SUCCESS)
 }
 
+/// PINGs each endpoint of `target` in turn: one address, each address of a list, or each
+/// address a DNS name resolves to. Fails if any PING was lost; an endpoint that cannot be
+/// reached is one error line (the only answer for one address) and the others are still
+/// pinged.
 async fn run_ping(
-    addr: String,
+    target: Target,
     count: u32,
     interval: Duration,
     wait: Duration,
     tls: Option<ClientTls>,
 ) -> CmdResult {
-    let target = tokio::net::lookup_host(&addr)
+    let endpoints = target.endpoints().await?;
+    if let [endpoint] = &endpoints[..] {
+        let lost = ping_one(endpoint, count, interval, wait, tls.as_ref()).await?;
+        return Ok(if lost == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let mut lost = 0;
+    for endpoint in &endpoints {
+        match ping_one(endpoint, count, interval, wait, tls.as_ref()).await {
+            Ok(n) => lost += n,
+            Err(e) => {
+                eprintln!("mcp: {}", text::one_line(&e.message));
+                lost += count;
+            }
+        }
+    }
+    Ok(if lost == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// PINGs one endpoint; returns how many PINGs were lost.
+async fn ping_one(
+    endpoint: &target::Endpoint,
+    count: u32,
+    interval: Duration,
+    wait: Duration,
+    tls: Option<&ClientTls>,
+) -> Result<u32, Failure> {
+    let addr = &endpoint.addr;
+    let target = tokio::net::lookup_host(addr)
         .await
         .map_err(|e| format!("cannot resolve {addr}: {e}"))?
         .next()
@@ -627,7 +725,7 @@ async fn run_ping(
         }
         Some(tls) => {
             let stream = tls
-                .connect(&addr, Duration::from_secs(5))
+                .connect(addr, endpoint.name.as_deref(), Duration::from_secs(5))
                 .await
                 .map_err(|e| format!("{addr}: {e}"))?;
             outln!("PING {addr} ({target}) over TLS: {count} PINGs");
@@ -643,11 +741,7 @@ async fn run_ping(
     if let Some((min, avg, max, mdev)) = stats.summary() {
         outln!("rtt min/avg/max/mdev = {min:.1}/{avg:.1}/{max:.1}/{mdev:.1} us");
     }
-    Ok(if stats.lost() == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(stats.lost())
 }
 
 /// What a load run measured, and the first error in full (the report counts errors by kind
@@ -658,7 +752,7 @@ struct Load {
 }
 
 /// Runs the load generator against `echo` through a client.
-async fn load(client: Client, config: &LoadConfig, size: usize, live: bool) -> Load {
+async fn load(client: AnyClient, config: &LoadConfig, size: usize, live: bool) -> Load {
     let first_error = Arc::new(std::sync::OnceLock::new());
     let first = Arc::clone(&first_error);
     let body = Bytes::from(vec![0x5a; size]);
@@ -771,6 +865,9 @@ fn print_report(load: &Load, with_histogram: bool) {
 /// One measured run of `bench`: the load's report, and the server's count of connections.
 struct BenchRun {
     load: Load,
+    /// For a fleet, each endpoint's figures at the end of the run (empty for one).
+    endpoints: Vec<EndpointSnapshot>,
+    /// Connections the embedded servers accepted, all together.
     accepted: Option<u64>,
     /// Connects (a TLS handshake included) per second, one after the other, when measured.
     connects_per_second: Option<f64>,
@@ -795,13 +892,19 @@ async fn bench(args: BenchArgs) -> CmdResult {
             "bench --embedded --tls makes its own certificates: --ca, --cert and --server-name are for a server of your own",
         ));
     }
-    let (server_tls, client_tls) = mcp_cli::tls::generate()?;
+    // One certificate for every replica's address.
+    let names: Vec<String> = std::iter::once("localhost".to_string())
+        .chain(replica_ips(args.replicas).map(|ip| ip.to_string()))
+        .collect();
+    let (server_tls, client_tls) = mcp_cli::tls::generate_for(&names)?;
     eprintln!("bench: in the clear");
     let plain = bench_run(&args, &config, None, None, true).await?;
     print_report(&plain.load, false);
+    print_endpoints(&plain.endpoints);
     eprintln!("bench: over TLS (certificates made in memory)");
     let tls = bench_run(&args, &config, Some(&server_tls), Some(&client_tls), true).await?;
     print_report(&tls.load, false);
+    print_endpoints(&tls.endpoints);
     let ratio =
         tls.load.report.requests_per_second() / plain.load.report.requests_per_second().max(1.0);
     outln!(
@@ -810,9 +913,9 @@ async fn bench(args: BenchArgs) -> CmdResult {
         plain.connects_per_second.unwrap_or(0.0),
     );
     if args.json {
-        let mut plain_json = plain.load.report.to_json();
+        let mut plain_json = run_json(&plain);
         plain_json["connects_per_second"] = serde_json::json!(plain.connects_per_second);
-        let mut tls_json = tls.load.report.to_json();
+        let mut tls_json = run_json(&tls);
         tls_json["handshakes_per_second"] = serde_json::json!(tls.connects_per_second);
         outln!(
             "{}",
@@ -837,9 +940,16 @@ const CONNECT_RATE_TIME: Duration = Duration::from_secs(2);
 /// TIME_WAIT for a minute, and the ports must not run out.
 const MAX_CONNECTS: u64 = 5_000;
 
-/// One load run: against an embedded server (over TLS with `server_tls`) or `args.addr`,
-/// through a client (over TLS with `client_tls`); then, if `connects`, connects per
-/// second to the same server.
+/// The loopback addresses of `--replicas N`: 127.0.0.1, 127.0.0.2, ..., distinct hosts to
+/// the balancer (Linux routes all of 127/8 to the loopback interface).
+fn replica_ips(replicas: u8) -> impl Iterator<Item = std::net::Ipv4Addr> {
+    (0..replicas).map(|n| std::net::Ipv4Addr::new(127, 0, 0, 1 + n))
+}
+
+/// One load run: against `args.replicas` embedded servers (over TLS with `server_tls`) or
+/// `args.addr`, through a client (over TLS with `client_tls`): the one-endpoint client for
+/// one address, a fleet for several; then, if `connects`, connects per second to the
+/// first server.
 async fn bench_run(
     args: &BenchArgs,
     config: &LoadConfig,
@@ -847,40 +957,50 @@ async fn bench_run(
     client_tls: Option<&ClientTls>,
     connects: bool,
 ) -> Result<BenchRun, Failure> {
-    let mut server = None;
-    let addr = match (&args.addr, args.embedded) {
+    let mut servers: Vec<service::Service> = Vec::new();
+    let target = match (&args.addr, args.embedded) {
         (_, true) => {
-            let mut server_config = ServerConfig::default();
-            server_config.max_connection_age = args.max_connection_age;
-            let handle = service::start_with_tls(
-                ([127, 0, 0, 1], 0).into(),
-                Duration::from_secs(1),
-                server_config,
-                server_tls,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            let addr = handle.local_addr().to_string();
-            server = Some(handle);
-            addr
+            let mut addrs = Vec::new();
+            for ip in replica_ips(args.replicas) {
+                let mut server_config = ServerConfig::default();
+                server_config.max_connection_age = args.max_connection_age;
+                let started = service::start_with_tls(
+                    (ip, 0).into(),
+                    Duration::from_secs(1),
+                    server_config,
+                    server_tls,
+                )
+                .await
+                .map_err(|e| format!("cannot start an embedded server on {ip}: {e}"));
+                let handle = match started {
+                    Ok(handle) => handle,
+                    Err(e) => {
+                        for server in &servers {
+                            let _ = server.shutdown(Duration::ZERO).await;
+                        }
+                        return Err(e.into());
+                    }
+                };
+                addrs.push(handle.local_addr().to_string());
+                servers.push(handle);
+            }
+            match addrs.len() {
+                1 => Target::One(addrs.remove(0)),
+                _ => Target::Many(addrs),
+            }
         }
-        (Some(addr), false) => addr.clone(),
+        (Some(target), false) => target.clone(),
         (None, false) => return Err(Failure::usage("give ADDR or --embedded")),
     };
-    let builder = Client::builder(addr.clone())
-        .max_connections(args.connections)
-        .limit(LimitConfig::new(args.concurrency));
-    let builder = match client_tls {
-        Some(tls) => tls.apply(builder),
-        None => builder,
+    let settings = Settings {
+        max_connections: Some(args.connections),
+        limit: Some(LimitConfig::new(args.concurrency)),
+        ..Settings::default()
     };
-    let client = builder
-        .connect()
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
+    let client = AnyClient::connect(&target, &settings, client_tls).await?;
     eprintln!(
-        "bench: {} echo{}, {} B bodies, {} {}, {} connection(s), {}",
-        addr,
+        "bench: {} echo{}, {} B bodies, {} {}, {} connection(s){}, {}",
+        target,
         if client_tls.is_some() {
             " over TLS"
         } else {
@@ -893,6 +1013,10 @@ async fn bench_run(
             None => "in flight (closed loop)".to_string(),
         },
         args.connections,
+        match &client {
+            AnyClient::One(_) => "",
+            AnyClient::Fleet(_) => " per endpoint, one fleet (p2c over peak EWMA)",
+        },
         humantime::format_duration(args.duration),
     );
     let load = load(
@@ -902,23 +1026,55 @@ async fn bench_run(
         std::io::stderr().is_terminal(),
     )
     .await;
+    let endpoints = client.metrics().endpoints;
     client.close().await;
     let connects_per_second = if connects {
-        Some(connect_rate(&addr, client_tls).await?)
+        let first = match &target {
+            Target::One(addr) | Target::Dns(addr) => addr.as_str(),
+            Target::Many(addrs) => addrs[0].as_str(),
+        };
+        Some(connect_rate(first, client_tls).await?)
     } else {
         None
     };
-    let accepted = server
-        .as_ref()
-        .map(|server| server.server().stats().accepted_connections);
-    if let Some(server) = server {
+    let accepted = (!servers.is_empty()).then(|| {
+        servers
+            .iter()
+            .map(|server| server.server().stats().accepted_connections)
+            .sum()
+    });
+    for server in servers {
         let _ = server.shutdown(Duration::from_secs(1)).await;
     }
     Ok(BenchRun {
         load,
+        endpoints,
         accepted,
         connects_per_second,
     })
+}
+
+/// A fleet's figures per endpoint, one line each: its share of the attempts (warm-up
+/// included) and the balancer's latency estimate (peak EWMA) at the end. Nothing for one
+/// endpoint.
+fn print_endpoints(endpoints: &[EndpointSnapshot]) {
+    let total: u64 = endpoints.iter().map(|e| e.attempts).sum();
+    for endpoint in endpoints {
+        // The address is the user's or the resolver's; one line, escaped, all the same.
+        outln!(
+            "{}",
+            text::one_line(&target::endpoint_line(endpoint, total))
+        );
+    }
+}
+
+/// A run's JSON report, with each endpoint's figures for a fleet.
+fn run_json(run: &BenchRun) -> serde_json::Value {
+    let mut json = run.load.report.to_json();
+    if !run.endpoints.is_empty() {
+        json["endpoints"] = target::endpoints_json(&run.endpoints);
+    }
+    json
 }
 
 /// Connects per second to `addr`, one after the other: TCP, or TCP and a full TLS
@@ -948,12 +1104,13 @@ async fn connect_rate(addr: &str, tls: Option<&ClientTls>) -> Result<f64, Failur
 
 fn bench_report(args: &BenchArgs, run: &BenchRun) -> CmdResult {
     print_report(&run.load, false);
+    print_endpoints(&run.endpoints);
     if let Some(accepted) = run.accepted {
         outln!("server: {accepted} connections accepted");
     }
     let report = &run.load.report;
     if args.json {
-        outln!("{}", report.to_json());
+        outln!("{}", run_json(run));
     }
     Ok(if report.ok > 0 {
         ExitCode::SUCCESS
@@ -1128,7 +1285,7 @@ async fn demo(duration: Duration, tls: bool) -> CmdResult {
         warmup: Duration::from_millis(300),
     };
     let load = load(
-        bench_client.clone(),
+        AnyClient::One(bench_client.clone()),
         &config,
         64,
         std::io::stderr().is_terminal(),

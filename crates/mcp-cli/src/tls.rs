@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mcp_client::ClientBuilder;
+use mcp_client::{ClientBuilder, Fleet};
 use mcp_format::Format;
 use mcp_server::{ServerBuilder, ServerHandle};
 
@@ -33,6 +33,9 @@ pub struct ClientTlsArgs {
 pub struct ClientTls {
     #[cfg(feature = "tls")]
     config: mcp_client::TlsClientConfig,
+    /// `--server-name` was given: it wins over any name an endpoint is found under.
+    #[cfg(feature = "tls")]
+    named: bool,
 }
 
 /// A server's TLS settings, ready to serve with.
@@ -101,12 +104,36 @@ mod imp {
                 Some(name) => config.server_name(name.clone()),
                 None => config,
             };
-            Ok(ClientTls { config })
+            Ok(ClientTls {
+                config,
+                named: args.server_name.is_some(),
+            })
         }
 
         /// `builder`, connecting over TLS.
         pub fn apply<F: Format>(&self, builder: ClientBuilder<F>) -> ClientBuilder<F> {
             builder.tls(self.config.clone())
+        }
+
+        /// A fleet's `builder`, connecting to every endpoint over TLS, each verified by
+        /// `--server-name`, else the DNS name it was found under, else its own host.
+        pub fn apply_fleet<F: Format>(
+            &self,
+            builder: ClientBuilder<F, Fleet>,
+        ) -> ClientBuilder<F, Fleet> {
+            builder.tls(self.config.clone())
+        }
+
+        /// The same settings verifying the server as `name` (the DNS name an address was
+        /// found under), unless `--server-name` was given.
+        pub fn for_name(&self, name: Option<&str>) -> Self {
+            match name {
+                Some(name) if !self.named => ClientTls {
+                    config: self.config.clone().server_name(name),
+                    named: true,
+                },
+                _ => self.clone(),
+            }
         }
 
         /// The same settings with TLS session resumption off, so that every connect is a
@@ -116,16 +143,19 @@ mod imp {
             config.resumption = mcp_client::rustls::client::Resumption::disabled();
             Ok(ClientTls {
                 config: self.config.clone().rustls(Arc::new(config)),
+                named: self.named,
             })
         }
 
-        /// A byte stream to `addr` over TLS, handshake done (for `mcp ping`).
+        /// A byte stream to `addr` over TLS, handshake done (for `mcp ping`); the server
+        /// is verified as `--server-name`, else `name`, else `addr`'s host.
         pub async fn connect(
             &self,
             addr: &str,
+            name: Option<&str>,
             timeout: Duration,
         ) -> Result<Box<dyn super::ByteStream>, String> {
-            let connect = TlsConnect::new(addr, &self.config).map_err(|e| e.to_string())?;
+            let connect = TlsConnect::named(addr, &self.config, name).map_err(|e| e.to_string())?;
             let stream = connect.connect(timeout).await.map_err(|e| e.to_string())?;
             Ok(Box::new(stream))
         }
@@ -223,6 +253,12 @@ mod imp {
     /// Certificates made in memory: a CA, a server certificate for `localhost` and
     /// `127.0.0.1`, and the client settings that trust it.
     pub fn generate() -> Result<(ServerTls, ClientTls), String> {
+        generate_for(&["localhost".into(), "127.0.0.1".into()])
+    }
+
+    /// [`generate`] with a server certificate for `names` (host names or IP addresses):
+    /// one certificate that every replica of `bench --embedded --replicas N` serves.
+    pub fn generate_for(names: &[String]) -> Result<(ServerTls, ClientTls), String> {
         let fail = |e: rcgen::Error| format!("cannot make the demo certificates: {e}");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -232,8 +268,7 @@ mod imp {
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(fail)?)
             .map_err(fail)?;
-        let mut params =
-            CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).map_err(fail)?;
+        let mut params = CertificateParams::new(names.to_vec()).map_err(fail)?;
         params
             .distinguished_name
             .push(DnType::CommonName, "mcp demo server");
@@ -252,13 +287,16 @@ mod imp {
                 config: server,
                 files: None,
             },
-            ClientTls { config: client },
+            ClientTls {
+                config: client,
+                named: false,
+            },
         ))
     }
 }
 
 #[cfg(feature = "tls")]
-pub use imp::generate;
+pub use imp::{generate, generate_for};
 
 #[cfg(not(feature = "tls"))]
 mod imp {
@@ -275,6 +313,19 @@ mod imp {
             builder
         }
 
+        /// Unreachable: no `ClientTls` exists without the feature.
+        pub fn apply_fleet<F: Format>(
+            &self,
+            builder: ClientBuilder<F, Fleet>,
+        ) -> ClientBuilder<F, Fleet> {
+            builder
+        }
+
+        /// Unreachable: no `ClientTls` exists without the feature.
+        pub fn for_name(&self, _name: Option<&str>) -> Self {
+            self.clone()
+        }
+
         /// Refused: built without TLS.
         pub fn without_resumption(&self) -> Result<Self, String> {
             Err(NO_TLS.into())
@@ -284,6 +335,7 @@ mod imp {
         pub async fn connect(
             &self,
             _addr: &str,
+            _name: Option<&str>,
             _timeout: Duration,
         ) -> Result<Box<dyn super::ByteStream>, String> {
             Err(NO_TLS.into())
@@ -331,10 +383,15 @@ mod imp {
     pub fn generate() -> Result<(ServerTls, ClientTls), String> {
         Err(NO_TLS.into())
     }
+
+    /// Refused: built without TLS.
+    pub fn generate_for(_names: &[String]) -> Result<(ServerTls, ClientTls), String> {
+        Err(NO_TLS.into())
+    }
 }
 
 #[cfg(not(feature = "tls"))]
-pub use imp::generate;
+pub use imp::{generate, generate_for};
 
 /// A connected byte stream, TLS or not (`mcp ping`).
 pub trait ByteStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}

@@ -266,6 +266,27 @@ fn help_lists_every_command() {
     out.assert_stdout_has("not the Model Context Protocol");
 }
 
+/// Each command's help says what that command does (a doc comment in the wrong place
+/// once gave `health` the text of `ping`, and `ping` that of the TLS flags), and the
+/// commands that take ADDR say it may be a list or a DNS name.
+#[test]
+fn each_command_help_describes_itself() {
+    for (command, says, not) in [
+        ("ping", "Send PINGs", "health"),
+        ("health", "Ask a server's health", "PINGs"),
+        ("call", "Call METHOD", "PINGs"),
+        ("bench", "Load-test", "PINGs"),
+    ] {
+        let out = run(&[command, "--help"]);
+        out.assert_code(0);
+        let about = out.stdout.lines().next().unwrap_or("");
+        assert!(about.starts_with(says), "{command}: {about:?}\n{out}");
+        assert!(!about.contains(not), "{command}: {about:?}\n{out}");
+        out.assert_stdout_has("comma-separated");
+        out.assert_stdout_has("dns:host:port");
+    }
+}
+
 /// Panics unless `mcp ARGS` was refused as a usage error: exit code 2, one line on stderr
 /// holding every one of `needles` (the flag and why), nothing on stdout, no panic.
 #[track_caller]
@@ -400,4 +421,122 @@ fn decode_of_empty_input_is_a_usage_error() {
     let out = run(&["decode", path.to_str().expect("a UTF-8 path")]);
     let _ = std::fs::remove_file(&path);
     assert_refused_run(&out, &["empty.hex is empty"]);
+}
+
+#[test]
+fn bench_embedded_over_two_replicas_prints_both_shares() {
+    let out = run(&[
+        "bench",
+        "--embedded",
+        "--replicas",
+        "2",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "100ms",
+        "--json",
+    ]);
+    let report = out.assert_bench_report();
+    // One line per replica, on 127.0.0.1 and 127.0.0.2, each with a share above zero and
+    // a latency estimate.
+    for (i, ip) in ["127.0.0.1:", "127.0.0.2:"].into_iter().enumerate() {
+        let prefix = format!("endpoint {ip}");
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no line for {ip}\n{out}"));
+        let share: f64 = line
+            .split_once(": ")
+            .and_then(|(_, rest)| rest.split_once('%'))
+            .and_then(|(share, _)| share.parse().ok())
+            .unwrap_or_else(|| panic!("no share in {line:?}\n{out}"));
+        assert!(share > 0.0 && share < 100.0, "{line}\n{out}");
+        assert!(
+            line.contains("peak-ewma latency ") && line.contains(" us"),
+            "{line}"
+        );
+        let endpoint = &report["endpoints"][i];
+        assert!(
+            endpoint["addr"].as_str().unwrap_or("").starts_with(ip),
+            "{out}"
+        );
+        assert!(endpoint["attempts"].as_u64().unwrap_or(0) > 0, "{out}");
+        assert!(endpoint["ewma_us"].as_f64().unwrap_or(0.0) > 0.0, "{out}");
+    }
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("endpoint "))
+            .count(),
+        2,
+        "{out}"
+    );
+    out.assert_stdout_has("server: 2 connections accepted");
+}
+
+#[test]
+fn bench_embedded_with_one_replica_prints_no_endpoint_lines() {
+    let out = run(&["bench", "--embedded", "--duration", "200ms", "--json"]);
+    out.assert_bench_report();
+    assert!(!out.stdout.contains("endpoint "), "{out}");
+    assert!(out.last_line_json().get("endpoints").is_none(), "{out}");
+    // The one-endpoint client: no fleet on its path.
+    assert!(!out.stderr.contains("fleet"), "{out}");
+}
+
+#[test]
+fn bench_refuses_replicas_that_cannot_work() {
+    for n in ["0", "65", "-1", "two"] {
+        let out = run(&["bench", "--embedded", &format!("--replicas={n}")]);
+        assert_refused_run(&out, &["--replicas"]);
+    }
+    // Replicas are embedded servers: with an address of one's own, they mean nothing.
+    let out = run(&["bench", &nowhere(), "--replicas", "2"]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("--embedded"), "{out}");
+    assert!(out.stdout.is_empty(), "{out}");
+}
+
+/// A bad address list is refused before anything connects, by every command that takes
+/// one, with the item at fault named.
+#[test]
+fn bad_address_lists_are_refused_naming_the_item() {
+    let ok = nowhere();
+    let cases: [(String, &[&str]); 8] = [
+        (format!("{ok},,{ok}"), &["address 2 of the list is empty"]),
+        (format!("{ok},"), &["address 2 of the list is empty"]),
+        ("dns:svc.local".into(), &["\"dns:svc.local\"", "host:port"]),
+        ("dns:".into(), &["\"dns:\"", "host:port"]),
+        (format!("{ok},nohost"), &["\"nohost\" is not host:port"]),
+        (
+            format!("{ok},127.0.0.2:70000"),
+            &["\"127.0.0.2:70000\"", "port"],
+        ),
+        (format!("{ok},bad host:1"), &["\"bad host:1\"", "host"]),
+        (
+            format!("{ok},{ok}"),
+            &[&format!("\"{ok}\" is listed twice")],
+        ),
+    ];
+    for (list, needles) in &cases {
+        for command in [
+            &["call", list, "echo"][..],
+            &["ping", list],
+            &["health", list],
+            &["bench", list],
+        ] {
+            let out = run(command);
+            assert_refused_run(&out, needles);
+            assert!(
+                out.stderr.contains("ADDR]") || out.stderr.contains("<ADDR>"),
+                "{out}"
+            );
+        }
+    }
+    assert_refused(
+        &["call", &format!("{ok},dns:localhost:1"), "echo"],
+        &["\"dns:localhost:1\"", "stands alone"],
+    );
+    assert_refused(&["call", "::1:7000", "echo"], &["brackets"]);
 }

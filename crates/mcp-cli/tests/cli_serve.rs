@@ -275,3 +275,125 @@ fn health_of_the_server_and_of_an_unknown_service() {
     out.assert_code(3);
     assert_eq!(out.stdout, "SERVICE_UNKNOWN\n", "{out}");
 }
+
+/// `a,b` for `mcp call`: two replicas as one fleet.
+fn list(servers: &[&Server]) -> String {
+    servers
+        .iter()
+        .map(|s| s.addr.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Two `mcp serve` on 127.0.0.1 and 127.0.0.2 called as one fleet: every call succeeds
+/// while both serve, and still after the first one listed is killed (its calls go to the
+/// other, within the same command), and promptly: the dead replica is not waited out.
+#[test]
+fn a_call_through_two_replicas_succeeds_while_one_is_killed() {
+    let mut first = Server::start(&[]);
+    let second = Server::start_on("127.0.0.2", &[]);
+    let both = list(&[&first, &second]);
+    for i in 0..3 {
+        let body = format!("both up {i}");
+        let out = run(&["call", &both, "echo", "--raw", &body]);
+        out.assert_code(0);
+        assert_eq!(out.stdout, format!("{body}\n"), "{out}");
+    }
+    let out = run(&["health", &both]);
+    out.assert_code(0);
+    assert_eq!(
+        out.stdout,
+        format!("{} SERVING\n{} SERVING\n", first.addr, second.addr),
+        "{out}"
+    );
+
+    first.kill();
+    // The first replica is dead: on its own, a call fails at once...
+    let out = run(&["call", &first.addr, "echo", "--raw", "x"]);
+    out.assert_code(1);
+    out.one_error_line(&[&first.addr, "refused"]);
+    // ...through the fleet, every call is answered by the second.
+    for i in 0..5 {
+        let body = format!("one down {i}");
+        let out = run(&["call", &both, "echo", "--raw", &body, "--timeout", "20s"]);
+        out.assert_code(0);
+        assert_eq!(out.stdout, format!("{body}\n"), "{out}");
+        assert!(out.stderr.is_empty(), "{out}");
+        assert!(out.elapsed < Duration::from_secs(10), "{out}");
+    }
+    // health and ping visit each: the dead one is named on stderr, the other answers, and
+    // the exit code says that not all were well.
+    let out = run(&["health", &both]);
+    out.assert_code(1);
+    assert_eq!(out.stdout, format!("{} SERVING\n", second.addr), "{out}");
+    out.one_error_line(&[&first.addr, "refused"]);
+    let out = run(&["ping", &both, "-c", "1", "-W", "2s"]);
+    out.assert_code(1);
+    out.assert_stdout_has(&format!("PONG from {}", second.addr));
+    out.assert_stdout_has(&format!("--- {} ping statistics ---", second.addr));
+    out.one_error_line(&[&first.addr]);
+}
+
+/// A replica that was never up is no worse than one that died.
+#[test]
+fn a_call_through_a_list_with_an_address_nobody_listens_on() {
+    let server = Server::start_on("127.0.0.2", &[]);
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let both = format!("{dead},{}", server.addr);
+    let out = run(&["call", &both, "echo", "--json", r#"{"msg":"hi"}"#]);
+    out.assert_code(0);
+    let printed: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{out}"));
+    assert_eq!(printed, json!({"msg": "hi"}), "{out}");
+    // No replica up at all: one line naming the list, exit 1, soon.
+    let nobody = format!("{dead},127.0.0.2:{}", support::free_port_on("127.0.0.2"));
+    let out = run(&["call", &nobody, "echo", "--timeout", "20s"]);
+    out.assert_code(1);
+    out.one_error_line(&[&nobody, "refused"]);
+    assert!(out.elapsed < Duration::from_secs(10), "{out}");
+}
+
+/// `dns:localhost:PORT` is a fleet of every address `localhost` has (the hosts file: no
+/// name server is asked); the call reaches the server on 127.0.0.1 even where `localhost`
+/// is also `::1`, where nothing listens.
+#[test]
+fn a_call_through_a_dns_name() {
+    let server = Server::start(&[]);
+    let port = server.addr.rsplit_once(':').map(|(_, p)| p).unwrap();
+    let name = format!("dns:localhost:{port}");
+    let out = run(&["call", &name, "echo", "--raw", "by name"]);
+    out.assert_code(0);
+    assert_eq!(out.stdout, "by name\n", "{out}");
+    let out = run(&["ping", &name, "-c", "1"]);
+    out.assert_stdout_has(&format!("PONG from 127.0.0.1:{port}"));
+}
+
+/// `bench ADDR,ADDR` against two `mcp serve`: one fleet, both endpoints in the report.
+#[test]
+fn bench_over_two_replicas_reports_each_one() {
+    let first = Server::start(&[]);
+    let second = Server::start_on("127.0.0.2", &[]);
+    let out = run(&[
+        "bench",
+        &list(&[&first, &second]),
+        "--duration",
+        "500ms",
+        "--warmup",
+        "100ms",
+        "--concurrency",
+        "8",
+        "--json",
+    ]);
+    let report = out.assert_bench_report();
+    let endpoints = report["endpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no endpoints\n{out}"));
+    let addrs: Vec<&str> = endpoints
+        .iter()
+        .map(|e| e["addr"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(addrs, [first.addr.as_str(), second.addr.as_str()], "{out}");
+    for endpoint in endpoints {
+        assert!(endpoint["attempts"].as_u64().unwrap_or(0) > 0, "{out}");
+    }
+}

@@ -221,3 +221,117 @@ fn tls_details_without_tls_are_a_usage_error() {
     let out = run(&["serve", "--tls-cert", "cert.pem"]);
     out.assert_code(2);
 }
+
+/// Two TLS replicas, each with a certificate for its own address only: a fleet over TLS
+/// verifies each endpoint by its own host (one name for both would fail one of them), and
+/// `--server-name` replaces that name for every endpoint.
+#[test]
+fn a_fleet_over_tls_verifies_each_endpoint_by_its_own_host() {
+    let pki = Pki::new("fleet");
+    let ca = TestCa::new("cli fleet CA");
+    let ca_file = pki.write("ca.pem", &ca.cert_pem());
+    let (cert1, key1) = pki.identity("one", &ca.server(&["127.0.0.1"]));
+    let (cert2, key2) = pki.identity("two", &ca.server(&["127.0.0.2"]));
+    let first = Server::start(&["--tls-cert", &cert1, "--tls-key", &key1]);
+    let second = Server::start_on("127.0.0.2", &["--tls-cert", &cert2, "--tls-key", &key2]);
+    let both = format!("{},{}", first.addr, second.addr);
+    let tls = ["--tls", "--ca", ca_file.as_str()];
+
+    let mut args = vec!["health", both.as_str()];
+    args.extend(tls);
+    let out = run(&args);
+    out.assert_code(0);
+    assert_eq!(
+        out.stdout,
+        format!("{} SERVING\n{} SERVING\n", first.addr, second.addr),
+        "{out}"
+    );
+
+    let mut args = vec!["ping", both.as_str(), "-c", "1"];
+    args.extend(tls);
+    let out = run(&args);
+    out.assert_code(0);
+    out.assert_stdout_has(&format!("PING {} (", first.addr));
+    out.assert_stdout_has(&format!("PING {} (", second.addr));
+    assert_eq!(out.stdout.matches("over TLS").count(), 2, "{out}");
+
+    for i in 0..3 {
+        let body = format!("fleet over tls {i}");
+        let mut args = vec!["call", both.as_str(), "echo", "--raw", body.as_str()];
+        args.extend(tls);
+        let out = run(&args);
+        out.assert_code(0);
+        assert_eq!(out.stdout, format!("{body}\n"), "{out}");
+    }
+
+    // Through the fleet's balancer, both endpoints are reached over TLS (an endpoint that
+    // failed verification would be in backoff with failures, its calls moved elsewhere).
+    let mut args = vec![
+        "bench",
+        both.as_str(),
+        "-d",
+        "300ms",
+        "--warmup",
+        "50ms",
+        "-c",
+        "8",
+        "--json",
+    ];
+    args.extend(tls);
+    let out = run(&args);
+    let report = out.assert_bench_report();
+    let endpoints = report["endpoints"].as_array().unwrap_or_else(|| {
+        panic!(
+            "no endpoints
+{out}"
+        )
+    });
+    assert_eq!(endpoints.len(), 2, "{out}");
+    for endpoint in endpoints {
+        assert!(endpoint["attempts"].as_u64().unwrap_or(0) > 0, "{out}");
+        assert_eq!(endpoint["failures"], 0, "{out}");
+        assert_eq!(endpoint["state"], "ready", "{out}");
+    }
+
+    // Verified as 127.0.0.1 by --server-name, the second replica's certificate does not
+    // match: health names it, and says why.
+    let mut args = vec!["health", both.as_str(), "--server-name", "127.0.0.1"];
+    args.extend(tls);
+    let out = run(&args);
+    out.assert_code(1);
+    assert_eq!(out.stdout, format!("{} SERVING\n", first.addr), "{out}");
+    out.one_error_line(&[&second.addr, "not valid for name"]);
+}
+
+#[test]
+fn bench_embedded_tls_over_two_replicas_reports_both_in_each_run() {
+    let out = run(&[
+        "bench",
+        "--embedded",
+        "--tls",
+        "--replicas",
+        "2",
+        "-d",
+        "300ms",
+        "--warmup",
+        "50ms",
+        "--json",
+    ]);
+    out.assert_code(0);
+    let report = out.last_line_json();
+    for side in ["plaintext", "tls"] {
+        assert_eq!(report[side]["errors"], 0, "{out}");
+        let endpoints = report[side]["endpoints"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no endpoints in {side}\n{out}"));
+        assert_eq!(endpoints.len(), 2, "{out}");
+        for (endpoint, ip) in endpoints.iter().zip(["127.0.0.1:", "127.0.0.2:"]) {
+            assert!(
+                endpoint["addr"].as_str().unwrap_or("").starts_with(ip),
+                "{out}"
+            );
+            assert!(endpoint["attempts"].as_u64().unwrap_or(0) > 0, "{out}");
+            assert_eq!(endpoint["failures"], 0, "{out}");
+        }
+    }
+}

@@ -195,7 +195,12 @@ pub(crate) fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitSta
 
 /// A loopback port that nothing listens on (bound, read and released).
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    free_port_on("127.0.0.1")
+}
+
+/// A port of `ip` (a loopback address) that nothing listens on.
+pub(crate) fn free_port_on(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .expect("cannot bind a loopback port")
         .port()
@@ -205,7 +210,7 @@ pub(crate) fn free_port() -> u16 {
 #[derive(Debug)]
 pub(crate) struct Server {
     child: Child,
-    /// `127.0.0.1:PORT`, as given to `--addr`.
+    /// `IP:PORT` (`127.0.0.1` unless started elsewhere), as given to `--addr`.
     pub(crate) addr: String,
     /// The line `mcp serve` printed when it started.
     pub(crate) banner: String,
@@ -217,9 +222,15 @@ impl Server {
     /// Starts `mcp serve --addr 127.0.0.1:PORT EXTRA` on a free port (a few ports are tried
     /// in case another process takes one in between) and waits until it accepts connections.
     pub(crate) fn start(extra: &[&str]) -> Self {
+        Self::start_on("127.0.0.1", extra)
+    }
+
+    /// [`Server::start`] on another loopback address (`127.0.0.2`: a second host to a
+    /// fleet, on Linux, which routes all of 127/8 to the loopback interface).
+    pub(crate) fn start_on(ip: &str, extra: &[&str]) -> Self {
         let mut failures = Vec::new();
         for _ in 0..5 {
-            match Self::try_start(free_port(), extra) {
+            match Self::try_start(ip, free_port_on(ip), extra) {
                 Ok(server) => return server,
                 Err(why) => failures.push(why),
             }
@@ -227,8 +238,8 @@ impl Server {
         panic!("mcp serve did not start:\n{}", failures.join("\n"));
     }
 
-    fn try_start(port: u16, extra: &[&str]) -> Result<Self, String> {
-        let addr = format!("127.0.0.1:{port}");
+    fn try_start(ip: &str, port: u16, extra: &[&str]) -> Result<Self, String> {
+        let addr = format!("{ip}:{port}");
         let mut child = mcp()
             .args(["serve", "--addr", &addr])
             .args(extra)
@@ -278,6 +289,12 @@ impl Server {
     /// The process id, for sending signals.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the process and waits for it: the address refuses connections from now on.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = wait_bounded(&mut self.child, LIMIT);
     }
 
     /// Waits (bounded) for the process to end by itself.
