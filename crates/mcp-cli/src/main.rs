@@ -558,7 +558,7 @@ async fn serve(
     // system (src/memory.rs): the server's resident memory comes back near its baseline.
     let _trimmer = mcp_cli::memory::Trimmer::spawn(server.server().clone());
     outln!(
-        "mcp: serving on {}{} ({}; topic {} every {}); Ctrl-C stops",
+        "mcp: serving on {}{} ({}; topic {} every {}); Ctrl-C or SIGTERM stops",
         server.local_addr(),
         if tls.is_some() { " over TLS" } else { "" },
         service::METHODS.join(", "),
@@ -568,15 +568,38 @@ async fn serve(
     if let Some(reloader) = server.tls_reloader().cloned() {
         reload_on_sighup(reloader);
     }
-    tokio::signal::ctrl_c()
-        .await
-        .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
-    outln!("mcp: shutting down (GOAWAY, answering requests in flight)");
+    let why = stop_requested().await?;
+    outln!("mcp: {why}: shutting down (GOAWAY, answering requests in flight)");
     server
         .shutdown(Duration::from_secs(5))
         .await
         .map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM, the signal a process manager (systemd, the
+/// kubelet) stops a service with; says which came.
+async fn stop_requested() -> Result<&'static str, String> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate =
+            signal(SignalKind::terminate()).map_err(|e| format!("cannot wait for SIGTERM: {e}"))?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => {
+                interrupted.map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
+                Ok("interrupted")
+            }
+            _ = terminate.recv() => Ok("terminated"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
+        Ok("interrupted")
+    }
 }
 
 /// `mcp serve --tls-cert`: SIGHUP reads the certificate files again; new connections use

@@ -205,28 +205,32 @@ fn bench_prints_a_json_report_last() {
     assert!(out.stderr.contains("bench: "), "{out}");
 }
 
-/// Ctrl-C (SIGINT) stops `mcp serve` cleanly with exit code 0.
+/// Ctrl-C (SIGINT), and SIGTERM (what systemd and the kubelet send), stop `mcp serve`
+/// cleanly with exit code 0, after its GOAWAY.
 #[cfg(unix)]
 #[test]
-fn serve_stops_cleanly_on_sigint() {
-    let mut server = Server::start(&[]);
-    let kill = run_kill(server.pid());
-    assert!(kill.success(), "kill -INT failed: {kill}");
-    let status = server
-        .wait(Duration::from_secs(20))
-        .expect("mcp serve did not stop within 20 s of SIGINT");
-    assert_eq!(status.code(), Some(0), "{status}");
-    let line = server.next_line(Duration::from_secs(5));
-    assert!(
-        line.as_deref().is_some_and(|l| l.contains("shutting down")),
-        "{line:?}"
-    );
+fn serve_stops_cleanly_on_sigint_and_sigterm() {
+    for (signal, said) in [("-INT", "interrupted"), ("-TERM", "terminated")] {
+        let mut server = Server::start(&[]);
+        let kill = run_kill(signal, server.pid());
+        assert!(kill.success(), "kill {signal} failed: {kill}");
+        let status = server
+            .wait(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("mcp serve did not stop within 20 s of {signal}"));
+        assert_eq!(status.code(), Some(0), "{signal}: {status}");
+        let line = server.next_line(Duration::from_secs(5));
+        assert!(
+            line.as_deref()
+                .is_some_and(|l| l.contains(said) && l.contains("shutting down")),
+            "{signal}: {line:?}"
+        );
+    }
 }
 
 #[cfg(unix)]
-fn run_kill(pid: u32) -> std::process::ExitStatus {
+fn run_kill(signal: &str, pid: u32) -> std::process::ExitStatus {
     let mut child = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+        .args([signal, &pid.to_string()])
         .spawn()
         .expect("cannot run kill");
     support::wait_bounded(&mut child, Duration::from_secs(10)).unwrap_or_else(|| {
