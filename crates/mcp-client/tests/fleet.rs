@@ -609,3 +609,43 @@ async fn subscribe_all_merges_every_replica_and_follows_the_members() {
         r.stop().await;
     }
 }
+
+/// A call made before the discovery source's first list waits for it (within its budget)
+/// instead of failing for want of endpoints; once a list came, an empty fleet fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_before_the_first_list_waits_for_it() {
+    let all = replicas(1, |_| Duration::ZERO).await;
+    let (changes, rx) = mpsc::unbounded_channel();
+    let client = Client::discover(Changes(rx))
+        .pool_config(pool())
+        .balance(balance(Picker::PeakEwma))
+        .breaker(BreakerConfig::disabled())
+        .build()
+        .expect("build");
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.call_raw(who(CallOptions::new())).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!call.is_finished(), "the call waits for the first list");
+    changes
+        .send(Change::Reset(vec![Instance::new(all[0].addr())]))
+        .unwrap();
+    let answer = bounded("the waiting call", call).await.expect("task");
+    assert_eq!(&answer.expect("answered").into_body()[..], b"r2");
+    changes.send(Change::Reset(Vec::new())).unwrap();
+    let empty = bounded("a call on an empty fleet", async {
+        loop {
+            match client.call_raw(who(CallOptions::new())).await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(e) => break e,
+            }
+        }
+    })
+    .await;
+    assert!(empty.to_string().contains("no endpoints"), "{empty}");
+    bounded("close", client.close_within(Duration::from_millis(200))).await;
+    for r in all {
+        r.stop().await;
+    }
+}

@@ -110,6 +110,9 @@ pub(crate) struct Shared {
     pub(super) closed: AtomicBool,
     /// Woken at each membership change (for `ready` waiting for a first endpoint).
     pub(super) changed: Arc<Notify>,
+    /// Whether a first membership change was applied: until then a call waits for one
+    /// (within its deadline) rather than fail for want of endpoints.
+    listed: AtomicBool,
     discovery: Mutex<Option<JoinHandle<()>>>,
     /// Told when an endpoint's connects fail or a connection is lost, so that a source
     /// that can look again (DNS) does so at once.
@@ -153,6 +156,7 @@ impl Fleet {
             name: source.name(),
             closed: AtomicBool::new(false),
             changed: Arc::new(Notify::new()),
+            listed: AtomicBool::new(false),
             discovery: Mutex::new(None),
             refresh: Arc::new(Notify::new()),
         });
@@ -216,6 +220,26 @@ impl Fleet {
     }
 }
 
+impl Fleet {
+    /// Waits until the first membership change is applied, at most until `deadline`.
+    async fn first_list(&self, deadline: Instant) -> Result<(), ()> {
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.shared.listed.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(());
+            }
+        }
+    }
+}
+
 fn no_endpoints() -> Error {
     Error::new(ErrorKind::Connect, Processed::No)
         .with_phase(Phase::Connect)
@@ -251,6 +275,7 @@ pub(crate) fn apply(shared: &Arc<Shared>, change: Change) {
     for pool in applied.closed {
         pool.close();
     }
+    shared.listed.store(true, Ordering::Release);
     shared.changed.notify_waiters();
 }
 
@@ -422,7 +447,17 @@ impl Transport for Fleet {
         let mut moves = 0;
         let mut now = attempt.started;
         loop {
-            let (mut outstanding, pool) = self.pick(attempt.hash_key, attempt.tried, now)?;
+            let picked = self.pick(attempt.hash_key, attempt.tried, now);
+            let (mut outstanding, pool) = match picked {
+                Ok(picked) => picked,
+                Err(e) if !self.shared.listed.load(Ordering::Acquire) => {
+                    // The discovery source has not spoken yet: wait for its first list.
+                    self.first_list(attempt.deadline).await.map_err(|()| e)?;
+                    now = Instant::now();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let reply = pool
                 .call(
                     attempt.method,
