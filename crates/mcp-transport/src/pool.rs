@@ -927,8 +927,7 @@ async fn connector(shared: Arc<PoolShared>, token: Arc<()>) {
                     last_error,
                 });
             }
-            tokio::time::sleep(delay).await;
-            if lock(&shared.state).closed {
+            if !shared.sleep_unless_closed(delay).await {
                 return;
             }
         }
@@ -982,6 +981,27 @@ async fn connector(shared: Arc<PoolShared>, token: Arc<()>) {
 }
 
 impl PoolShared {
+    /// Waits out `delay` (a backoff), but not past a close, which then ends the connector
+    /// at once rather than leave `close` and `join` waiting up to the longest backoff.
+    /// Returns whether the pool is still open.
+    async fn sleep_unless_closed(&self, delay: Duration) -> bool {
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            let wake = self.signal.connector.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            if lock(&self.state).closed {
+                return false;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return !lock(&self.state).closed,
+                // Other news (a caller waiting, a connection gone) does not cut a backoff
+                // short: only a close does.
+                () = &mut wake => {}
+            }
+        }
+    }
+
     /// Records a failed try; returns whether the series ended at the try limit (the
     /// endpoint is then down and the waiting callers are told).
     fn connect_failed(&self, backoff: &mut Backoff, err: TransportError) -> bool {

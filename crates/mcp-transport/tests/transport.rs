@@ -294,6 +294,45 @@ async fn t05_server_down_backoff_exponential_jittered_capped_try_limit() {
     assert_eq!(pool.stats().connect_failures, 10);
 }
 
+/// A pool closed while its connector waits out a long backoff ends its tasks at once,
+/// not at the backoff's end (a fleet closing waits for each of its pools in turn).
+#[tokio::test]
+async fn a_pool_closed_during_a_backoff_ends_its_tasks_at_once() {
+    let addr = {
+        let listener = TestListener::bind().await;
+        listener.addr()
+    };
+    let config = PoolConfig {
+        backoff: BackoffConfig {
+            initial: Duration::from_secs(30),
+            max: Duration::from_secs(30),
+            ..BackoffConfig::default()
+        },
+        min_connections: 1,
+        ..pool_config()
+    };
+    let pool = Pool::new(addr.to_string(), config);
+    let mut state = pool.watch_state();
+    within(async {
+        loop {
+            if matches!(
+                *state.borrow_and_update(),
+                EndpointState::Reconnecting { .. }
+            ) {
+                break;
+            }
+            state.changed().await.expect("state changes");
+        }
+    })
+    .await;
+    pool.close();
+    // Real time: a join bounded well under the 30 s backoff.
+    assert!(
+        pool.join(Duration::from_secs(2)).await,
+        "the connector still waits out its backoff after close"
+    );
+}
+
 /// 6. The server restarts on the same address: the client reconnects and its
 /// subscriptions come back.
 #[tokio::test]
