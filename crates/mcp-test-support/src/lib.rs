@@ -29,7 +29,7 @@ use mcp_codec::{
     Assembled, Assembler, Decoded, Envelope, ErrorCode, ErrorFrame, Flags, FrameDecoder, GoAway,
     GoAwayCode, MessageFrames, Metadata, Notify, OwnedEnvelope, OwnedRequest, Pong, Response,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -128,10 +128,12 @@ impl TestListener {
     }
 }
 
-/// The server side of one connection, driven by the test.
+/// The server side of one connection, driven by the test: over TCP from
+/// [`TestListener::accept`], or over any byte stream (an in-memory `tokio::io::duplex`, say)
+/// from [`Peer::over`].
 #[derive(Debug)]
-pub struct Peer {
-    stream: TcpStream,
+pub struct Peer<S = TcpStream> {
+    stream: S,
     buf: BytesMut,
     decoder: FrameDecoder,
     assembler: Assembler,
@@ -155,6 +157,20 @@ pub enum Received {
 impl Peer {
     fn new(stream: TcpStream) -> Peer {
         let _ = stream.set_nodelay(true);
+        Peer::over(stream)
+    }
+
+    /// Closes the connection with an RST instead of a FIN.
+    pub fn reset(self) {
+        let sock = socket2::SockRef::from(&self.stream);
+        let _ = sock.set_linger(Some(Duration::ZERO));
+        drop(self);
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
+    /// The server side of `stream`, driven by the test.
+    pub fn over(stream: S) -> Peer<S> {
         Peer {
             stream,
             buf: BytesMut::with_capacity(64 * 1024),
@@ -311,15 +327,8 @@ impl Peer {
         self.send_raw(&response(id, body)).await;
     }
 
-    /// Closes the connection with an RST instead of a FIN.
-    pub fn reset(self) {
-        let sock = socket2::SockRef::from(&self.stream);
-        let _ = sock.set_linger(Some(Duration::ZERO));
-        drop(self);
-    }
-
     /// The underlying stream.
-    pub fn stream(&mut self) -> &mut TcpStream {
+    pub fn stream(&mut self) -> &mut S {
         &mut self.stream
     }
 }

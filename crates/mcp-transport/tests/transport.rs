@@ -753,7 +753,7 @@ async fn t14_driver_runtime_shut_down_fails_pending_calls() {
         .build()
         .unwrap();
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let mut peer = DuplexPeer::new(server);
+    let mut peer = DuplexPeer::over(server);
     // The connection's tasks run on the other runtime.
     let conn = within(async {
         other

@@ -4,15 +4,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use mcp_codec::{
-    Assembled, Assembler, Decoded, Envelope, FrameDecoder, OwnedEnvelope, OwnedRequest, Pong,
-};
-use mcp_test_support::{EchoServer, Received, STEP, encode, response};
+use mcp_test_support::{EchoServer, STEP};
 use mcp_transport::{
     BackoffConfig, Connect, Connection, ConnectionConfig, PoolConfig, TransportError,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
 
 /// Awaits `f` for at most [`STEP`], failing the test otherwise.
@@ -65,164 +61,10 @@ pub(crate) async fn until_within(bound: Duration, what: &str, mut done: impl FnM
     }
 }
 
-/// The server end of an in-memory stream, driven by the test: the duplex twin of
-/// `mcp_test_support::Peer`, for shell tests that need no real socket fault. Every read is
-/// bounded by [`STEP`] (virtual time, when the test pauses the clock).
-pub(crate) struct DuplexPeer {
-    stream: DuplexStream,
-    buf: BytesMut,
-    decoder: FrameDecoder,
-    assembler: Assembler,
-    /// PINGs are answered with PONG while reading (unless switched off).
-    pub(crate) answer_pings: bool,
-}
-
-impl DuplexPeer {
-    pub(crate) fn new(stream: DuplexStream) -> DuplexPeer {
-        DuplexPeer {
-            stream,
-            buf: BytesMut::new(),
-            decoder: FrameDecoder::new(),
-            assembler: Assembler::default(),
-            answer_pings: true,
-        }
-    }
-
-    /// The next message or control frame (reassembled), as [`Received`].
-    pub(crate) async fn recv(&mut self) -> Received {
-        tokio::time::timeout(STEP, self.recv_inner())
-            .await
-            .expect("the client sends something in time")
-    }
-
-    async fn recv_inner(&mut self) -> Received {
-        loop {
-            match self
-                .decoder
-                .decode(&self.buf)
-                .expect("client sends valid frames")
-            {
-                Decoded::Frame { frame, len } => {
-                    let owned = match self.assembler.push(frame).expect("valid message") {
-                        Assembled::Envelope(env) => Some(OwnedEnvelope::from_envelope(&env)),
-                        Assembled::Message { head, body } => {
-                            let mut env = OwnedEnvelope::from_envelope(&head);
-                            match &mut env {
-                                OwnedEnvelope::Request(r) => r.body = body,
-                                OwnedEnvelope::Response(r) => r.body = body,
-                                OwnedEnvelope::Notify(n) => n.body = body,
-                                _ => {}
-                            }
-                            Some(env)
-                        }
-                        _ => None,
-                    };
-                    self.buf.advance(len);
-                    if let Some(env) = owned {
-                        return Received::Envelope(env);
-                    }
-                }
-                Decoded::NeedMore { .. } | Decoded::Skip { .. } => {
-                    self.buf.reserve(64 * 1024);
-                    let n = self.stream.read_buf(&mut self.buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return Received::Closed;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The next REQUEST, answering PINGs on the way (if `answer_pings`).
-    pub(crate) async fn recv_request(&mut self) -> OwnedRequest {
-        loop {
-            match self.recv().await {
-                Received::Envelope(OwnedEnvelope::Request(r)) => return r,
-                Received::Envelope(other) => self.note(&other).await,
-                Received::Closed => panic!("the client closed before sending a request"),
-            }
-        }
-    }
-
-    /// Reads until the next CANCEL and returns its id.
-    pub(crate) async fn recv_cancel(&mut self) -> u32 {
-        loop {
-            match self.recv().await {
-                Received::Envelope(OwnedEnvelope::Cancel(c)) => return c.id,
-                Received::Envelope(other) => self.note(&other).await,
-                Received::Closed => panic!("the client closed before sending CANCEL"),
-            }
-        }
-    }
-
-    /// Reads until a PING arrives (answering it if `answer_pings`) and returns its nonce.
-    pub(crate) async fn recv_ping(&mut self) -> [u8; 8] {
-        loop {
-            match self.recv().await {
-                Received::Envelope(OwnedEnvelope::Ping(p)) => {
-                    self.note(&OwnedEnvelope::Ping(p)).await;
-                    return p.nonce;
-                }
-                Received::Envelope(_) => {}
-                Received::Closed => panic!("the client closed before sending PING"),
-            }
-        }
-    }
-
-    async fn note(&mut self, env: &OwnedEnvelope) {
-        if let OwnedEnvelope::Ping(p) = env {
-            if self.answer_pings {
-                self.send_envelope(Envelope::Pong(Pong { nonce: p.nonce }))
-                    .await;
-            }
-        }
-    }
-
-    /// Reads and discards until the client closes; whether it did within `within`.
-    pub(crate) async fn expect_closed(&mut self, within: Duration) -> bool {
-        let drain = async {
-            let mut scratch = vec![0u8; 64 * 1024];
-            loop {
-                match self.stream.read(&mut scratch).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        };
-        tokio::time::timeout(within, drain).await.is_ok()
-    }
-
-    /// Writes raw bytes.
-    pub(crate) async fn send_raw(&mut self, bytes: &[u8]) {
-        tokio::time::timeout(STEP, self.stream.write_all(bytes))
-            .await
-            .expect("write in time")
-            .expect("write");
-    }
-
-    /// Writes raw bytes, ignoring failure (the client may be gone).
-    pub(crate) async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match tokio::time::timeout(STEP, self.stream.write_all(bytes)).await {
-            Ok(result) => result,
-            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-        }
-    }
-
-    /// Writes an envelope (split into CONTINUATION frames when large).
-    pub(crate) async fn send_envelope(&mut self, envelope: Envelope<'_>) {
-        self.send_raw(&encode(envelope)).await;
-    }
-
-    /// Answers `id` with a RESPONSE carrying `body`.
-    pub(crate) async fn respond(&mut self, id: u32, body: &[u8]) {
-        self.send_raw(&response(id, body)).await;
-    }
-
-    /// The underlying stream.
-    pub(crate) fn stream(&mut self) -> &mut DuplexStream {
-        &mut self.stream
-    }
-}
+/// The server end of an in-memory stream, driven by the test (every read bounded by
+/// `mcp_test_support::STEP`, in virtual time when the test pauses the clock), for shell
+/// tests that need no real socket fault.
+pub(crate) type DuplexPeer = mcp_test_support::Peer<DuplexStream>;
 
 /// A client connection over an in-memory stream of `capacity` bytes each way, and its
 /// server end.
@@ -232,7 +74,7 @@ pub(crate) fn duplex_connection(
 ) -> (Connection, DuplexPeer) {
     let (client, server) = tokio::io::duplex(capacity);
     let conn = Connection::over(client, config).expect("starts");
-    (conn, DuplexPeer::new(server))
+    (conn, DuplexPeer::over(server))
 }
 
 /// A [`Connect`] that opens in-memory streams and hands their server ends to a
@@ -276,7 +118,7 @@ impl DuplexListener {
             .await
             .expect("a client connects in time")
             .expect("the connector is alive");
-        DuplexPeer::new(stream)
+        DuplexPeer::over(stream)
     }
 }
 
