@@ -30,6 +30,7 @@
 //! summary needs all six)). Under `cargo test --benches` it runs one quick round (300 ms
 //! per pair).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,7 +182,6 @@ async fn connection(config: &LoadConfig, addr: std::net::SocketAddr, body: Bytes
 }
 
 async fn client(config: &LoadConfig, addr: std::net::SocketAddr, body: Bytes) -> LoadReport {
-    let size = body.len();
     let client = Client::builder(addr.to_string())
         .max_connections(1)
         .limit(LimitConfig::new(config.concurrency))
@@ -189,16 +189,9 @@ async fn client(config: &LoadConfig, addr: std::net::SocketAddr, body: Bytes) ->
         .await
         .expect("connect mcp client");
     let caller = client.clone();
-    let report = loadgen::run(config, Arc::default(), move || {
-        let client = caller.clone();
-        let request = RawRequest::new("echo", FormatId::RAW, body.clone());
-        async move {
-            match client.call_raw(request).await {
-                Ok(back) if back.body().len() == size => Ok(()),
-                Ok(_) => Err("wrong echo".to_string()),
-                Err(e) => Err(e.kind().to_string()),
-            }
-        }
+    let report = echo_load(config, body, move |r| {
+        let c = caller.clone();
+        async move { c.call_raw(r).await }
     })
     .await;
     client.close().await;
@@ -207,7 +200,6 @@ async fn client(config: &LoadConfig, addr: std::net::SocketAddr, body: Bytes) ->
 
 /// (d)'s client, made as a fleet of the one server: the same calls through the balancer.
 async fn fleet_client(config: &LoadConfig, addr: std::net::SocketAddr, body: Bytes) -> LoadReport {
-    let size = body.len();
     let client = Client::fleet([addr.to_string()])
         .max_connections(1)
         .limit(LimitConfig::new(config.concurrency))
@@ -215,20 +207,33 @@ async fn fleet_client(config: &LoadConfig, addr: std::net::SocketAddr, body: Byt
         .await
         .expect("connect mcp fleet client");
     let caller = client.clone();
-    let report = loadgen::run(config, Arc::default(), move || {
-        let client = caller.clone();
-        let request = RawRequest::new("echo", FormatId::RAW, body.clone());
+    let report = echo_load(config, body, move |r| {
+        let c = caller.clone();
+        async move { c.call_raw(r).await }
+    })
+    .await;
+    client.close().await;
+    report
+}
+
+/// The load of `echo` calls made by `call`, each checked for its echo.
+async fn echo_load<C, F>(config: &LoadConfig, body: Bytes, call: C) -> LoadReport
+where
+    C: Fn(RawRequest) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<mcp_client::RawResponse, mcp_client::Error>> + Send + 'static,
+{
+    let size = body.len();
+    loadgen::run(config, Arc::default(), move || {
+        let reply = call(RawRequest::new("echo", FormatId::RAW, body.clone()));
         async move {
-            match client.call_raw(request).await {
+            match reply.await {
                 Ok(back) if back.body().len() == size => Ok(()),
                 Ok(_) => Err("wrong echo".to_string()),
                 Err(e) => Err(e.kind().to_string()),
             }
         }
     })
-    .await;
-    client.close().await;
-    report
+    .await
 }
 
 /// Client plus server CPU per request: one thread runs both ends.
