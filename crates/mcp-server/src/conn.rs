@@ -440,7 +440,7 @@ impl Conn {
         let id = request.id();
         let format = request.format();
         let body_len = request.body().len();
-        let span = tracing::debug_span!("request", conn = self.id, id, method = &*method);
+        let span = crate::trace::request_span(self.id, id, &method, request.meta());
         let cancel = self.spare_cancel.take().unwrap_or_default();
         let ctx = RequestContext {
             id,

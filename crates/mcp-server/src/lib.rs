@@ -91,6 +91,7 @@ mod router;
 mod run;
 mod server;
 mod subscribe;
+mod trace;
 
 pub use auth::{AUTHORIZATION, AuthRequest};
 pub use config::ServerConfig;
