@@ -377,7 +377,7 @@ impl Conn {
             _ => None,
         };
         let router = &self.shared.router;
-        let mut out = &self.writer;
+        let mut out = self.shared.metrics.transmit(&self.writer);
         let event = self.state.handle_inbound(
             &mut out,
             message,
@@ -411,6 +411,7 @@ impl Conn {
                     .stats
                     .auth_refused
                     .fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.refused(status.code());
                 // Answered now: never recorded as in flight (its place in the server's
                 // budget is given back as the event is dropped), like a handler done in
                 // its first poll.
@@ -441,6 +442,7 @@ impl Conn {
         let format = request.format();
         let body_len = request.body().len();
         let span = crate::trace::request_span(self.id, id, &method, request.meta());
+        let observed = self.shared.metrics.start(&method);
         let cancel = self.spare_cancel.take().unwrap_or_default();
         let ctx = RequestContext {
             id,
@@ -468,6 +470,7 @@ impl Conn {
                 if !self.writer.is_full() {
                     // Nothing ran it but this poll: the request is done, and was never
                     // recorded as in flight (a CANCEL for it is one of an unknown id).
+                    observed.finish(&result);
                     self.answer(id, format, result);
                     self.spare_cancel = cancel.into_unused();
                     return;
@@ -506,6 +509,7 @@ impl Conn {
                         }
                     },
                 };
+                observed.finish(&result);
                 // Answers wait while the client's queue is full, so that a client that does
                 // not read cannot make the server buffer without bound.
                 let _ = writer.ready().await;
