@@ -35,7 +35,8 @@
 //! - is retried on transient failures after 100, 300, 700 ms, within a retry budget, and never
 //!   sent twice once it may have been processed unless marked idempotent ([`RetryConfig`]);
 //! - fails fast while the circuit breaker is open ([`BreakerConfig`]);
-//! - is recorded in the client's [`metrics`](Client::metrics).
+//! - is recorded in the client's [`metrics`](Client::metrics) (and, with the `metrics`
+//!   feature, through the `metrics` facade: see below).
 //!
 //! Failures are one [`Error`] type that answers: timeout, and in which [`Phase`]? possibly
 //! processed? retryable? the server's [`RemoteError`]? circuit open? overloaded? a body that
@@ -54,6 +55,42 @@
 //!   `tls-webpki-roots` and `tls-native-roots` add `TlsClientConfig::with_webpki_roots` and
 //!   `with_native_roots`. A failed handshake is a connect error whose
 //!   [`Error::tls_failure`] names the reason.
+//! - `metrics` (off): records through the [`metrics`](https://docs.rs/metrics) facade, see
+//!   below. Off by default: a dependency and a few atomic operations per call, for programs
+//!   that export nothing.
+//!
+//! # Metrics through the `metrics` facade (feature `metrics`)
+//! [`Client::metrics`] is an in-process snapshot, always there. With the `metrics` feature
+//! the client also records into whatever recorder the application installed
+//! (`metrics-exporter-prometheus`, an OpenTelemetry bridge, ...; the crate ships none),
+//! named after the OpenTelemetry RPC conventions. Install the recorder before building the
+//! client: handles are taken when the client is built and on each method's first call.
+//! `crates/mcp-client/examples/prometheus.rs` exposes a client's and a server's series on
+//! a Prometheus endpoint.
+//!
+//! | name | kind, unit | labels | what |
+//! |---|---|---|---|
+//! | `rpc.client.call.duration` | histogram, s | `rpc.method` (+ `error.type`) | a whole call: queue, every attempt, backoff |
+//! | `mcp.client.attempt.duration` | histogram, s | `rpc.method` (+ `error.type`) | one attempt sent |
+//! | `mcp.client.active_calls` | gauge, {call} | `rpc.method` | calls started, not yet ended |
+//! | `mcp.client.retries` | counter, {attempt} | `rpc.method` | attempts after the first |
+//! | `mcp.client.sent_bytes` | counter, By | `rpc.method` | request bodies, per attempt |
+//! | `mcp.client.received_bytes` | counter, By | `rpc.method` | response bodies |
+//! | `mcp.client.breaker.transitions` | counter | `mcp.breaker.state` (`open`, `half_open`, `closed`) | the circuit breaker entering a state |
+//! | `mcp.client.connections` | gauge, {connection} | | open connections, per endpoint |
+//! | `mcp.client.reconnects` | counter | | connections opened after an endpoint's first |
+//! | `mcp.client.ejections` | counter | | a fleet's endpoint ejected as an outlier |
+//!
+//! Every series also has `rpc.system = "mcp"`, `server.address` and `server.port` (the
+//! client's endpoint. For a fleet, the call series have the DNS name and port it follows,
+//! or its list of addresses, or `discovery`, as `server.address`; the connection,
+//! reconnect and ejection series are per endpoint).
+//! `error.type` is on failures only: the local [`ErrorKind`]'s name in lower case
+//! (`timeout`, `connect`, ...), or the server's ERROR code by its protocol name in upper case
+//! (`OVERLOADED`, `UNKNOWN_METHOD`, ...; `APPLICATION` for codes of 1000 and up,
+//! `UNKNOWN_CODE` for unassigned ones). More than 256 method names in one client are
+//! labelled `rpc.method = "_OTHER"`, so that arbitrary names cannot grow the series without
+//! bound.
 //!
 //! # Credentials
 //! [`ClientBuilder::authorization`] (a fixed value) or [`ClientBuilder::authorization_fn`]

@@ -12,7 +12,9 @@
 //! 6. per attempt, [`trace`] again: the `traceparent`, `tracestate` and `deadline` it sends;
 //! 7. per attempt, the [`Transport`] (the pool): a connection, the REQUEST, the answer within
 //!    the attempt's deadline;
-//! 8. [`metrics`](crate::metrics): record the outcome and, for an answered call, its latency.
+//! 8. [`metrics`](crate::metrics): record the outcome and, for an answered call, its latency
+//!    (and, with the `metrics` feature, each attempt's duration and bytes, retries, and the
+//!    call's duration through the `metrics` facade, on handles taken at step 1).
 //!
 //! Each policy lives in its own folder of the same shape (`mod.rs`: its docs and public
 //! config; `state.rs`: the crate-private state driven here, with the time passed in;
@@ -94,13 +96,14 @@ impl<T: Transport> Stack<T> {
     /// The policies built from their settings, over `transport`.
     pub(crate) fn new(transport: T, policies: Policies) -> Self {
         let now = Instant::now();
+        let metrics = Recorder::new(transport.endpoint());
         Self {
-            transport,
             timing: policies.timing,
             limit: Limiter::new(policies.limit),
             retry: Retry::new(policies.retry, now),
-            breaker: Breaker::new(policies.breaker, now),
-            metrics: Recorder::default(),
+            breaker: Breaker::new(policies.breaker, now).with_transitions(metrics.transitions()),
+            metrics,
+            transport,
             closing: AtomicBool::new(false),
             authorization: policies.authorization,
         }
@@ -154,7 +157,7 @@ impl<T: Transport> Stack<T> {
         self.refuse_if_closing()?;
         let start = Instant::now();
         let deadline = later(start, options.timeout.unwrap_or(self.timing.timeout));
-        self.metrics.started();
+        let observed = self.metrics.started(method);
         let context = trace::context_of(options);
         let span = trace::call_span(method, &context);
         // No timer of its own for the total budget: every wait below is bounded by
@@ -162,7 +165,7 @@ impl<T: Transport> Stack<T> {
         // transport enforces, a backoff started only if it ends in time), and a timer per
         // call is measurable on the hot path.
         let calls = self.attempts(
-            method, format, body, options, &context, start, deadline, slot,
+            method, format, body, options, &context, start, deadline, slot, &observed,
         );
         // A disabled span (no subscriber interested) is skipped rather than entered and
         // exited on every poll.
@@ -182,11 +185,13 @@ impl<T: Transport> Stack<T> {
             Ok(_) => true,
             Err(e) => e.kind() == ErrorKind::Remote,
         };
+        let took = end.saturating_duration_since(start);
         self.metrics.finished(
             result.as_ref().map(drop).map_err(Error::kind),
             answered,
-            end.saturating_duration_since(start),
+            took,
         );
+        observed.finished(result.as_ref().map(drop), took);
         if let Err(e) = &result {
             tracing::debug!(error = %e, "call failed");
         }
@@ -210,6 +215,7 @@ impl<T: Transport> Stack<T> {
         start: Instant,
         deadline: Instant,
         slot: Option<Slot>,
+        observed: &crate::metrics::Call,
     ) -> Result<(RawResponse, Instant), Error> {
         let (_slot, ready_at) = match slot {
             Some(slot) => (slot, start),
@@ -265,6 +271,7 @@ impl<T: Transport> Stack<T> {
                             authorization.as_deref(),
                         );
                         tracing::trace!(attempt = number, "sending");
+                        let sent = body.len();
                         let result = self
                             .transport
                             .call(Attempt {
@@ -300,6 +307,7 @@ impl<T: Transport> Stack<T> {
                         });
                         let end = Instant::now();
                         permit.record(Outcome::of(&result), end);
+                        observed.attempt(number, sent, &result, end.saturating_duration_since(now));
                         result.map(|response| (response, end))
                     }
                 },

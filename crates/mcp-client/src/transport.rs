@@ -207,10 +207,16 @@ impl Dialer {
             let connect = mcp_transport::TlsConnect::named(addr, tls, name).map_err(|e| {
                 Error::invalid(format!("invalid TLS configuration: {e}")).with_source(e)
             })?;
-            return Ok(Pool::with_connector(connect, config));
+            let pool = Pool::with_connector(connect, config);
+            crate::metrics::watch_pool(&pool);
+            return Ok(pool);
         }
         let _ = name;
-        Ok(Pool::new(addr, config))
+        let pool = Pool::new(addr, config);
+        // Every pool, of one endpoint or of a fleet's, is made here: its connections and
+        // reconnects go to the `metrics` facade (nothing without the feature).
+        crate::metrics::watch_pool(&pool);
+        Ok(pool)
     }
 }
 

@@ -34,7 +34,15 @@ impl tracing::Subscriber for SpanLog {
         log.push((span.metadata().name().to_owned(), fields.0));
         tracing::span::Id::from_u64(log.len() as u64)
     }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        let mut fields = Fields(Vec::new());
+        values.record(&mut fields);
+        let mut log = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let index = usize::try_from(id.into_u64()).expect("small") - 1;
+        if let Some((_, recorded)) = log.get_mut(index) {
+            recorded.extend(fields.0);
+        }
+    }
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, _: &tracing::Event<'_>) {}
     fn enter(&self, _: &tracing::span::Id) {}
@@ -75,6 +83,22 @@ async fn calls_run_in_a_span_naming_method_and_trace() {
     assert_eq!(field("method"), "user.get");
     assert_eq!(field("trace_id"), sent.trace_id_hex());
     assert_eq!(field("span_id"), sent.span_id_hex());
+
+    // The server's request span continues the same trace, under the client's call span.
+    let (_, fields) = spans
+        .iter()
+        .find(|(name, fields)| name == "request" && fields.iter().any(|(k, _)| k == "trace_id"))
+        .expect("the server's request span, with the trace recorded");
+    let field = |key: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("method"), "\"user.get\"");
+    assert_eq!(field("trace_id"), sent.trace_id_hex());
+    assert_eq!(field("parent_span_id"), sent.span_id_hex());
 
     bounded("close", client.close()).await;
     bounded("shutdown", server.shutdown(Duration::from_secs(1)))

@@ -69,6 +69,38 @@
 //!   the accept loop under a timeout, at most 1,024 at once and 32 per client address
 //!   (`TlsAccept::max_handshakes`, `max_handshakes_per_ip`). `tls-aws-lc-rs` uses aws-lc-rs
 //!   instead of ring.
+//! - `metrics` (off): records through the [`metrics`](https://docs.rs/metrics) facade, see
+//!   below.
+//!
+//! # Tracing
+//! Each request's handler runs in a `request` span (DEBUG) with `conn`, `id` and `method`;
+//! when the request carries a valid W3C `traceparent` (mcp-client sends one on every call),
+//! the span also has its `trace_id` and `parent_span_id` (the caller's span), so a handler's
+//! logs join the caller's trace with no code. The value is parsed only when a subscriber
+//! wants the span.
+//!
+//! # Metrics through the `metrics` facade (feature `metrics`)
+//! [`ServerHandle::stats`] is an in-process snapshot, always there. With the `metrics`
+//! feature the server also records into the application's recorder (none is shipped),
+//! named after the OpenTelemetry RPC conventions; install it before starting the server.
+//!
+//! | name | kind, unit | labels | what |
+//! |---|---|---|---|
+//! | `rpc.server.call.duration` | histogram, s | `rpc.method` (+ `error.type`) | a handler, from its start to its end |
+//! | `mcp.server.active_calls` | gauge, {call} | `rpc.method` | handlers running |
+//! | `mcp.server.refused` | counter, {request} | `error.type` | requests answered ERROR without a handler: the shed and refusals |
+//! | `mcp.server.connections` | gauge, {connection} | | connections open |
+//! | `mcp.server.refused_connections` | counter | | connections refused at `max_connections` or the per-IP cap |
+//!
+//! Every series also has `rpc.system = "mcp"`, `server.address` and `server.port` (where
+//! the server listens). `error.type` is the ERROR code's protocol name: on
+//! `rpc.server.call.duration`, the handler's [`Status`] (`APPLICATION` for codes of 1000 and
+//! up), or `CANCELLED` for a handler stopped by CANCEL or the shutdown; on
+//! `mcp.server.refused`, the reason: `OVERLOADED` (ERROR 5, the in-flight limits of a
+//! connection or of the server), `UNAVAILABLE` (6, draining), `DEADLINE_EXCEEDED` (4, dead
+//! on arrival), `UNKNOWN_METHOD` (2), `UNSUPPORTED_FORMAT` (3), `MALFORMED` (1),
+//! `TOO_LARGE` (7), `UNAUTHENTICATED` and `PERMISSION_DENIED` (10, 11, the
+//! authentication hook). Unknown methods have no `rpc.method` series of their own.
 //!
 //! # Authentication
 //! [`ServerBuilder::authenticate`] sets a hook asked about every request and client NOTIFY
@@ -88,11 +120,13 @@ mod conn;
 mod error;
 mod handler;
 mod health;
+mod metrics;
 mod pattern;
 mod router;
 
 mod server;
 mod subscribe;
+mod trace;
 
 pub use auth::{AUTHORIZATION, AuthRequest};
 pub use config::ServerConfig;

@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     /// Requests and request bytes in flight in the whole server
     /// (`max_in_flight_total`, `max_in_flight_bytes_total`).
     pub(crate) budget: SharedBudget,
+    /// The handles of the `metrics` facade (nothing without the feature).
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl Shared {
@@ -86,6 +88,7 @@ impl OpenGuard {
             *count += 1;
         }
         shared.open.send_modify(|n| *n += 1);
+        shared.metrics.connection(1);
         Some(OpenGuard(shared, ip))
     }
 }
@@ -93,6 +96,7 @@ impl OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.send_modify(|n| *n -= 1);
+        self.0.metrics.connection(-1);
         if self.0.config.max_connections_per_ip.is_some() {
             let mut per_ip = self.0.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(count) = per_ip.get_mut(&self.1) {
@@ -362,6 +366,7 @@ impl ServerBuilder {
             health: crate::health::Health::default(),
             per_ip: std::sync::Mutex::default(),
             authenticator: self.authenticator,
+            metrics: crate::metrics::Metrics::new(local_addr),
         });
         let accept = tokio::spawn(accept_loop(shared.clone(), acceptor));
         Ok(ServerHandle {
@@ -444,11 +449,13 @@ async fn accept_loop<A: Accept>(shared: Arc<Shared>, mut acceptor: A) {
                     shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
                     if *shared.open.borrow() >= shared.config.max_connections {
                         shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        shared.metrics.connection_refused();
                         tokio::spawn(refuse(stream, shared.config.write_stall_timeout));
                         continue;
                     }
                     let Some(guard) = OpenGuard::new(shared.clone(), peer.ip()) else {
                         shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        shared.metrics.connection_refused();
                         tokio::spawn(refuse(stream, shared.config.write_stall_timeout));
                         continue;
                     };

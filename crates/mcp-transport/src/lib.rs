@@ -117,7 +117,7 @@ pub use message::{
     Answer, CallDeadline, Inbound, InboundRequest, InboundResponse, Meta, MetaIter, Push,
     RemoteError,
 };
-pub use pool::{EndpointState, Pool, PoolStats, TaskProbe};
+pub use pool::{EndpointState, Pool, PoolStats, StatsProbe, TaskProbe};
 pub use proto::ConnectionStatus;
 pub use subscription::{
     HEALTH_METHOD, PushStream, SUBSCRIBE_METHOD, UNSUBSCRIBE_METHOD, topic_matches,

@@ -100,6 +100,19 @@ pub struct PoolStats {
     pub tasks: usize,
 }
 
+/// Reads a pool's counters without keeping the pool alive (see [`Pool::stats_probe`]).
+#[derive(Debug, Clone)]
+pub struct StatsProbe {
+    shared: std::sync::Weak<PoolShared>,
+}
+
+impl StatsProbe {
+    /// The pool's counters, or `None` once the pool is gone.
+    pub fn stats(&self) -> Option<PoolStats> {
+        self.shared.upgrade().map(|shared| shared.stats())
+    }
+}
+
 /// Counts a pool's live background tasks (see [`Pool::task_probe`]).
 #[derive(Debug, Clone)]
 pub struct TaskProbe {
@@ -442,6 +455,14 @@ impl Pool {
     /// A snapshot of the counters.
     pub fn stats(&self) -> PoolStats {
         self.shared.stats()
+    }
+
+    /// A probe that reads the counters without keeping the pool alive: for a task that
+    /// reports them elsewhere (a metrics exporter) for as long as the pool lives.
+    pub fn stats_probe(&self) -> StatsProbe {
+        StatsProbe {
+            shared: Arc::downgrade(&self.shared),
+        }
     }
 
     /// Closes every connection (pending calls fail with [`ErrorKind::Shutdown`]), ends

@@ -766,6 +766,7 @@ impl<E: Clone> Balancer<E> {
         e.ejections += 1;
         e.consecutive_failures = 0;
         tracing::info!(endpoint = e.instance.addr(), ?length, "endpoint ejected");
+        crate::metrics::ejected(e.instance.addr());
         self.ejected += 1;
         self.next_expiry = Some(self.next_expiry.map_or(until, |at| at.min(until)));
         self.sync(idx);

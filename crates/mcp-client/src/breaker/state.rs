@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::{BreakerConfig, BreakerState};
 use crate::error::{Error, ErrorKind, Phase};
+use crate::metrics::Transitions;
 use crate::window::{Counts, Window};
 
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub(crate) struct Breaker {
     tripped: AtomicBool,
     opened: AtomicU64,
     rejected: AtomicU64,
+    /// Each state entered, for the `metrics` facade (nothing without the feature).
+    transitions: Transitions,
 }
 
 /// How an attempt ended, for the breaker.
@@ -124,7 +127,14 @@ impl Breaker {
             tripped: AtomicBool::new(false),
             opened: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            transitions: Transitions::default(),
         }
+    }
+
+    /// The breaker, reporting its transitions to `transitions`.
+    pub(crate) fn with_transitions(mut self, transitions: Transitions) -> Self {
+        self.transitions = transitions;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -147,6 +157,7 @@ impl Breaker {
             }
             State::Open { .. } => {
                 tracing::info!("circuit breaker half-open: probing");
+                self.transitions.entered(BreakerState::HalfOpen);
                 inner.state = State::HalfOpen {
                     in_flight: 1,
                     successes: 0,
@@ -217,6 +228,7 @@ impl Breaker {
                         *successes += 1;
                         if *successes >= self.config.probes {
                             tracing::info!("circuit breaker closed");
+                            self.transitions.entered(BreakerState::Closed);
                             *state = State::Closed;
                             window.clear();
                             self.tripped.store(false, Ordering::Release);
@@ -238,6 +250,7 @@ impl Breaker {
         window.clear();
         self.tripped.store(true, Ordering::Release);
         self.opened.fetch_add(1, Ordering::Relaxed);
+        self.transitions.entered(BreakerState::Open);
     }
 
     /// The state at `now` (an open breaker whose cool-down has passed reports half-open).

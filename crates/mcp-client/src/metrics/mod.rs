@@ -16,6 +16,8 @@
 //! have no settings), `tests.rs` (the policy run alone). The stack (`stack.rs`) composes it
 //! with the others.
 
+#[cfg(feature = "metrics")]
+mod facade;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -129,3 +131,44 @@ pub struct MetricsSnapshot {
 }
 
 pub(crate) use state::Recorder;
+
+#[cfg(feature = "metrics")]
+pub(crate) use facade::{Call, Transitions, ejected, watch_pool};
+#[cfg(not(feature = "metrics"))]
+pub(crate) use off::{Call, Transitions, ejected, watch_pool};
+
+/// Without the `metrics` feature: the same calls, doing nothing, so that the call path has
+/// one shape either way.
+#[cfg(not(feature = "metrics"))]
+mod off {
+    use std::time::Duration;
+
+    use crate::breaker::BreakerState;
+    use crate::error::Error;
+
+    #[derive(Debug, Clone, Default)]
+    pub(crate) struct Transitions(());
+
+    impl Transitions {
+        #[inline]
+        pub(crate) fn entered(&self, _: BreakerState) {}
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct Call;
+
+    impl Call {
+        #[inline]
+        pub(crate) fn attempt<T>(&self, _: u32, _: usize, _: &Result<T, Error>, _: Duration) {}
+
+        #[inline]
+        pub(crate) fn finished(self, _: Result<(), &Error>, _: Duration) {}
+    }
+
+    #[inline]
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
+    pub(crate) fn ejected(_: &str) {}
+
+    #[inline]
+    pub(crate) fn watch_pool(_: &mcp_transport::Pool) {}
+}

@@ -50,23 +50,45 @@ pub(crate) struct Recorder {
     errors: [AtomicU64; ErrorKind::ALL.len()],
     /// Allocated on first use, so that a client used from one thread holds one.
     latency: [Mutex<Option<Histogram<u64>>>; SHARDS],
+    /// The handles of the `metrics` facade.
+    #[cfg(feature = "metrics")]
+    facade: super::facade::Facade,
 }
 
-impl Default for Recorder {
-    fn default() -> Self {
+impl Recorder {
+    /// The recorder of a client of `endpoint` (the `server.address` of its series).
+    pub(crate) fn new(endpoint: &str) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = endpoint;
         Self {
             calls: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: std::array::from_fn(|_| Mutex::new(None)),
+            #[cfg(feature = "metrics")]
+            facade: super::facade::Facade::new(endpoint),
         }
     }
-}
 
-impl Recorder {
-    /// A call started.
-    pub(crate) fn started(&self) {
+    /// A call of `method` started: the returned [`Call`](super::Call) records its attempts
+    /// and its end through the `metrics` facade (nothing without the feature).
+    pub(crate) fn started(&self, method: &str) -> super::Call {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        return self.facade.started(method);
+        #[cfg(not(feature = "metrics"))]
+        {
+            let _ = method;
+            super::Call
+        }
+    }
+
+    /// The breaker's transition counters for the `metrics` facade.
+    pub(crate) fn transitions(&self) -> super::Transitions {
+        #[cfg(feature = "metrics")]
+        return self.facade.transitions();
+        #[cfg(not(feature = "metrics"))]
+        super::Transitions::default()
     }
 
     /// A call ended: `Ok`, or failed with an error of `kind`; `answered` says whether the

@@ -4,14 +4,14 @@ use super::*;
 
 #[test]
 fn counts_calls_errors_and_latency() {
-    let r = Recorder::default();
+    let r = Recorder::new("127.0.0.1:7000");
     for i in 1..=1000u64 {
-        r.started();
+        let _call = r.started("echo");
         r.finished(Ok(()), true, Duration::from_micros(i * 10));
     }
-    r.started();
+    let _call = r.started("echo");
     r.finished(Err(ErrorKind::Timeout), false, Duration::from_secs(5));
-    r.started();
+    let _call = r.started("echo");
     r.finished(Err(ErrorKind::Remote), true, Duration::from_micros(10_000));
     r.error(ErrorKind::Connect);
 
@@ -41,12 +41,15 @@ fn counts_calls_errors_and_latency() {
 
 #[test]
 fn empty_latency_is_zero() {
-    assert_eq!(Recorder::default().latency(), LatencySnapshot::default());
+    assert_eq!(
+        Recorder::new("127.0.0.1:7000").latency(),
+        LatencySnapshot::default()
+    );
 }
 
 #[test]
 fn threads_record_into_shards_that_merge() {
-    let r = std::sync::Arc::new(Recorder::default());
+    let r = std::sync::Arc::new(Recorder::new("127.0.0.1:7000"));
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let r = std::sync::Arc::clone(&r);
@@ -62,4 +65,55 @@ fn threads_record_into_shards_that_merge() {
     }
     assert_eq!(r.latency().count, 800);
     assert_eq!(r.succeeded(), 800);
+}
+
+#[cfg(feature = "metrics")]
+#[test]
+fn endpoint_labels_split_host_and_port() {
+    let labels = |endpoint: &str| -> Vec<(String, String)> {
+        super::facade::endpoint_labels(endpoint)
+            .iter()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect()
+    };
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        labels("127.0.0.1:7000"),
+        pairs(&[
+            ("rpc.system", "mcp"),
+            ("server.address", "127.0.0.1"),
+            ("server.port", "7000")
+        ])
+    );
+    assert_eq!(
+        labels("[::1]:7000"),
+        pairs(&[
+            ("rpc.system", "mcp"),
+            ("server.address", "::1"),
+            ("server.port", "7000")
+        ])
+    );
+    assert_eq!(
+        labels("dns:users.internal:7000"),
+        pairs(&[
+            ("rpc.system", "mcp"),
+            ("server.address", "users.internal"),
+            ("server.port", "7000")
+        ])
+    );
+    assert_eq!(
+        labels("10.0.0.1:7000,10.0.0.2:7000"),
+        pairs(&[
+            ("rpc.system", "mcp"),
+            ("server.address", "10.0.0.1:7000,10.0.0.2:7000")
+        ])
+    );
+    assert_eq!(
+        labels("discovery"),
+        pairs(&[("rpc.system", "mcp"), ("server.address", "discovery")])
+    );
 }

@@ -74,7 +74,7 @@ impl Conn {
             _ => None,
         };
         let router = &self.shared.router;
-        let mut out = &self.writer;
+        let mut out = self.shared.metrics.transmit(&self.writer);
         let event = self.state.handle_inbound(
             &mut out,
             message,
@@ -102,6 +102,7 @@ impl Conn {
                     .stats
                     .auth_refused
                     .fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.refused(status.code());
                 // Answered now: never recorded as in flight (so it takes no place in the
                 // server's budget), like a handler done in its first poll.
                 self.answer(request.id(), request.format(), Err(status));

@@ -134,7 +134,8 @@ impl Conn {
         let id = request.id();
         let format = request.format();
         let body_len = request.body().len();
-        let span = tracing::debug_span!("request", conn = self.id, id, method = &*method);
+        let span = crate::trace::request_span(self.id, id, &method, request.meta());
+        let observed = self.shared.metrics.start(&method);
         let cancel = self.spare_cancel.take().unwrap_or_default();
         let ctx = RequestContext {
             id,
@@ -162,6 +163,7 @@ impl Conn {
                 if !self.writer.is_full() {
                     // Nothing ran it but this poll: the request is done, and was never
                     // recorded as in flight (a CANCEL for it is one of an unknown id).
+                    observed.finish(&result);
                     self.answer(id, format, result);
                     self.spare_cancel = cancel.into_unused();
                     return;
@@ -200,6 +202,7 @@ impl Conn {
                         }
                     },
                 };
+                observed.finish(&result);
                 // Answers wait while the client's queue is full, so that a client that does
                 // not read cannot make the server buffer without bound.
                 let _ = writer.ready().await;
