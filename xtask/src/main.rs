@@ -97,6 +97,22 @@ fn ci() -> Result {
     let root = root();
     // The README's test command, word for word.
     run("cargo", &["test", "--workspace"], &root)?;
+    // The metrics feature is off by default; its Prometheus test is its own binary.
+    run(
+        "cargo",
+        &[
+            "test",
+            "-p",
+            "mcp-client",
+            "--features",
+            "metrics",
+            "--test",
+            "prometheus",
+            "--test",
+            "tracing_spans",
+        ],
+        &root,
+    )?;
     run(
         "cargo",
         &[
