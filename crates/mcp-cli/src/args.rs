@@ -97,6 +97,39 @@ pub(crate) fn body_size(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// `serve --max-connections`, `--max-connections-per-ip`, `--max-in-flight-total`: at
+/// least 1 (0 would turn every client or request away).
+pub(crate) fn limit(s: &str) -> Result<usize, String> {
+    count(s, 1, usize::MAX)
+}
+
+/// `serve --max-in-flight-bytes-total`: a number of bytes, at least 1, with an optional
+/// binary suffix (`64KiB`, `512MiB`, `2GiB`).
+pub(crate) fn byte_limit(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => t.split_at(at),
+        None => (t, ""),
+    };
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} (B, KiB, MiB or GiB)")),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|e| format!("{e} (expected a number of bytes, e.g. 512MiB)"))?;
+    let bytes = n
+        .checked_mul(scale)
+        .ok_or_else(|| "too large for this machine".to_string())?;
+    if bytes == 0 {
+        return Err("must be at least 1 byte".to_string());
+    }
+    Ok(bytes)
+}
+
 /// `ping --count`: at least 1.
 pub(crate) fn ping_count(s: &str) -> Result<u32, String> {
     count(s, 1, u32::MAX)
@@ -179,6 +212,27 @@ mod tests {
         assert_eq!(&hex("0x4d0x43").unwrap_err()[..5], "'x' a");
         assert_eq!(&hex("0x4d 0x43 0X01").unwrap()[..], &[0x4d, 0x43, 0x01]);
         assert!(hex("10x").is_err());
+    }
+
+    #[test]
+    fn byte_limits_take_binary_units_and_refuse_zero() {
+        assert_eq!(byte_limit("1GiB").unwrap(), 1 << 30);
+        assert_eq!(byte_limit("512MiB").unwrap(), 512 << 20);
+        assert_eq!(byte_limit("64KiB").unwrap(), 64 << 10);
+        assert_eq!(byte_limit("1000").unwrap(), 1000);
+        assert_eq!(byte_limit("7 B").unwrap(), 7);
+        assert!(byte_limit("0").unwrap_err().contains("at least 1"));
+        assert!(byte_limit("0GiB").unwrap_err().contains("at least 1"));
+        assert!(byte_limit("5XB").unwrap_err().contains("unknown unit"));
+        assert!(byte_limit("MiB").is_err());
+        assert!(byte_limit("99999999999999999999GiB").is_err());
+        assert!(
+            byte_limit("18014398509481984GiB")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert!(limit("0").unwrap_err().contains("between 1"));
+        assert_eq!(limit("20").unwrap(), 20);
     }
 
     #[test]

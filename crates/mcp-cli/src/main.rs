@@ -95,6 +95,20 @@ enum Command {
         /// Require client certificates signed by these CAs (PEM): mutual TLS.
         #[arg(long, requires = "tls_cert", value_name = "FILE")]
         client_ca: Option<PathBuf>,
+        /// Connections open at once, at most (further ones are sent GOAWAY 2).
+        #[arg(long, value_parser = args::limit, default_value_t = ServerConfig::default().max_connections)]
+        max_connections: usize,
+        /// Connections open at once from one IP address, at most (off unless given).
+        #[arg(long, value_parser = args::limit)]
+        max_connections_per_ip: Option<usize>,
+        /// Requests whose handlers run at once in the whole server, at most (past it,
+        /// ERROR 5 at once).
+        #[arg(long, value_parser = args::limit, default_value_t = ServerConfig::default().max_in_flight_total)]
+        max_in_flight_total: usize,
+        /// Request bytes held in the whole server, at most: the bodies of running requests
+        /// and of messages still arriving (e.g. 512MiB; past it, ERROR 5 at once).
+        #[arg(long, value_parser = args::byte_limit, default_value = "1GiB")]
+        max_in_flight_bytes_total: usize,
     },
     /// Call METHOD on the server at ADDR and print the answer.
     Call {
@@ -362,12 +376,22 @@ fn main() -> ExitCode {
                 tls_cert,
                 tls_key,
                 client_ca,
+                max_connections,
+                max_connections_per_ip,
+                max_in_flight_total,
+                max_in_flight_bytes_total,
             } => {
                 let tls = match (tls_cert, tls_key) {
                     (Some(cert), Some(key)) => Some(ServerTls::from_files(cert, key, client_ca)?),
                     _ => None,
                 };
-                serve(addr, tick, max_connection_age, tls).await
+                let mut config = ServerConfig::default();
+                config.max_connection_age = max_connection_age;
+                config.max_connections = max_connections;
+                config.max_connections_per_ip = max_connections_per_ip;
+                config.max_in_flight_total = max_in_flight_total;
+                config.max_in_flight_bytes_total = max_in_flight_bytes_total;
+                serve(addr, tick, config, tls).await
             }
             Command::Call {
                 addr,
@@ -546,11 +570,9 @@ async fn health_of(
 async fn serve(
     addr: SocketAddr,
     tick: Duration,
-    max_age: Option<Duration>,
+    config: ServerConfig,
     tls: Option<ServerTls>,
 ) -> CmdResult {
-    let mut config = ServerConfig::default();
-    config.max_connection_age = max_age;
     let server = service::start_with_tls(addr, tick, config, tls.as_ref())
         .await
         .map_err(|e| e.to_string())?;

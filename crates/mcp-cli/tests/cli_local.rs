@@ -382,6 +382,19 @@ fn ping_refuses_a_zero_count() {
 }
 
 #[test]
+fn serve_refuses_limits_that_would_turn_everyone_away() {
+    for (flag, value) in [
+        ("--max-connections", "0"),
+        ("--max-connections-per-ip", "0"),
+        ("--max-in-flight-total", "0"),
+        ("--max-in-flight-bytes-total", "0"),
+        ("--max-in-flight-bytes-total", "5XB"),
+    ] {
+        assert_refused(&["serve", flag, value], &[flag.trim_start_matches('-')]);
+    }
+}
+
+#[test]
 fn serve_refuses_a_zero_tick() {
     // Once a panic in tokio's interval.
     assert_refused(

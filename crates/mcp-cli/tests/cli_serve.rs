@@ -401,3 +401,28 @@ fn bench_over_two_replicas_reports_each_one() {
         assert!(endpoint["attempts"].as_u64().unwrap_or(0) > 0, "{out}");
     }
 }
+
+/// `serve --max-in-flight-total 1`: while one `sleep` runs, another request is answered
+/// ERROR 5 at once; the server's limit is the operator's to set.
+#[test]
+fn serve_sheds_past_its_server_wide_limit() {
+    let server = Server::start(&["--max-in-flight-total", "1"]);
+    let addr = server.addr.clone();
+    let long = std::thread::spawn(move || {
+        run(&["call", &addr, "sleep", "--raw", "1500", "--timeout", "10s"])
+    });
+    // The long call is running once a second one is refused; until then, try again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let out = run(&["call", &server.addr, "sleep", "--raw", "0"]);
+        if out.code() == Some(1) {
+            break out;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refused: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    refused.one_error_line(&["ERROR 5", "too many requests in flight on this server"]);
+    let out = long.join().expect("the long call");
+    out.assert_code(0);
+    assert_eq!(out.stdout, "1500\n", "{out}");
+}
