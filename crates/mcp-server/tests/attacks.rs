@@ -456,20 +456,24 @@ async fn messages_still_arriving_are_held_in_the_server_wide_byte_budget() {
         peak = peak.max(handle.stats().in_flight_bytes);
         during.record_all(ping_for(&mut good, Duration::from_millis(30), &mut nonce).await);
     }
-    // The last chunks may still be on their way through the server: collect late refusals.
-    for (attacker, alive) in &mut attackers {
-        if *alive {
-            if let Ok(answer) = attacker.recv_within(Duration::from_millis(300)).await {
-                assert_eq!(error(answer).1, ErrorCode::OVERLOADED);
-                *alive = false;
-            }
-        }
-    }
-    peak = peak.max(handle.stats().in_flight_bytes);
-    let shed = attackers.iter().filter(|(_, alive)| !alive).count();
-    println!("partial messages: {shed} of {CONNS} shed, peak {peak} bytes held");
+    // The last chunks may still be on their way through the server (a loaded machine reads
+    // them late): collect late refusals until at most two are left, within a bound.
     // 550 kB each: at most one fits in 1 MB at the end (two while the slack of one read
     // lets the second pass).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while attackers.iter().filter(|(_, alive)| *alive).count() > 2 && Instant::now() < deadline {
+        for (attacker, alive) in &mut attackers {
+            if *alive {
+                if let Ok(answer) = attacker.recv_within(Duration::from_millis(50)).await {
+                    assert_eq!(error(answer).1, ErrorCode::OVERLOADED);
+                    *alive = false;
+                }
+            }
+        }
+        peak = peak.max(handle.stats().in_flight_bytes);
+    }
+    let shed = attackers.iter().filter(|(_, alive)| !alive).count();
+    println!("partial messages: {shed} of {CONNS} shed, peak {peak} bytes held");
     assert!(shed >= CONNS - 2, "only {shed} shed");
     // One read per connection may pass the budget (a read is at most 64 KiB here).
     assert!(peak <= BUDGET + CONNS * 70_000, "held {peak} bytes");
