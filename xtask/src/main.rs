@@ -97,7 +97,8 @@ fn ci() -> Result {
     let root = root();
     // The README's test command, word for word.
     run("cargo", &["test", "--workspace"], &root)?;
-    // The metrics feature is off by default; its Prometheus test is its own binary.
+    // The metrics and opentelemetry features are off by default; their tests (Prometheus,
+    // OpenTelemetry) are their own binaries.
     run(
         "cargo",
         &[
@@ -105,11 +106,13 @@ fn ci() -> Result {
             "-p",
             "mcp-client",
             "--features",
-            "metrics",
+            "metrics,opentelemetry",
             "--test",
             "prometheus",
             "--test",
             "tracing_spans",
+            "--test",
+            "opentelemetry",
         ],
         &root,
     )?;

@@ -58,6 +58,12 @@
 //! - `metrics` (off): records through the [`metrics`](https://docs.rs/metrics) facade, see
 //!   below. Off by default: a dependency and a few atomic operations per call, for programs
 //!   that export nothing.
+//! - `opentelemetry` (off): a call made inside a `tracing` span that a
+//!   [tracing-opentelemetry](https://docs.rs/tracing-opentelemetry) layer records continues
+//!   that span's OpenTelemetry trace: its `traceparent` carries the span's trace id, flags
+//!   and `tracestate`, with the call's own `mcp.call` span id as parent id. An explicit
+//!   [`CallOptions::trace`] or `traceparent` in the call's metadata still wins; without a
+//!   valid OpenTelemetry context nothing changes. No exporter is shipped.
 //!
 //! # Metrics through the `metrics` facade (feature `metrics`)
 //! [`Client::metrics`] is an in-process snapshot, always there. With the `metrics` feature

@@ -158,8 +158,8 @@ impl<T: Transport> Stack<T> {
         let start = Instant::now();
         let deadline = later(start, options.timeout.unwrap_or(self.timing.timeout));
         let observed = self.metrics.started(method);
-        let context = trace::context_of(options);
-        let span = trace::call_span(method, &context);
+        let mut context = trace::context_of(options);
+        let span = trace::call_span(method, &mut context);
         // No timer of its own for the total budget: every wait below is bounded by
         // `deadline` already (the limiter's queue, each attempt's deadline that the
         // transport enforces, a backoff started only if it ends in time), and a timer per
@@ -329,13 +329,14 @@ impl<T: Transport> Stack<T> {
             Instant::now(),
             options.timeout.unwrap_or(self.timing.timeout),
         );
-        let context = trace::context_of(options);
+        let mut context = trace::context_of(options);
+        let span = trace::call_span(topic, &mut context);
         let authorization = self.authorization.as_ref().and_then(Authorization::value);
         let meta = trace::outgoing_meta(options, &context, None, authorization.as_deref());
         let result = self
             .transport
             .notify(topic, format, meta, body, deadline)
-            .instrument(trace::call_span(topic, &context))
+            .instrument(span)
             .await;
         result.map_err(|e| self.local_failure(e))
     }

@@ -71,6 +71,10 @@
 //!   instead of ring.
 //! - `metrics` (off): records through the [`metrics`](https://docs.rs/metrics) facade, see
 //!   below.
+//! - `opentelemetry` (off): a valid incoming `traceparent` (and `tracestate`) becomes the
+//!   OpenTelemetry parent of the `request` span, so that a
+//!   [tracing-opentelemetry](https://docs.rs/tracing-opentelemetry) layer exports the
+//!   server's span as a child of the caller's. No exporter is shipped.
 //!
 //! # Tracing
 //! Each request's handler runs in a `request` span (DEBUG) with `conn`, `id` and `method`;

@@ -7,6 +7,10 @@
 //! A missing or invalid `traceparent` leaves both fields empty; nothing is refused for it.
 //! The value is read only when a subscriber wants the span, and never copied: the fields
 //! are slices of the metadata.
+//!
+//! With the `opentelemetry` feature, the same valid `traceparent` (and its `tracestate`)
+//! also becomes the span's OpenTelemetry parent, as a remote span context, so that a
+//! tracing-opentelemetry layer exports the server's span as a child of the caller's.
 
 use mcp_transport::Meta;
 use tracing::field::Empty;
@@ -31,6 +35,8 @@ pub(crate) fn request_span(conn: ConnId, id: u32, method: &str, meta: &Meta) -> 
             // Displayed, as the client's `mcp.call` span shows its ids: no quotes.
             span.record("trace_id", tracing::field::display(trace_id));
             span.record("parent_span_id", tracing::field::display(parent));
+            #[cfg(feature = "opentelemetry")]
+            otel::set_parent(&span, meta);
         }
     }
     span
@@ -69,6 +75,84 @@ pub(crate) fn traceparent(value: &[u8]) -> Option<(&str, &str)> {
         std::str::from_utf8(trace_id).ok()?,
         std::str::from_utf8(parent).ok()?,
     ))
+}
+
+/// The bridge to OpenTelemetry (the `opentelemetry` feature).
+#[cfg(feature = "opentelemetry")]
+mod otel {
+    use mcp_transport::Meta;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    /// The metadata key of the W3C trace state.
+    const TRACESTATE: &str = "tracestate";
+
+    /// Sets the OpenTelemetry parent of `span` (not yet entered) to the remote context of
+    /// `meta`'s `traceparent`, when valid. Without a tracing-opentelemetry layer this does
+    /// nothing.
+    pub(super) fn set_parent(span: &tracing::Span, meta: &Meta) {
+        if let Some(remote) = remote_context(meta) {
+            // Fails only without the layer, or for a span already started: nothing to do.
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+        }
+    }
+
+    /// The remote span context of `meta`'s `traceparent` and `tracestate`, if the former is
+    /// valid.
+    fn remote_context(meta: &Meta) -> Option<SpanContext> {
+        let value = meta.get(super::TRACEPARENT)?;
+        let (trace_id, parent) = super::traceparent(value)?;
+        let flags = std::str::from_utf8(&value[53..55]).ok()?;
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        // An invalid `tracestate` is dropped, as the W3C spec asks; the parent stays.
+        let state = meta
+            .get(TRACESTATE)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse::<TraceState>().ok())
+            .unwrap_or_default();
+        Some(SpanContext::new(
+            TraceId::from_hex(trace_id).ok()?,
+            SpanId::from_hex(parent).ok()?,
+            // Only the flags this version of the spec defines (sampled, random).
+            TraceFlags::new(flags & 0x03),
+            true,
+            state,
+        ))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use mcp_transport::Meta;
+        use opentelemetry::trace::{SpanId, TraceId};
+
+        use super::remote_context;
+
+        #[test]
+        fn reads_a_remote_context_from_traceparent_and_tracestate() {
+            let meta = Meta::default()
+                .with(
+                    "traceparent",
+                    &b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"[..],
+                )
+                .with("tracestate", &b"vendor=value"[..]);
+            let cx = remote_context(&meta).expect("a valid traceparent");
+            assert_eq!(
+                cx.trace_id(),
+                TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
+            );
+            assert_eq!(cx.span_id(), SpanId::from_hex("00f067aa0ba902b7").unwrap());
+            assert!(cx.is_sampled() && cx.is_remote());
+            assert_eq!(cx.trace_state().get("vendor"), Some("value"));
+            let invalid = Meta::default().with(
+                "traceparent",
+                &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            );
+            assert!(remote_context(&invalid).is_none());
+            assert!(remote_context(&Meta::default()).is_none());
+        }
+    }
 }
 
 #[cfg(test)]

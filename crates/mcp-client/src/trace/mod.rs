@@ -19,9 +19,16 @@
 //! and its metadata; `context.rs` holds the public `TraceContext` value), `tests.rs` (the
 //! policy run alone). The stack (`stack.rs`) composes it with the others.
 //!
+//! With the `opentelemetry` feature, a call made without an explicit context or a
+//! `traceparent` of its own, inside a `tracing` span that a tracing-opentelemetry layer
+//! records, continues that span's OpenTelemetry trace instead (`otel.rs`), and sends its
+//! own `mcp.call` span's OpenTelemetry id as the parent id.
+//!
 //! [`CallOptions::trace`]: crate::CallOptions::trace
 
 mod context;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 mod state;
 #[cfg(test)]
 mod tests;

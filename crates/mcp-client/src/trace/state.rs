@@ -26,6 +26,14 @@ pub(crate) fn context_for_call(
         }
         Some(parent)
     });
+    // The current span's OpenTelemetry context, sent as it is: `call_span` then puts the
+    // call span's own id in it when the layer records that span.
+    #[cfg(feature = "opentelemetry")]
+    if parent.is_none() {
+        if let Some(current) = super::otel::current() {
+            return current;
+        }
+    }
     match parent.or_else(TraceContext::current) {
         Some(parent) => parent.child(),
         None => TraceContext::new_root(),
@@ -41,13 +49,20 @@ pub(crate) fn deadline_value(remaining: Duration) -> [u8; 4] {
 }
 
 /// The span every call runs in.
-pub(crate) fn call_span(method: &str, context: &TraceContext) -> tracing::Span {
+#[cfg(not(feature = "opentelemetry"))]
+pub(crate) fn call_span(method: &str, context: &mut TraceContext) -> tracing::Span {
     tracing::info_span!(
         "mcp.call",
         method = %method,
         trace_id = %context.trace_id_hex(),
         span_id = %context.span_id_hex(),
     )
+}
+
+/// The span every call runs in; `context` may take the span's OpenTelemetry id.
+#[cfg(feature = "opentelemetry")]
+pub(crate) fn call_span(method: &str, context: &mut TraceContext) -> tracing::Span {
+    super::otel::call_span(method, context)
 }
 
 /// The trace context a call sends (see [`context_for_call`]).
