@@ -436,6 +436,11 @@ impl<E: Clone> Balancer<E> {
                     let e = &mut self.endpoints[idx];
                     e.ejection = Ejection::Probe;
                     e.back_since = Some(now);
+                    // It comes back unmeasured, as a new endpoint would: the latency it
+                    // showed while failing (a timeout's seconds, say) would otherwise make it
+                    // lose every comparison for as long as that peak takes to decay, so its
+                    // probe, and its return, would wait on the decay instead of happening.
+                    e.ewma.known = false;
                     self.ejected -= 1;
                     self.sync(idx);
                 } else {

@@ -348,6 +348,49 @@ fn five_failures_in_a_row_eject_then_one_probe_brings_it_back() {
     assert_eq!(state_of(&b, bad, now), EndpointState::Ready);
 }
 
+/// An endpoint ejected after slow failures (timeouts show seconds of latency) is probed as
+/// soon as its ejection ends, not once that peak has decayed: it comes back unmeasured, and
+/// takes calls again once its probe answered.
+#[test]
+fn an_endpoint_back_from_ejection_is_probed_whatever_latency_it_showed() {
+    let mut now = Instant::now();
+    let mut b = fleet(BalanceConfig::default(), addrs(3), now);
+    // The others are busy and fast: 4 calls outstanding each, answered in 2 ms.
+    sequential(&mut b, 50, &mut now, |_| 2 * MS);
+    let bad = "10.0.0.0:7000";
+    let bad_id = id_of(&b, bad);
+    for _ in 0..5 {
+        b.pick_at(bad_id, now);
+        b.finish_at(bad_id, Outcome::Failure, Some(Duration::from_secs(2)), now);
+    }
+    assert_eq!(state_of(&b, bad, now), EndpointState::Ejected);
+    let busy: Vec<_> = (0..8).map(|_| b.pick(None, &[], now).unwrap()).collect();
+    assert!(busy.iter().all(|p| p.id != bad_id));
+    now += Duration::from_secs(30);
+    // The ejection is over: its probe comes within a few picks, under the same load.
+    let mut picks = 0;
+    let probe = loop {
+        let p = b.pick(None, &[], now).unwrap();
+        picks += 1;
+        if p.id == bad_id {
+            break p;
+        }
+        assert!(
+            picks < 20,
+            "no probe in 20 picks: the old peak still holds it out"
+        );
+        b.finish_at(p.id, Outcome::Success, Some(2 * MS), now);
+    };
+    now += 2 * MS;
+    b.finish_at(probe.id, Outcome::Success, Some(2 * MS), now);
+    assert_eq!(state_of(&b, bad, now), EndpointState::Ready);
+    let served = sequential(&mut b, 300, &mut now, |_| 2 * MS);
+    assert!(served.get(bad).copied().unwrap_or(0) > 30, "{served:?}");
+    for p in busy {
+        b.finish_at(p.id, Outcome::Success, Some(2 * MS), now);
+    }
+}
+
 #[test]
 fn ejections_in_a_row_last_longer_up_to_the_cap() {
     let mut now = Instant::now();
