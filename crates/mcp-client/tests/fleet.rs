@@ -223,10 +223,18 @@ async fn kill_one_of_three_under_load() {
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     dead.restart().await;
-    until("the restarted replica is back", || {
-        state_of(&client, &dead_addr) == EndpointState::Ready
+    let waiting = client.clone();
+    let back = tokio::time::timeout(BOUND, async {
+        while state_of(&waiting, &dead_addr) != EndpointState::Ready {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     })
     .await;
+    assert!(
+        back.is_ok(),
+        "the restarted replica is not back: {:#?}",
+        client.metrics().endpoints
+    );
     let before = attempts_of(&client, &dead_addr);
     until("the restarted replica takes calls again", || {
         attempts_of(&client, &dead_addr) > before + 10
@@ -300,20 +308,11 @@ async fn a_slow_replica_gets_few_calls_under_p2c_and_its_third_under_round_robin
     }
 }
 
-/// A discovery source the test feeds by hand.
-struct Changes(mpsc::UnboundedReceiver<Change>);
-
-impl Stream for Changes {
-    type Item = Change;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Change>> {
-        self.0.poll_recv(cx)
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovery_adds_a_replica_that_takes_calls_within_a_second_and_drains_a_removed_one() {
-    let all = replicas(3, |_| Duration::from_millis(1)).await;
+/// A client over a discovery source the test feeds by hand, which starts with the first two
+/// of `all`; the sender feeds it more.
+async fn discovered_with_first_two(
+    all: &[Replica],
+) -> (mpsc::UnboundedSender<Change>, Client<DefaultFormat, Fleet>) {
     let (changes, rx) = mpsc::unbounded_channel();
     changes
         .send(Change::Reset(vec![
@@ -329,6 +328,24 @@ async fn discovery_adds_a_replica_that_takes_calls_within_a_second_and_drains_a_
         .connect()
         .await
         .expect("connect");
+    (changes, client)
+}
+
+/// A discovery source the test feeds by hand.
+struct Changes(mpsc::UnboundedReceiver<Change>);
+
+impl Stream for Changes {
+    type Item = Change;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Change>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_adds_a_replica_that_takes_calls_within_a_second_and_drains_a_removed_one() {
+    let all = replicas(3, |_| Duration::from_millis(1)).await;
+    let (changes, client) = discovered_with_first_two(&all).await;
     let served = spread(&client, 4, 200, |_| CallOptions::new()).await;
     assert!(!served.contains_key("r4"), "not a member yet: {served:?}");
 
@@ -514,21 +531,7 @@ async fn a_subscription_moves_when_its_replica_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_all_merges_every_replica_and_follows_the_members() {
     let all = replicas(3, |_| Duration::ZERO).await;
-    let (changes, rx) = mpsc::unbounded_channel();
-    changes
-        .send(Change::Reset(vec![
-            Instance::new(all[0].addr()),
-            Instance::new(all[1].addr()),
-        ]))
-        .unwrap();
-    let client = Client::discover(Changes(rx))
-        .pool_config(pool())
-        .balance(balance(Picker::PeakEwma))
-        .breaker(BreakerConfig::disabled())
-        .wait_for_ready(true)
-        .connect()
-        .await
-        .expect("connect");
+    let (changes, client) = discovered_with_first_two(&all).await;
     let mut sub = bounded("subscribe_all", client.subscribe_all_raw("tick"))
         .await
         .expect("subscribe_all");
