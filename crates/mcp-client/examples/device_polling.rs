@@ -5,7 +5,9 @@
 //! methods are named after Modbus function codes (`fc03` reads holding registers, `fc06`
 //! writes one); a device's exception code `e` comes back as the application ERROR code
 //! `1000 + e`, which the master maps to a typed [`DeviceError`]. One client carries every
-//! poll, multiplexed on its connections.
+//! poll, multiplexed on its connections. The service is declared once, in
+//! `proto/mcp/examples/v1/device.proto`: the master calls the generated
+//! `DeviceGatewayClient`, the gateway implements the generated `DeviceGateway` trait.
 //!
 //! `cargo run -p mcp-client --example device_polling`
 
@@ -13,25 +15,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mcp_client::{CallOptions, Client, ErrorKind, Json};
-use mcp_server::{Server, Status};
-use serde::{Deserialize, Serialize};
-
-/// `fc03`: read `count` holding registers of device `unit` from address `start`.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
-struct ReadHolding {
-    unit: u8,
-    start: u16,
-    count: u16,
-}
-
-/// `fc06`: write one holding register.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
-struct WriteSingle {
-    unit: u8,
-    address: u16,
-    value: u16,
-}
+use mcp_client::{CallOptions, Client, ErrorKind};
+use mcp_proto::examples::v1::device_gateway_client::DeviceGatewayClient;
+use mcp_proto::examples::v1::device_gateway_server::{self, DeviceGateway};
+use mcp_proto::examples::v1::{Coils, ReadRegisters, Registers, WriteRegister};
+use mcp_server::{RequestContext, Router, Server, Status};
 
 /// Application ERROR codes are 1000 + the device's exception code.
 const EXCEPTION_BASE: u16 = 1000;
@@ -92,7 +80,7 @@ impl From<mcp_client::Error> for DeviceError {
 
 /// The polling master: one client, typed requests, typed errors.
 struct Master {
-    client: Client,
+    gateway: DeviceGatewayClient,
 }
 
 impl Master {
@@ -106,13 +94,29 @@ impl Master {
         let options = CallOptions::new()
             .timeout(Duration::from_millis(800))
             .idempotent();
-        let req = ReadHolding { unit, start, count };
-        Ok(self.client.call_with("fc03", &req, options).await?)
+        let req = ReadRegisters {
+            unit: unit.into(),
+            start: start.into(),
+            count: count.into(),
+        };
+        let read = self
+            .gateway
+            .read_holding_registers_with(&req, options)
+            .await?;
+        // Registers are 16 bits; a wider value is the gateway's mistake, not a device's.
+        read.values
+            .into_iter()
+            .map(|v| u16::try_from(v).map_err(|_| DeviceError::OtherException(0)))
+            .collect()
     }
 
     async fn read_coils(&self, unit: u8, start: u16, count: u16) -> Result<Vec<bool>, DeviceError> {
-        let req = ReadHolding { unit, start, count };
-        Ok(self.client.call("fc01", &req).await?)
+        let req = ReadRegisters {
+            unit: unit.into(),
+            start: start.into(),
+            count: count.into(),
+        };
+        Ok(self.gateway.read_coils(&req).await?.values)
     }
 
     async fn write_single_register(
@@ -122,12 +126,12 @@ impl Master {
         value: u16,
     ) -> Result<(), DeviceError> {
         // A write is not marked idempotent: never sent twice once it may have arrived.
-        let req = WriteSingle {
-            unit,
-            address,
-            value,
+        let req = WriteRegister {
+            unit: unit.into(),
+            address: address.into(),
+            value: value.into(),
         };
-        let _: WriteSingle = self.client.call("fc06", &req).await?;
+        self.gateway.write_single_register(&req).await?;
         Ok(())
     }
 }
@@ -136,8 +140,9 @@ impl Master {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gateway = Gateway::new();
     let server = gateway.serve().await?;
+    let client = Client::builder(server.local_addr()).connect().await?;
     let master = Arc::new(Master {
-        client: Client::builder(server.local_addr()).connect().await?,
+        gateway: DeviceGatewayClient::new(client.clone()),
     });
 
     for round in 1..=3 {
@@ -183,14 +188,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => println!("unexpected: {other:?}"),
     }
 
-    let m = master.client.metrics();
+    let m = client.metrics();
     println!(
         "-- {} calls, {} answered with an exception, p99 {:?}",
         m.calls,
         m.errors.get(ErrorKind::Remote),
         m.latency.p99
     );
-    master.client.close().await;
+    client.close().await;
     server.shutdown(Duration::from_secs(1)).await?;
     Ok(())
 }
@@ -249,10 +254,11 @@ impl Gateway {
         Status::application(EXCEPTION_BASE + code, what)
     }
 
-    fn read(&self, req: ReadHolding) -> Result<Vec<u16>, Status> {
+    fn read(&self, req: &ReadRegisters) -> Result<Vec<u16>, Status> {
         let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        let device = devices
-            .get_mut(&req.unit)
+        let device = u8::try_from(req.unit)
+            .ok()
+            .and_then(|unit| devices.get_mut(&unit))
             .ok_or_else(|| Self::exception(exception::GATEWAY_NO_RESPONSE, "no such unit"))?;
         if !device.online {
             return Err(Self::exception(
@@ -264,10 +270,8 @@ impl Gateway {
             device.busy_toggle = false;
             return Err(Self::exception(exception::DEVICE_BUSY, "device busy"));
         }
-        let (start, end) = (
-            usize::from(req.start),
-            usize::from(req.start) + usize::from(req.count),
-        );
+        let start = usize::try_from(req.start).unwrap_or(usize::MAX);
+        let end = start.saturating_add(usize::try_from(req.count).unwrap_or(usize::MAX));
         let values = device
             .registers
             .get(start..end)
@@ -278,42 +282,57 @@ impl Gateway {
         Ok(values)
     }
 
-    fn write(&self, req: WriteSingle) -> Result<WriteSingle, Status> {
+    fn write(&self, req: WriteRegister) -> Result<WriteRegister, Status> {
         let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        let device = devices
-            .get_mut(&req.unit)
+        let device = u8::try_from(req.unit)
+            .ok()
+            .and_then(|unit| devices.get_mut(&unit))
             .filter(|d| d.online)
             .ok_or_else(|| Self::exception(exception::GATEWAY_NO_RESPONSE, "device offline"))?;
-        if req.value == 0xFFFF {
-            return Err(Self::exception(
-                exception::ILLEGAL_DATA_VALUE,
-                "value out of range",
-            ));
-        }
-        let slot = device
-            .registers
-            .get_mut(usize::from(req.address))
+        // 0xFFFF is refused by these devices; a register holds 16 bits.
+        let value = u16::try_from(req.value)
+            .ok()
+            .filter(|v| *v != 0xFFFF)
+            .ok_or_else(|| Self::exception(exception::ILLEGAL_DATA_VALUE, "value out of range"))?;
+        let slot = usize::try_from(req.address)
+            .ok()
+            .and_then(|address| device.registers.get_mut(address))
             .ok_or_else(|| Self::exception(exception::ILLEGAL_DATA_ADDRESS, "no such register"))?;
-        *slot = req.value;
+        *slot = value;
         Ok(req)
     }
 
     async fn serve(&self) -> Result<mcp_server::ServerHandle, mcp_server::Error> {
-        let (reader, writer) = (self.clone(), self.clone());
         Server::builder()
-            .route_typed("fc03", Json, move |_ctx, req: ReadHolding| {
-                let result = reader.read(req);
-                async move { result }
-            })
-            .route_typed("fc06", Json, move |_ctx, req: WriteSingle| {
-                let result = writer.write(req);
-                async move { result }
-            })
-            .route_raw("fc01", |_ctx, _body| async {
-                // Read coils: these devices have none.
-                Err(Gateway::exception(exception::ILLEGAL_FUNCTION, "no coils"))
-            })
+            .router(device_gateway_server::mount(Router::new(), self.clone()))
             .bind("127.0.0.1:0")
             .await
+    }
+}
+
+/// The service as `device.proto` declares it.
+impl DeviceGateway for Gateway {
+    async fn read_holding_registers(
+        &self,
+        _ctx: RequestContext,
+        req: ReadRegisters,
+    ) -> Result<Registers, Status> {
+        let values = self.read(&req)?;
+        Ok(Registers {
+            values: values.into_iter().map(u32::from).collect(),
+        })
+    }
+
+    async fn read_coils(&self, _ctx: RequestContext, _req: ReadRegisters) -> Result<Coils, Status> {
+        // These devices have none.
+        Err(Gateway::exception(exception::ILLEGAL_FUNCTION, "no coils"))
+    }
+
+    async fn write_single_register(
+        &self,
+        _ctx: RequestContext,
+        req: WriteRegister,
+    ) -> Result<WriteRegister, Status> {
+        self.write(req)
     }
 }

@@ -33,7 +33,7 @@
 
 mod samples;
 
-/// Example message bodies (`proto/mcp/examples/v1/user.proto`).
+/// Example message bodies and services (`proto/mcp/examples/v1/user.proto`, `device.proto`).
 pub mod examples {
     /// Version 1 of the example messages, package `mcp.examples.v1`.
     pub mod v1 {
