@@ -113,6 +113,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             None => {
                 if !self.codec.in_message() {
+                    // No message under way (one being skipped may just have ended): the
+                    // next one's start is its own head frame's arrival.
+                    self.started = None;
                     return Ok(None);
                 }
                 if self.started.is_none() {
@@ -662,6 +665,78 @@ mod tests {
         drop(peer.shutdown().await);
         drop(peer);
         assert!(matches!(reader.next().await, Ok(None)));
+    }
+
+    /// One frame with the flags as given (the message encoder sets MORE itself).
+    fn frame(envelope: Envelope<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        envelope.encode_to_vec(&mut out).unwrap();
+        out
+    }
+
+    fn continuation(more: bool, chunk: &[u8]) -> Vec<u8> {
+        let flags = if more { Flags::MORE } else { Flags::NONE };
+        frame(Envelope::Continuation(mcp_codec::Continuation {
+            flags,
+            chunk,
+        }))
+    }
+
+    /// After a request whose remaining frames were skipped (too large here), the next
+    /// request's start is its own head frame's arrival, not when the skipping began: its
+    /// deadline counts from there (docs/protocol.md section 4.2).
+    #[tokio::test(start_paused = true)]
+    async fn a_message_after_a_skipped_one_starts_at_its_own_head() {
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let mut config = WireConfig::new(Role::Server);
+        config.max_message_len = 100;
+        let mut reader = FrameReader::new(ours, &config);
+        let head = |id: u32, body: &'static [u8]| {
+            frame(Envelope::Request(Request {
+                id,
+                flags: Flags::MORE,
+                format: 0,
+                method: "echo",
+                meta: Metadata::EMPTY,
+                body,
+            }))
+        };
+        let step = Duration::from_millis(10);
+        peer.write_all(&head(1, &[1; 50])).await.unwrap();
+        assert!(tokio::time::timeout(step, reader.next()).await.is_err());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        peer.write_all(&continuation(true, &[1; 60])).await.unwrap();
+        assert!(matches!(
+            reader.next().await,
+            Ok(Some(Inbound::RequestTooLarge { id: 1 }))
+        ));
+        assert!(tokio::time::timeout(step, reader.next()).await.is_err());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        peer.write_all(&continuation(false, &[1; 10]))
+            .await
+            .unwrap();
+        assert!(
+            tokio::time::timeout(step, reader.next()).await.is_err(),
+            "skipped"
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let sent = tokio::time::Instant::now();
+        peer.write_all(&head(2, &[2; 10])).await.unwrap();
+        assert!(tokio::time::timeout(step, reader.next()).await.is_err());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        peer.write_all(&continuation(false, &[2; 10]))
+            .await
+            .unwrap();
+        match reader.next().await {
+            Ok(Some(Inbound::Request(r))) => assert_eq!(r.id(), 2),
+            other => panic!("expected request 2, got {other:?}"),
+        }
+        let started = reader.message_started().expect("it spanned reads");
+        assert!(
+            started >= sent && started - sent < Duration::from_millis(100),
+            "request 2 started {:?} after it was sent, not at its head",
+            started.checked_duration_since(sent)
+        );
     }
 
     /// A writer that wrote everything it was given holds no queue buffer.
