@@ -20,60 +20,14 @@
 //! Needs about two file descriptors per connection (`ulimit -n`; it raises nothing, and
 //! opens fewer connections if the limit is lower, saying so).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mcp_codec::{Envelope, Ping};
 use mcp_server::{Reply, Server, ServerHandle};
-
-/// The system allocator, counting the bytes live.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged (so
-// `System`'s guarantees are the caller's), and only adds a relaxed counter update.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded as is; see the impl.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded as is; see the impl.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded as is; see the impl.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded as is; see the impl.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-}
+use mcp_test_support::alloc::{self, Counting};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -195,7 +149,7 @@ async fn run(args: Args) -> Result<(), String> {
     wait_open(&server, 0).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base_rss = rss_kib();
-    let base_live = LIVE.load(Ordering::Relaxed);
+    let base_live = alloc::live();
     println!(
         "flood: {} connections x {} rounds, held {:?}, trimming {}",
         args.connections,
@@ -220,7 +174,7 @@ async fn run(args: Args) -> Result<(), String> {
         let took = opened.elapsed();
         tokio::time::sleep(args.hold).await;
         let open_rss = rss_kib();
-        let per_conn = (LIVE.load(Ordering::Relaxed) - base_live) / n as isize;
+        let per_conn = (alloc::live() - base_live) / n as isize;
         drop(streams);
         wait_open(&server, 0).await?;
         // The connections' tasks end as the server counts them closed; the trimmer looks

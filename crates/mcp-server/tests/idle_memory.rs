@@ -2,51 +2,14 @@
 //! short, deterministic version of the flood bench (`benches/benches/flood.rs`). Alone in
 //! its test binary, so that no other test allocates while it counts.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use mcp_codec::{Envelope, Ping};
 use mcp_server::{Reply, Server, ServerHandle};
-
-/// The system allocator, counting the bytes live.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged (so
-// `System`'s guarantees are the caller's), and only adds a relaxed counter update.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded as is; see the impl.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded as is; see the impl.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded as is; see the impl.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-}
+use mcp_test_support::alloc::{self, Counting};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -108,7 +71,7 @@ async fn an_idle_connection_holds_no_buffers() {
     warm.await.unwrap();
     settle(&server, 0).await;
     let mut streams = Vec::with_capacity(N);
-    let base = LIVE.load(Ordering::Relaxed);
+    let base = alloc::live();
     let streams = tokio::task::spawn_blocking(move || {
         open(addr, N, &mut streams);
         streams
@@ -116,7 +79,7 @@ async fn an_idle_connection_holds_no_buffers() {
     .await
     .unwrap();
     settle(&server, N).await;
-    let per_conn = (LIVE.load(Ordering::Relaxed) - base) / N as isize;
+    let per_conn = (alloc::live() - base) / N as isize;
     println!("heap per idle connection: {per_conn} bytes");
     assert!(
         per_conn < BOUND,
@@ -124,7 +87,7 @@ async fn an_idle_connection_holds_no_buffers() {
     );
     drop(streams);
     settle(&server, 0).await;
-    let left = LIVE.load(Ordering::Relaxed) - base;
+    let left = alloc::live() - base;
     println!("heap left after they closed: {left} bytes");
     assert!(
         left < (N * 256) as isize,

@@ -9,11 +9,16 @@
 //!   network faults (latency, bandwidth, blackhole, stall, cut, RST, tiny writes, refused
 //!   or killed connections) per direction, switchable while calls run.
 //!
+//! - [`alloc::Counting`], a global allocator counting the bytes live, for measuring what a
+//!   connection holds.
+//!
 //! Every wait here is bounded ([`STEP`]); a helper that times out panics, which fails the
 //! test instead of hanging it. Panicking is fine in a test crate and nowhere else.
 #![warn(missing_docs)]
-#![forbid(unsafe_code)]
+// Denied everywhere but in `alloc`, whose global allocator cannot be written without it.
+#![deny(unsafe_code)]
 
+pub mod alloc;
 pub mod fault_proxy;
 pub mod tls;
 
